@@ -1,0 +1,44 @@
+// Row-wise operations for CausalLM: RMSNorm, RoPE, attention over one sequence's KV cache, SwiGLU.
+// Every function works on one row (one token) at a time, so a row's result never depends on its batch.
+#ifndef CK_OPS_H
+#define CK_OPS_H
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// y[i] = x[i] / sqrt(mean(x^2) + eps) * w[i], for one row of n elements. y may alias x.
+void ck_rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps);
+
+/// Rotates adjacent pairs (2i, 2i+1) of the first `rope_dim` elements of each head of one row
+/// (GGUF's row order for LLaMA Q/K), by angles whose cos/sin are given (rope_dim/2 each).
+void ck_rope_adjacent(float *v, int64_t n_heads, int64_t head_dim, int64_t rope_dim,
+                      const float *cos_t, const float *sin_t);
+
+/// Rotates pairs (i, i + rope_dim/2) of each head (Hugging Face's rotate_half order).
+void ck_rope_half(float *v, int64_t n_heads, int64_t head_dim, int64_t rope_dim,
+                  const float *cos_t, const float *sin_t);
+
+/// Causal attention of one query row against keys/values 0..<n_pos of its own sequence.
+/// q: (n_heads, head_dim). K, V: n_pos rows of `kv_stride` floats, head g at offset g*head_dim.
+/// out: (n_heads, head_dim). Heads [head_begin, head_end) only. scratch: n_pos floats.
+/// Query head h reads KV head h / (n_heads / n_kv_heads).
+void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t n_pos,
+                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
+                      float *out, float *scratch, int64_t head_begin, int64_t head_end);
+
+/// g[i] = silu(g[i]) * u[i].
+void ck_silu_mul(float *g, const float *u, int64_t n);
+
+/// x[i] += y[i].
+void ck_add(float *x, const float *y, int64_t n);
+
+/// In-place softmax over n elements.
+void ck_softmax(float *x, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,168 @@
+import Foundation
+
+/// Why a sequence stopped.
+public enum FinishReason: String, Sendable, Codable {
+    /// The model produced an end-of-sequence token, or a stop string appeared.
+    case stop
+    /// `maxNewTokens` was reached, or the context is full.
+    case length
+}
+
+/// One sequence's output: only what was generated, never the prompt.
+public struct GenerationResult: Sendable, Equatable {
+    /// New token ids, including the end-of-sequence id that stopped it (if one did).
+    public var tokens: [Int]
+    /// Decoded new text, without the end-of-sequence token or the stop string.
+    public var text: String
+    public var finishReason: FinishReason
+    public var promptTokens: Int
+}
+
+/// A request to the step loop: a prompt (token ids), its parameters, and optionally a cache to continue from
+/// (the cache's first `cache.count` positions must hold the prompt's first `cache.count` ids).
+public struct SequenceRequest {
+    public var prompt: [Int]
+    public var parameters: GenerateParameters
+    public var cache: KVCache?
+
+    public init(prompt: [Int], parameters: GenerateParameters, cache: KVCache? = nil) {
+        self.prompt = prompt; self.parameters = parameters; self.cache = cache
+    }
+}
+
+/// Runs generation for many sequences at once: every step is one forward over a ragged batch holding a prompt
+/// chunk or the last token of every unfinished sequence. Because the model's rows do not interact and every
+/// sequence has its own cache and its own random generator, each result equals what that sequence gives alone.
+public final class Generator {
+    public let model: LanguageModel
+    public let tokenizer: ByteLevelBPETokenizer
+    /// Ids that end generation (the tokenizer's EOS and, when present, end-of-turn ids).
+    public var endTokenIDs: Set<Int>
+
+    public init(model: LanguageModel, tokenizer: ByteLevelBPETokenizer, endTokenIDs: Set<Int>? = nil) {
+        self.model = model
+        self.tokenizer = tokenizer
+        self.endTokenIDs = endTokenIDs ?? Set([tokenizer.eosTokenID].compactMap { $0 })
+    }
+
+    /// Generates for every request; results come back in request order.
+    /// - Parameters:
+    ///   - chunkSize: at most this many prompt tokens per sequence per step (nil: the whole prompt at once).
+    ///   - onText: called with (request index, text delta) as text becomes final (stop strings held back).
+    public func generate(_ requests: [SequenceRequest], chunkSize: Int? = nil,
+                         onText: ((Int, String) -> Void)? = nil) throws -> [GenerationResult] {
+        var states = try requests.enumerated().map { i, r in try SequenceState(index: i, request: r, generator: self) }
+        while true {
+            var chunks: [SequenceChunk] = []
+            var owners: [Int] = []
+            for (i, s) in states.enumerated() where !s.done {
+                if s.pending.count > 0 {
+                    let take = min(s.pending.count, chunkSize ?? Int.max)
+                    let toks = Array(s.pending.prefix(take))
+                    chunks.append(SequenceChunk(cache: s.cache, tokens: toks, logits: take == s.pending.count ? .last : .none))
+                    states[i].pending.removeFirst(take)
+                    owners.append(i)
+                }
+            }
+            if chunks.isEmpty { break }
+            let logits = try model.forward(chunks)
+            for (j, i) in owners.enumerated() where !logits[j].isEmpty {
+                states[i].accept(logits: logits[j][...], generator: self, onText: onText)
+            }
+        }
+        return states.map { $0.result() }
+    }
+}
+
+/// Per-sequence generation state.
+struct SequenceState {
+    let index: Int
+    let parameters: GenerateParameters
+    let cache: KVCache
+    let promptCount: Int
+    var pending: [Int]
+    var history: [Int]
+    var sampler: Sampler
+    var decoder: StreamingDecoder
+    var tokens: [Int] = []
+    var text = ""
+    var emitted = 0           // characters of `text` already passed to onText
+    var finish: FinishReason? = nil
+    var done: Bool { finish != nil }
+
+    init(index: Int, request r: SequenceRequest, generator: Generator) throws {
+        try r.parameters.validate()
+        guard !r.prompt.isEmpty else { throw CausalError.invalidArgument("request \(index): the prompt has no tokens") }
+        let V = generator.model.vocabularySize
+        if let bad = r.prompt.first(where: { $0 < 0 || $0 >= V }) { throw CausalError.badTokenID(id: bad, vocabularySize: V) }
+        self.index = index
+        parameters = r.parameters
+        let cache: KVCache
+        if let c = r.cache {
+            // Continue from a cache: keep the positions the new prompt shares with it.
+            guard c.count <= r.prompt.count else {
+                throw CausalError.invalidArgument("request \(index): the cache holds more positions than the prompt")
+            }
+            cache = c
+        } else {
+            cache = generator.model.makeCache(capacity: nil)
+        }
+        self.cache = cache
+        guard r.prompt.count < cache.capacity else {
+            throw CausalError.invalidArgument("request \(index): the prompt has \(r.prompt.count) tokens, the context holds \(cache.capacity)")
+        }
+        promptCount = r.prompt.count
+        pending = Array(r.prompt[cache.count...])
+        history = r.prompt
+        sampler = Sampler(parameters: r.parameters)
+        decoder = generator.tokenizer.makeStreamingDecoder()
+        if parameters.maxNewTokens == 0 { finish = .length; pending = [] }
+    }
+
+    mutating func accept(logits: ArraySlice<Float>, generator: Generator, onText: ((Int, String) -> Void)?) {
+        let id = sampler.sample(logits, history: history)
+        tokens.append(id)
+        history.append(id)
+        if parameters.stopAtEOS && generator.endTokenIDs.contains(id) {
+            text += decoder.flush()
+            finish = .stop
+        } else {
+            text += (try? decoder.push(id)) ?? ""
+            if let r = parameters.stop.compactMap({ text.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
+                text = String(text[..<r.lowerBound])
+                finish = .stop
+            } else if tokens.count >= parameters.maxNewTokens || cache.count + 1 >= cache.capacity {
+                text += decoder.flush()
+                finish = .length
+            } else {
+                pending = [id]
+            }
+        }
+        emit(onText)
+    }
+
+    /// Passes on the text that can no longer become part of a stop string.
+    mutating func emit(_ onText: ((Int, String) -> Void)?) {
+        guard let onText else { return }
+        let chars = Array(text)
+        var safe = chars.count
+        if !done {
+            for s in parameters.stop {
+                let sc = Array(s)
+                for len in stride(from: min(sc.count - 1, chars.count), through: 1, by: -1)
+                where Array(chars[(chars.count - len)...]) == Array(sc[0..<len]) {
+                    safe = min(safe, chars.count - len)
+                    break
+                }
+            }
+        }
+        if safe > emitted {
+            onText(index, String(chars[emitted..<safe]))
+            emitted = safe
+        }
+    }
+
+    func result() -> GenerationResult {
+        GenerationResult(tokens: tokens, text: text, finishReason: finish ?? .length, promptTokens: promptCount)
+    }
+}

@@ -1,0 +1,89 @@
+import ArgumentParser
+import CausalLM
+import Foundation
+
+@main
+struct Causal: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "causal",
+        abstract: "Run transformer language models: generation, chat, tokenization.",
+        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self])
+}
+
+/// Options shared by every command that loads a model.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: "A GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing).")
+    var model: String?
+
+    @Option(name: .long, help: "fast (quantized weights in place) or reference (fp32 weights).")
+    var precision: PrecisionArgument = .fast
+
+    @Option(name: .long, help: "Worker threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func load() throws -> ModelBundle {
+        try ModelBundle(path: model, precision: precision.value, threads: threads)
+    }
+}
+
+enum PrecisionArgument: String, ExpressibleByArgument, CaseIterable {
+    case fast, reference
+    var value: Precision { self == .fast ? .fast : .reference }
+}
+
+/// Sampling options shared by `generate` and `chat`.
+struct SamplingOptions: ParsableArguments {
+    @Option(name: .long, help: "Maximum number of new tokens.") var maxTokens: Int = 256
+    @Option(name: .long, help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
+    @Option(name: .long, help: "Keep the K most likely tokens (0: off).") var topK: Int = 0
+    @Option(name: .long, help: "Nucleus sampling mass (1: off).") var topP: Float = 1
+    @Option(name: .long, help: "Drop tokens below this fraction of the top probability (0: off).") var minP: Float = 0
+    @Option(name: .long, help: "Repetition penalty (1: off).") var repeatPenalty: Float = 1
+    @Option(name: .long, help: "Random seed (same seed, same output).") var seed: UInt64?
+    @Option(name: .long, help: "Stop when this text appears (repeatable).") var stop: [String] = []
+
+    var parameters: GenerateParameters {
+        GenerateParameters(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP, minP: minP,
+                           repetitionPenalty: repeatPenalty, seed: seed, stop: stop)
+    }
+
+    func validate() throws {
+        do { try parameters.validate() } catch { throw ValidationError("\(error)") }
+    }
+}
+
+/// Runs `body`; a library error becomes one line on stderr and exit status 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do { try body() } catch let e as CausalError {
+        FileHandle.standardError.write("causal: error: \(e)\n".data(using: .utf8)!)
+        throw ExitCode(1)
+    } catch let e as ChatTemplateError {
+        FileHandle.standardError.write("causal: error: \(e)\n".data(using: .utf8)!)
+        throw ExitCode(1)
+    }
+}
+
+func writeOut(_ s: String) {
+    FileHandle.standardOutput.write(s.data(using: .utf8)!)
+}
+
+/// JSON string literal (RFC 8259 escaping).
+func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out + "\""
+}

@@ -1,0 +1,39 @@
+import ArgumentParser
+import CausalLM
+import Foundation
+
+struct Chat: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Chat interactively. The conversation and its KV cache carry over between turns.",
+        discussion: "Commands: /reset starts over, /exit (or Ctrl-D) quits.")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var sampling: SamplingOptions
+    @Option(name: .long, help: "A system message.") var system: String?
+
+    func run() throws {
+        try reportingErrors {
+            let bundle = try modelOptions.load()
+            let session = ChatSession(bundle: bundle, system: system)
+            let interactive = isatty(0) != 0
+            while true {
+                if interactive { writeOut("> ") }
+                guard let line = readLine() else { break }
+                let text = line.trimmingCharacters(in: .whitespaces)
+                if text.isEmpty { continue }
+                if text == "/exit" || text == "/quit" { break }
+                if text == "/reset" {
+                    session.reset()
+                    writeOut("(conversation reset)\n")
+                    continue
+                }
+                do {
+                    _ = try session.respond(text, parameters: sampling.parameters, onText: { writeOut($0) })
+                    writeOut("\n")
+                } catch let e as CausalError {
+                    FileHandle.standardError.write("causal: error: \(e)\n".data(using: .utf8)!)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+import XCTest
+import CausalLM
+
+/// SmolLM2-135M-Instruct against Hugging Face transformers (fp32 on the dequantized GGUF weights).
+final class LlamaParityTests: XCTestCase {
+    static let reference: ModelBundle = { try! ModelBundle(path: TestModel.path, precision: .reference) }()
+    static let fast: ModelBundle = { try! ModelBundle(path: TestModel.path, precision: .fast) }()
+
+    struct LogitCase { let prompt: String; let ids: [Int]; let top20: [[(Int, Float)]]; let last: [Float] }
+
+    static func logitCases() throws -> [LogitCase] {
+        let rows = try Fixtures.json("smollm2/logits.json") as! [[String: Any]]
+        return try rows.map { r in
+            let top = (r["top20_per_position"] as! [[[Any]]]).map { pos in
+                pos.map { pair in ((pair[0] as! NSNumber).intValue, (pair[1] as! NSNumber).floatValue) }
+            }
+            return LogitCase(prompt: r["prompt"] as! String, ids: (r["ids"] as! [NSNumber]).map(\.intValue),
+                             top20: top, last: try Fixtures.npyFloats("smollm2/" + (r["last_logits_file"] as! String)))
+        }
+    }
+
+    /// All-position logits of one prompt run alone.
+    static func logits(_ bundle: ModelBundle, _ ids: [Int]) throws -> [Float] {
+        let cache = bundle.model.makeCache(capacity: 256)
+        return try bundle.model.forward([SequenceChunk(cache: cache, tokens: ids, logits: .all)])[0]
+    }
+
+    func testTokenizationOfLogitPrompts() throws {
+        for c in try Self.logitCases() {
+            XCTAssertEqual(Self.reference.tokenizer.encode(c.prompt), c.ids, c.prompt)
+        }
+    }
+
+    func testReferenceLogitsMatchHF() throws {
+        let V = 49152
+        for c in try Self.logitCases() {
+            let all = try Self.logits(Self.reference, c.ids)
+            XCTAssertEqual(all.count, c.ids.count * V)
+            let last = Array(all[((c.ids.count - 1) * V)...])
+            var worst = 0
+            var maxDiff: Float = 0
+            for i in 0..<V where abs(last[i] - c.last[i]) > maxDiff { maxDiff = abs(last[i] - c.last[i]); worst = i }
+            print("[parity] '\(c.prompt)': last-position max |Δlogit| = \(maxDiff) at id \(worst) (ours \(last[worst]), HF \(c.last[worst]))")
+            XCTAssertLessThanOrEqual(maxDiff, 1e-3, "'\(c.prompt)': worst id \(worst): ours \(last[worst]) vs HF \(c.last[worst])")
+            // Top-20 ids at every position, in order.
+            for (pos, hfTop) in c.top20.enumerated() {
+                let row = Array(all[(pos * V)..<((pos + 1) * V)])
+                let ours = row.indices.sorted { row[$0] > row[$1] || (row[$0] == row[$1] && $0 < $1) }.prefix(20)
+                XCTAssertEqual(Array(ours), hfTop.map(\.0), "'\(c.prompt)' position \(pos)")
+                for (id, v) in hfTop { XCTAssertEqual(row[id], v, accuracy: 1e-3, "'\(c.prompt)' position \(pos) id \(id)") }
+            }
+        }
+    }
+
+    /// Fast precision: quantized weights in place, fp32 activations. Reports the distance to reference.
+    func testFastAgainstReference() throws {
+        let V = 49152
+        var worstKL = 0.0
+        for c in try Self.logitCases() {
+            let r = try Self.logits(Self.reference, c.ids)
+            let f = try Self.logits(Self.fast, c.ids)
+            var maxDiff: Float = 0
+            var klSum = 0.0
+            for pos in 0..<c.ids.count {
+                let a = Array(r[(pos * V)..<((pos + 1) * V)]), b = Array(f[(pos * V)..<((pos + 1) * V)])
+                for i in 0..<V { maxDiff = max(maxDiff, abs(a[i] - b[i])) }
+                klSum += Self.kl(a, b)
+                XCTAssertEqual(Sampler.argmax(a), Sampler.argmax(b), "'\(c.prompt)' position \(pos): fast and reference disagree on the top token")
+            }
+            let kl = klSum / Double(c.ids.count)
+            worstKL = max(worstKL, kl)
+            print("[fast-vs-reference] '\(c.prompt)': max |Δlogit| = \(maxDiff), mean KL(ref‖fast) = \(kl)")
+            XCTAssertLessThan(maxDiff, 1e-2)
+        }
+        XCTAssertLessThan(worstKL, 1e-5)
+    }
+
+    static func kl(_ p: [Float], _ q: [Float]) -> Double {
+        func logSoftmax(_ x: [Float]) -> [Double] {
+            let m = Double(x.max()!)
+            let lse = m + log(x.reduce(0.0) { $0 + exp(Double($1) - m) })
+            return x.map { Double($0) - lse }
+        }
+        let lp = logSoftmax(p), lq = logSoftmax(q)
+        var s = 0.0
+        for i in lp.indices { s += exp(lp[i]) * (lp[i] - lq[i]) }
+        return s
+    }
+
+    struct GreedyCase { let prompt: String; let promptIDs: [Int]; let tokens: [Int]; let text: String }
+
+    static func greedyCases() throws -> [GreedyCase] {
+        let rows = try Fixtures.json("smollm2/greedy.json") as! [[String: Any]]
+        return rows.map { r in
+            GreedyCase(prompt: r["prompt"] as! String, promptIDs: (r["prompt_ids"] as! [NSNumber]).map(\.intValue),
+                       tokens: (r["tokens"] as! [NSNumber]).map(\.intValue), text: r["text"] as! String)
+        }
+    }
+
+    /// Greedy generation in reference precision reproduces HF's batch-size-1 tokens for every prompt.
+    func testReferenceGreedyMatchesHF() throws {
+        let b = Self.reference
+        let cases = try Self.greedyCases()
+        var requests: [SequenceRequest] = []
+        for c in cases {
+            let ids = try b.chatPromptIDs([ChatMessage(role: "user", content: c.prompt)])
+            XCTAssertEqual(ids, c.promptIDs, "chat prompt ids for '\(c.prompt)'")
+            requests.append(SequenceRequest(prompt: ids, parameters: GenerateParameters(maxNewTokens: 48, temperature: 0)))
+        }
+        let results = try b.makeGenerator().generate(requests)
+        for (c, r) in zip(cases, results) {
+            XCTAssertEqual(r.tokens, c.tokens, "'\(c.prompt)': ours \(r.text.debugDescription)")
+            let eos = c.tokens.last == 2
+            XCTAssertEqual(r.finishReason, eos ? .stop : .length)
+            XCTAssertEqual(r.text + (eos ? "<|im_end|>" : ""), c.text)
+            XCTAssertEqual(r.promptTokens, c.promptIDs.count)
+        }
+    }
+
+    /// In fast precision the greedy answers keep the reference's (the quality bar for the activation precision).
+    func testFastGreedyKeepsReferenceAnswers() throws {
+        let cases = try Self.greedyCases()
+        let requests = cases.map { SequenceRequest(prompt: $0.promptIDs, parameters: GenerateParameters(maxNewTokens: 48, temperature: 0)) }
+        let results = try Self.fast.makeGenerator().generate(requests)
+        var same = 0
+        for (c, r) in zip(cases, results) {
+            if r.tokens == c.tokens { same += 1 } else { print("[fast greedy] '\(c.prompt)' differs: \(r.text.debugDescription)") }
+        }
+        print("[fast greedy] \(same)/\(cases.count) answers identical to reference")
+        XCTAssertTrue(results[0].text.contains("Paris"), results[0].text)
+        XCTAssertGreaterThanOrEqual(same, cases.count - 1)
+    }
+}
