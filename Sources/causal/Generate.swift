@@ -18,6 +18,9 @@ struct Generate: ParsableCommand {
     @Flag(name: .long, help: #"Print one JSON object: {"tokens", "text", "finish_reason", "prompt_tokens"}."#)
     var json = false
 
+    @Flag(name: .long, help: "Print timing (prompt and generation tokens/s) on stderr.")
+    var stats = false
+
     @Argument(help: "The prompt.") var prompt: String
 
     func validate() throws {
@@ -44,6 +47,12 @@ struct Generate: ParsableCommand {
             } else {
                 _ = try generator.generate([request], onText: { _, s in writeOut(s) })
                 writeOut("\n")
+            }
+            if stats {
+                let s = generator.lastStats
+                FileHandle.standardError.write(String(
+                    format: "prompt: %d tokens in %.3f s (%.1f tok/s); generated: %d tokens, %.1f tok/s after the first\n",
+                    s.promptTokens, s.prefillSeconds, s.prefillTokensPerSecond, s.generatedTokens, s.decodeTokensPerSecond).data(using: .utf8)!)
             }
         }
     }

@@ -113,3 +113,10 @@ final class LoopbackFetchTests: XCTestCase {
         return p.terminationStatus
     }
 }
+
+final class DefaultModelTests: XCTestCase {
+    /// The cached default model is byte-identical to the published file (the digest the fetcher verifies).
+    func testDefaultModelDigest() throws {
+        XCTAssertEqual(try SHA256.hexDigest(ofFile: TestModel.path), PackagedModel.smolLM2.sha256)
+    }
+}

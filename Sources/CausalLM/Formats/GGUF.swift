@@ -110,7 +110,7 @@ public final class GGUFFile: @unchecked Sendable {
         var r = Reader(base: file.base, count: file.count, path: file.path)
         let magic = try r.bytes(4, field: "magic")
         guard magic == [0x47, 0x47, 0x55, 0x46] else {
-            throw CausalError.badFormat(path: path, field: "magic", reason: "not a GGUF file (expected 'GGUF', found \(magic.map { String(format: "%02x", $0) }.joined(separator: " ")))")
+            throw CausalError.badFormat(path: path, field: "magic", reason: "not a GGUF file (expected 'GGUF', found \(SHA256.hex(magic)))")
         }
         version = try r.u32(field: "version")
         guard version == 2 || version == 3 else {

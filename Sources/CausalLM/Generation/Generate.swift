@@ -18,6 +18,17 @@ public struct GenerationResult: Sendable, Equatable {
     public var promptTokens: Int
 }
 
+/// Wall-clock timing of one `generate` call. Prefill runs until the first new token exists; decode is the rest.
+public struct GenerationStats: Sendable {
+    public var promptTokens = 0
+    public var generatedTokens = 0
+    public var prefillSeconds = 0.0
+    public var decodeSeconds = 0.0
+    /// New tokens after the first, per second of decode.
+    public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(max(generatedTokens - 1, 0)) / decodeSeconds : 0 }
+    public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
+}
+
 /// A request to the step loop: a prompt (token ids), its parameters, and optionally a cache to continue from
 /// (the cache's first `cache.count` positions must hold the prompt's first `cache.count` ids).
 public struct SequenceRequest {
@@ -38,6 +49,8 @@ public final class Generator {
     public let tokenizer: ByteLevelBPETokenizer
     /// Ids that end generation (the tokenizer's EOS and, when present, end-of-turn ids).
     public var endTokenIDs: Set<Int>
+    /// Timing of the last `generate` call.
+    public private(set) var lastStats = GenerationStats()
 
     public init(model: LanguageModel, tokenizer: ByteLevelBPETokenizer, endTokenIDs: Set<Int>? = nil) {
         self.model = model
@@ -52,6 +65,18 @@ public final class Generator {
     public func generate(_ requests: [SequenceRequest], chunkSize: Int? = nil,
                          onText: ((Int, String) -> Void)? = nil) throws -> [GenerationResult] {
         var states = try requests.enumerated().map { i, r in try SequenceState(index: i, request: r, generator: self) }
+        var stats = GenerationStats()
+        let start = DispatchTime.now().uptimeNanoseconds
+        var firstTokenAt: UInt64? = nil
+        defer {
+            let end = DispatchTime.now().uptimeNanoseconds
+            let first = firstTokenAt ?? end
+            stats.prefillSeconds = Double(first - start) / 1e9
+            stats.decodeSeconds = Double(end - first) / 1e9
+            stats.promptTokens = states.reduce(0) { $0 + $1.promptCount }
+            stats.generatedTokens = states.reduce(0) { $0 + $1.tokens.count }
+            lastStats = stats
+        }
         while true {
             var chunks: [SequenceChunk] = []
             var owners: [Int] = []
@@ -68,6 +93,9 @@ public final class Generator {
             let logits = try model.forward(chunks)
             for (j, i) in owners.enumerated() where !logits[j].isEmpty {
                 states[i].accept(logits: logits[j][...], generator: self, onText: onText)
+            }
+            if firstTokenAt == nil && owners.contains(where: { !states[$0].tokens.isEmpty }) {
+                firstTokenAt = DispatchTime.now().uptimeNanoseconds
             }
         }
         return states.map { $0.result() }

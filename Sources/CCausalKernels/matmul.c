@@ -1,0 +1,693 @@
+// Batch-invariant matrix multiplication of quantized / low-precision weights with fp32 activations.
+//
+// Structure (the same for every ISA level):
+//   for each panel of P output rows:
+//       dequantize the panel into a thread-local fp32 scratch buffer (F32 weights are used in place)
+//       for each tile of TT tokens:
+//           for each tile of TR rows of the panel:
+//               microkernel(R <= TR rows, T <= TT tokens)
+// The microkernel gives every (token, row) pair its own 16-lane accumulator and performs, for that pair, exactly
+// the operation sequence described in CCausalKernels.h; the tile shape only decides how many pairs run side by
+// side (reusing each loaded weight vector for T tokens and each activation vector for R rows). Remainder tiles
+// are the same code with smaller R/T, so no result depends on n, the batch, the row range or the tiling.
+#include "CCausalKernels.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CK_X86 1
+#include <immintrin.h>
+#define CK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define CK_X86 0
+#endif
+
+#define CK_INLINE static inline __attribute__((always_inline))
+
+// ---------------------------------------------------------------------------------------------------------------
+// Types
+
+static int type_block_size(int type) {
+    switch (type) {
+    case CK_TYPE_F32: case CK_TYPE_F16: case CK_TYPE_BF16: return 1;
+    case CK_TYPE_Q4_0: case CK_TYPE_Q4_1: case CK_TYPE_Q8_0: return 32;
+    default: return 0;
+    }
+}
+
+static size_t type_block_bytes(int type) {
+    switch (type) {
+    case CK_TYPE_F32: return 4;
+    case CK_TYPE_F16: case CK_TYPE_BF16: return 2;
+    case CK_TYPE_Q4_0: return 18;
+    case CK_TYPE_Q4_1: return 20;
+    case CK_TYPE_Q8_0: return 34;
+    default: return 0;
+    }
+}
+
+size_t ck_row_bytes(int type, int64_t K) {
+    const int bs = type_block_size(type);
+    if (bs == 0 || K <= 0 || K % bs != 0) return 0;
+    return (size_t)(K / bs) * type_block_bytes(type);
+}
+
+int64_t ck_row_tile(void) { return 16; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scalar conversions
+
+static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline uint16_t load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline void store_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+
+float ck_half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+    if (exp == 0) {
+        // Zero or subnormal: mant * 2^-24, exact in fp32.
+        const float v = (float)mant * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    if (exp == 31) return bits_to_float(sign | 0x7F800000u | (mant << 13));  // inf / nan (payload kept)
+    return bits_to_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+uint16_t ck_float_to_half(float f) {
+    const uint32_t x = float_to_bits(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax > 0x7F800000u) return sign | 0x7E00u | (uint16_t)((ax >> 13) & 0x3FFu);  // nan stays (quiet) nan
+    if (ax >= 0x477FF000u) return sign | 0x7C00u;  // >= 65520 rounds to inf (inf included)
+    if (ax < 0x38800000u) {
+        // Below 2^-14: subnormal half (or zero). v = |f| * 2^24 is exact; round it to an integer, ties to even.
+        const float v = bits_to_float(ax) * 0x1p24f;
+        uint32_t i = (uint32_t)v;
+        const float fr = v - (float)i;
+        if (fr > 0.5f || (fr == 0.5f && (i & 1u))) i++;
+        return sign | (uint16_t)i;  // i == 1024 is the smallest normal, as it should be
+    }
+    uint32_t h = ((((ax >> 23) - 112u) << 10) | ((ax & 0x7FFFFFu) >> 13));
+    const uint32_t rem = ax & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;  // a carry into the exponent is correct rounding
+    return sign | (uint16_t)h;
+}
+
+float ck_bf16_to_float(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
+
+uint16_t ck_float_to_bf16(float f) {
+    const uint32_t x = float_to_bits(f);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40u);  // quiet nan
+    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reference quantizers
+
+void ck_quantize_row_q8_0(const float *src, void *dst, int64_t count) {
+    uint8_t *out = (uint8_t *)dst;
+    for (int64_t b = 0; b < count / 32; b++, src += 32, out += 34) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(src[i]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        store_u16(out, ck_float_to_half(d));
+        for (int i = 0; i < 32; i++) out[2 + i] = (uint8_t)(int8_t)roundf(src[i] * id);
+    }
+}
+
+void ck_quantize_row_q4_0(const float *src, void *dst, int64_t count) {
+    uint8_t *out = (uint8_t *)dst;
+    for (int64_t b = 0; b < count / 32; b++, src += 32, out += 18) {
+        float amax = 0.0f, mx = 0.0f;  // mx: the element of largest magnitude, with its sign
+        for (int i = 0; i < 32; i++)
+            if (fabsf(src[i]) > amax) { amax = fabsf(src[i]); mx = src[i]; }
+        const float d = mx / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        store_u16(out, ck_float_to_half(d));
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int)floorf(src[j] * id + 8.5f), q1 = (int)floorf(src[j + 16] * id + 8.5f);
+            q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
+            q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+            out[2 + j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+void ck_quantize_row_q4_1(const float *src, void *dst, int64_t count) {
+    uint8_t *out = (uint8_t *)dst;
+    for (int64_t b = 0; b < count / 32; b++, src += 32, out += 20) {
+        float mn = src[0], mx = src[0];
+        for (int i = 1; i < 32; i++) { mn = fminf(mn, src[i]); mx = fmaxf(mx, src[i]); }
+        const float d = (mx - mn) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        store_u16(out, ck_float_to_half(d));
+        store_u16(out + 2, ck_float_to_half(mn));
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int)floorf((src[j] - mn) * id + 0.5f), q1 = (int)floorf((src[j + 16] - mn) * id + 0.5f);
+            q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
+            q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+            out[4 + j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// ISA selection
+
+static atomic_int g_isa = -1;   // level in use; -1 until first use
+static atomic_int g_cpu = -1;   // detected level
+
+int ck_cpu_isa(void) {
+    int c = atomic_load_explicit(&g_cpu, memory_order_relaxed);
+    if (c >= 0) return c;
+    c = CK_ISA_SCALAR;
+#if CK_X86
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (avx2) c = CK_ISA_AVX2;
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        c = CK_ISA_AVX512;
+#endif
+    atomic_store_explicit(&g_cpu, c, memory_order_relaxed);
+    return c;
+}
+
+int ck_get_isa(void) {
+    int l = atomic_load_explicit(&g_isa, memory_order_relaxed);
+    if (l < 0) {
+        l = ck_cpu_isa();
+        int expected = -1;
+        if (!atomic_compare_exchange_strong(&g_isa, &expected, l)) l = expected;
+    }
+    return l;
+}
+
+int ck_set_isa(int level) {
+    const int best = ck_cpu_isa();
+    const int l = level < 0 || level > best ? best : level;
+    atomic_store(&g_isa, l);
+    return l;
+}
+
+const char *ck_isa_name(void) {
+    switch (ck_get_isa()) {
+    case CK_ISA_AVX512: return "avx512";
+    case CK_ISA_AVX2: return "avx2";
+    default: return "scalar";
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Thread-local scratch for dequantized panels
+
+static pthread_key_t g_scratch_key;
+static pthread_once_t g_scratch_once = PTHREAD_ONCE_INIT;
+static _Thread_local float *tl_scratch;
+static _Thread_local size_t tl_scratch_floats;
+
+static void scratch_key_init(void) { pthread_key_create(&g_scratch_key, free); }
+
+static float *scratch(size_t floats) {
+    if (floats <= tl_scratch_floats) return tl_scratch;
+    pthread_once(&g_scratch_once, scratch_key_init);
+    free(tl_scratch);
+    const size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
+    tl_scratch = (float *)aligned_alloc(64, bytes);
+    tl_scratch_floats = tl_scratch ? floats : 0;
+    pthread_setspecific(g_scratch_key, tl_scratch);  // freed when the thread exits
+    return tl_scratch;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scalar level
+
+static void dq_scalar(int type, const uint8_t *src, float *dst, int64_t count) {
+    switch (type) {
+    case CK_TYPE_F32:
+        memcpy(dst, src, (size_t)count * 4);
+        break;
+    case CK_TYPE_F16:
+        for (int64_t i = 0; i < count; i++) dst[i] = ck_half_to_float(load_u16(src + 2 * i));
+        break;
+    case CK_TYPE_BF16:
+        for (int64_t i = 0; i < count; i++) dst[i] = ck_bf16_to_float(load_u16(src + 2 * i));
+        break;
+    case CK_TYPE_Q8_0:
+        for (int64_t b = 0; b < count / 32; b++, src += 34, dst += 32) {
+            const float d = ck_half_to_float(load_u16(src));
+            for (int i = 0; i < 32; i++) dst[i] = d * (float)(int8_t)src[2 + i];
+        }
+        break;
+    case CK_TYPE_Q4_0:
+        for (int64_t b = 0; b < count / 32; b++, src += 18, dst += 32) {
+            const float d = ck_half_to_float(load_u16(src));
+            for (int j = 0; j < 16; j++) {
+                dst[j] = d * (float)((int)(src[2 + j] & 15) - 8);
+                dst[j + 16] = d * (float)((int)(src[2 + j] >> 4) - 8);
+            }
+        }
+        break;
+    case CK_TYPE_Q4_1:
+        for (int64_t b = 0; b < count / 32; b++, src += 20, dst += 32) {
+            const float d = ck_half_to_float(load_u16(src)), m = ck_half_to_float(load_u16(src + 2));
+            // d * nibble is exact in fp32 (11 x 4 significant bits), so this fma equals d * q + m rounded once.
+            for (int j = 0; j < 16; j++) {
+                dst[j] = fmaf(d, (float)(src[4 + j] & 15), m);
+                dst[j + 16] = fmaf(d, (float)(src[4 + j] >> 4), m);
+            }
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+// One (row, token) pair: the canonical operation sequence, written out lane by lane.
+static float dot_scalar(const float *w, const float *x, int64_t K) {
+    float acc[16];
+    for (int j = 0; j < 16; j++) acc[j] = 0.0f;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16)
+        for (int j = 0; j < 16; j++) acc[j] = fmaf(w[k + j], x[k + j], acc[j]);
+    if (k < K)
+        for (int j = 0; j < 16; j++) {
+            const int in = k + j < K;
+            acc[j] = fmaf(in ? w[k + j] : 0.0f, in ? x[k + j] : 0.0f, acc[j]);
+        }
+    for (int j = 0; j < 8; j++) acc[j] = acc[j] + acc[j + 8];
+    for (int j = 0; j < 4; j++) acc[j] = acc[j] + acc[j + 4];
+    for (int j = 0; j < 2; j++) acc[j] = acc[j] + acc[j + 2];
+    return acc[0] + acc[1];
+}
+
+static void mk_scalar(int R, int T, const float *w, int64_t ldw, const float *x, int64_t ldx, int64_t K,
+                      float *y, int64_t ldy) {
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) y[t * ldy + r] = dot_scalar(w + r * ldw, x + t * ldx, K);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// AVX-512 level
+
+#if CK_X86
+
+// One half -> float with F16C (exact, like ck_half_to_float).
+CK_INLINE CK_AVX2 float h2f_f16c(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
+CK_INLINE CK_AVX512 float hsum512(__m512 v) {
+    const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));  // j + j+8
+    const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));     // j + j+4
+    const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));                                     // j + j+2
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));                                // 0 + 1
+}
+
+// Block decoders: one 32-element block -> two vectors (elements 0-15 and 16-31), exactly the values of
+// dq_scalar. The scales are broadcast from memory before conversion (no scalar round trip).
+CK_INLINE CK_AVX512 __m512 bcast_half512(const uint8_t *p) {
+    int16_t h;
+    memcpy(&h, p, 2);
+    return _mm512_cvtph_ps(_mm256_set1_epi16(h));
+}
+
+CK_INLINE CK_AVX512 void blk512_q8_0(const uint8_t *b, __m512 *w0, __m512 *w1) {
+    const __m512 d = bcast_half512(b);
+    *w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2)))));
+    *w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 18)))));
+}
+
+CK_INLINE CK_AVX512 void blk512_q4_0(const uint8_t *b, __m512 *w0, __m512 *w1) {
+    // d * (q - 8) with the subtraction in integers, like the scalar code (keeps the sign of d * 0).
+    const __m512 d = bcast_half512(b);
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2)));
+    const __m512i eight = _mm512_set1_epi32(8);
+    *w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), eight)));
+    *w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight)));
+}
+
+CK_INLINE CK_AVX512 void blk512_q4_1(const uint8_t *b, __m512 *w0, __m512 *w1) {
+    int32_t dm_bits;
+    memcpy(&dm_bits, b, 4);
+    const __m512 dm = _mm512_cvtph_ps(_mm256_set1_epi32(dm_bits));  // d, m, d, m, ...
+    const __m512 d = _mm512_moveldup_ps(dm), m = _mm512_movehdup_ps(dm);
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 4)));
+    *w0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15))), m);
+    *w1 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), m);
+}
+
+CK_INLINE CK_AVX512 void blk512(const int type, const uint8_t *b, __m512 *w0, __m512 *w1) {
+    if (type == CK_TYPE_Q8_0) blk512_q8_0(b, w0, w1);
+    else if (type == CK_TYPE_Q4_0) blk512_q4_0(b, w0, w1);
+    else blk512_q4_1(b, w0, w1);
+}
+
+static CK_AVX512 void dq_avx512(int type, const uint8_t *src, float *dst, int64_t count) {
+    switch (type) {
+    case CK_TYPE_F16: {
+        int64_t i = 0;
+        for (; i + 16 <= count; i += 16)
+            _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + 2 * i))));
+        for (; i < count; i++) dst[i] = ck_half_to_float(load_u16(src + 2 * i));
+        break;
+    }
+    case CK_TYPE_BF16: {
+        int64_t i = 0;
+        for (; i + 16 <= count; i += 16) {
+            const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * i)));
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+        }
+        for (; i < count; i++) dst[i] = ck_bf16_to_float(load_u16(src + 2 * i));
+        break;
+    }
+#define DQ512_CASE(TYPE, BYTES)                                                                  \
+    case TYPE:                                                                                   \
+        for (int64_t b = 0; b < count / 32; b++, src += BYTES, dst += 32) {                      \
+            __m512 w0, w1;                                                                       \
+            blk512(TYPE, src, &w0, &w1);                                                         \
+            _mm512_storeu_ps(dst, w0);                                                           \
+            _mm512_storeu_ps(dst + 16, w1);                                                      \
+        }                                                                                        \
+        break;
+    DQ512_CASE(CK_TYPE_Q8_0, 34)
+    DQ512_CASE(CK_TYPE_Q4_0, 18)
+    DQ512_CASE(CK_TYPE_Q4_1, 20)
+#undef DQ512_CASE
+    default:
+        dq_scalar(type, src, dst, count);
+        break;
+    }
+}
+
+// Fused kernel for few tokens: decodes each block of R rows in registers and feeds it straight to the
+// accumulators of T tokens, chunk by chunk in increasing k — the same per-pair sequence as the panel path.
+#define FK512_TR 4
+#define FK512_TT 4
+
+CK_INLINE CK_AVX512 void fk512_rt(const int type, const int bbytes, const int R, const int T, const uint8_t *W,
+                                 size_t rb, const float *x, int64_t ldx, int64_t K, float *y, int64_t ldy) {
+    __m512 acc[FK512_TR][FK512_TT];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    const int64_t nb = K / 32;
+    for (int64_t b = 0; b < nb; b++) {
+        __m512 x0[FK512_TT], x1[FK512_TT];
+        for (int t = 0; t < T; t++) {
+            x0[t] = _mm512_loadu_ps(x + t * ldx + 32 * b);
+            x1[t] = _mm512_loadu_ps(x + t * ldx + 32 * b + 16);
+        }
+        for (int r = 0; r < R; r++) {
+            __m512 w0, w1;
+            blk512(type, W + (size_t)r * rb + (size_t)b * bbytes, &w0, &w1);
+            for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(w0, x0[t], acc[r][t]);
+            for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(w1, x1[t], acc[r][t]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) y[t * ldy + r] = hsum512(acc[r][t]);
+}
+
+#define FK512_CASE(TYPE, BYTES, R, T) \
+    case (R) * 8 + (T): fk512_rt(TYPE, BYTES, R, T, W, rb, x, ldx, K, y, ldy); break;
+#define FK512_TYPE(TYPE, BYTES)                                                                   \
+    case TYPE:                                                                                    \
+        switch (R * 8 + T) {                                                                      \
+        FK512_CASE(TYPE, BYTES, 1, 1) FK512_CASE(TYPE, BYTES, 1, 2) FK512_CASE(TYPE, BYTES, 1, 3) \
+        FK512_CASE(TYPE, BYTES, 1, 4) FK512_CASE(TYPE, BYTES, 2, 1) FK512_CASE(TYPE, BYTES, 2, 2) \
+        FK512_CASE(TYPE, BYTES, 2, 3) FK512_CASE(TYPE, BYTES, 2, 4) FK512_CASE(TYPE, BYTES, 3, 1) \
+        FK512_CASE(TYPE, BYTES, 3, 2) FK512_CASE(TYPE, BYTES, 3, 3) FK512_CASE(TYPE, BYTES, 3, 4) \
+        FK512_CASE(TYPE, BYTES, 4, 1) FK512_CASE(TYPE, BYTES, 4, 2) FK512_CASE(TYPE, BYTES, 4, 3) \
+        FK512_CASE(TYPE, BYTES, 4, 4)                                                             \
+        default: break;                                                                           \
+        }                                                                                         \
+        break;
+
+static CK_AVX512 void fk_avx512(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
+                                int64_t K, float *y, int64_t ldy) {
+    switch (type) {
+    FK512_TYPE(CK_TYPE_Q8_0, 34)
+    FK512_TYPE(CK_TYPE_Q4_0, 18)
+    FK512_TYPE(CK_TYPE_Q4_1, 20)
+    default: break;
+    }
+}
+
+#define MK512_TR 4
+#define MK512_TT 6
+
+// R x T pairs side by side; R, T are compile-time constants at every call site.
+CK_INLINE CK_AVX512 void mk512_rt(const int R, const int T, const float *w, int64_t ldw, const float *x,
+                                 int64_t ldx, int64_t K, float *y, int64_t ldy) {
+    __m512 acc[MK512_TR][MK512_TT];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv[MK512_TT];
+        for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(x + t * ldx + k);
+        for (int r = 0; r < R; r++) {
+            const __m512 wv = _mm512_loadu_ps(w + r * ldw + k);
+            for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    if (k < K) {
+        const __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+        __m512 xv[MK512_TT];
+        for (int t = 0; t < T; t++) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + k);
+        for (int r = 0; r < R; r++) {
+            const __m512 wv = _mm512_maskz_loadu_ps(m, w + r * ldw + k);
+            for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) y[t * ldy + r] = hsum512(acc[r][t]);
+}
+
+#define MK512_CASE(R, T) case (R) * 8 + (T): mk512_rt(R, T, w, ldw, x, ldx, K, y, ldy); break;
+#define MK512_ROW(R) MK512_CASE(R, 1) MK512_CASE(R, 2) MK512_CASE(R, 3) MK512_CASE(R, 4) MK512_CASE(R, 5) MK512_CASE(R, 6)
+
+static CK_AVX512 void mk_avx512(int R, int T, const float *w, int64_t ldw, const float *x, int64_t ldx, int64_t K,
+                                float *y, int64_t ldy) {
+    switch (R * 8 + T) {
+    MK512_ROW(1) MK512_ROW(2) MK512_ROW(3) MK512_ROW(4)
+    default: break;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// AVX2 level: a 16-lane accumulator is a pair of 8-lane registers (lanes 0-7, 8-15).
+
+CK_INLINE CK_AVX2 float hsum256x2(__m256 lo, __m256 hi) {
+    const __m256 a = _mm256_add_ps(lo, hi);                                                  // j + j+8
+    const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));     // j + j+4
+    const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));                                     // j + j+2
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));                                // 0 + 1
+}
+
+static CK_AVX2 void dq_avx2(int type, const uint8_t *src, float *dst, int64_t count) {
+    switch (type) {
+    case CK_TYPE_F16: {
+        int64_t i = 0;
+        for (; i + 8 <= count; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+        for (; i < count; i++) dst[i] = ck_half_to_float(load_u16(src + 2 * i));
+        break;
+    }
+    case CK_TYPE_BF16: {
+        int64_t i = 0;
+        for (; i + 8 <= count; i += 8) {
+            const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+        for (; i < count; i++) dst[i] = ck_bf16_to_float(load_u16(src + 2 * i));
+        break;
+    }
+    case CK_TYPE_Q8_0:
+        for (int64_t b = 0; b < count / 32; b++, src += 34, dst += 32) {
+            const __m256 d = _mm256_set1_ps(h2f_f16c(src));
+            for (int i = 0; i < 4; i++) {
+                const __m128i q = _mm_loadl_epi64((const __m128i *)(src + 2 + 8 * i));
+                _mm256_storeu_ps(dst + 8 * i, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+            }
+        }
+        break;
+    case CK_TYPE_Q4_0: {
+        const __m128i lo = _mm_set1_epi8(15);
+        const __m256i eight = _mm256_set1_epi32(8);
+        for (int64_t b = 0; b < count / 32; b++, src += 18, dst += 32) {
+            const __m256 d = _mm256_set1_ps(h2f_f16c(src));
+            const __m128i v = _mm_loadu_si128((const __m128i *)(src + 2));
+            const __m128i l = _mm_and_si128(v, lo), h = _mm_and_si128(_mm_srli_epi16(v, 4), lo);
+            const __m128i parts[4] = {l, _mm_srli_si128(l, 8), h, _mm_srli_si128(h, 8)};
+            for (int i = 0; i < 4; i++) {
+                const __m256i q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[i]), eight);
+                _mm256_storeu_ps(dst + 8 * i, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+            }
+        }
+        break;
+    }
+    case CK_TYPE_Q4_1: {
+        const __m128i lo = _mm_set1_epi8(15);
+        for (int64_t b = 0; b < count / 32; b++, src += 20, dst += 32) {
+            const __m256 d = _mm256_set1_ps(h2f_f16c(src));
+            const __m256 m = _mm256_set1_ps(h2f_f16c(src + 2));
+            const __m128i v = _mm_loadu_si128((const __m128i *)(src + 4));
+            const __m128i l = _mm_and_si128(v, lo), h = _mm_and_si128(_mm_srli_epi16(v, 4), lo);
+            const __m128i parts[4] = {l, _mm_srli_si128(l, 8), h, _mm_srli_si128(h, 8)};
+            for (int i = 0; i < 4; i++) {
+                const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i]));
+                _mm256_storeu_ps(dst + 8 * i, _mm256_fmadd_ps(d, q, m));
+            }
+        }
+        break;
+    }
+    default:
+        dq_scalar(type, src, dst, count);
+        break;
+    }
+}
+
+#define MK256_TR 2
+#define MK256_TT 3
+
+CK_INLINE CK_AVX2 void mk256_rt(const int R, const int T, const float *w, int64_t ldw, const float *x, int64_t ldx,
+                               int64_t K, float *y, int64_t ldy) {
+    __m256 lo[MK256_TR][MK256_TT], hi[MK256_TR][MK256_TT];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) lo[r][t] = hi[r][t] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        for (int r = 0; r < R; r++) {
+            const __m256 w0 = _mm256_loadu_ps(w + r * ldw + k), w1 = _mm256_loadu_ps(w + r * ldw + k + 8);
+            for (int t = 0; t < T; t++) {
+                lo[r][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * ldx + k), lo[r][t]);
+                hi[r][t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * ldx + k + 8), hi[r][t]);
+            }
+        }
+    }
+    if (k < K) {
+        static const int32_t ones[32] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+        const int rem = (int)(K - k);
+        const __m256i m0 = _mm256_loadu_si256((const __m256i *)(ones + 16 - rem));
+        const __m256i m1 = _mm256_loadu_si256((const __m256i *)(ones + 24 - rem));
+        for (int r = 0; r < R; r++) {
+            const __m256 w0 = _mm256_maskload_ps(w + r * ldw + k, m0), w1 = _mm256_maskload_ps(w + r * ldw + k + 8, m1);
+            for (int t = 0; t < T; t++) {
+                lo[r][t] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(x + t * ldx + k, m0), lo[r][t]);
+                hi[r][t] = _mm256_fmadd_ps(w1, _mm256_maskload_ps(x + t * ldx + k + 8, m1), hi[r][t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) y[t * ldy + r] = hsum256x2(lo[r][t], hi[r][t]);
+}
+
+#define MK256_CASE(R, T) case (R) * 8 + (T): mk256_rt(R, T, w, ldw, x, ldx, K, y, ldy); break;
+
+static CK_AVX2 void mk_avx2(int R, int T, const float *w, int64_t ldw, const float *x, int64_t ldx, int64_t K,
+                            float *y, int64_t ldy) {
+    switch (R * 8 + T) {
+    MK256_CASE(1, 1) MK256_CASE(1, 2) MK256_CASE(1, 3)
+    MK256_CASE(2, 1) MK256_CASE(2, 2) MK256_CASE(2, 3)
+    default: break;
+    }
+}
+
+#endif  // CK_X86
+
+// ---------------------------------------------------------------------------------------------------------------
+// Driver
+
+typedef void (*dq_fn)(int type, const uint8_t *src, float *dst, int64_t count);
+typedef void (*mk_fn)(int R, int T, const float *w, int64_t ldw, const float *x, int64_t ldx, int64_t K,
+                      float *y, int64_t ldy);
+
+// Fused kernel (quantized types only): R rows starting at W (row stride rb bytes) x T tokens.
+typedef void (*fk_fn)(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
+                      int64_t K, float *y, int64_t ldy);
+
+typedef struct {
+    dq_fn dq;
+    mk_fn mk;
+    int tr, tt;       // largest panel tile: rows, tokens
+    fk_fn fk;         // NULL if the level has no fused kernel
+    int ftr, ftt;     // largest fused tile; the fused path is used when n <= ftt
+} isa_impl;
+
+static const isa_impl *impl_for(int isa) {
+    static const isa_impl scalar = {dq_scalar, mk_scalar, 4, 4, NULL, 0, 0};
+#if CK_X86
+    static const isa_impl avx2 = {dq_avx2, mk_avx2, MK256_TR, MK256_TT, NULL, 0, 0};
+    static const isa_impl avx512 = {dq_avx512, mk_avx512, MK512_TR, MK512_TT, fk_avx512, FK512_TR, FK512_TT};
+    if (isa == CK_ISA_AVX512) return &avx512;
+    if (isa == CK_ISA_AVX2) return &avx2;
+#else
+    (void)isa;
+#endif
+    return &scalar;
+}
+
+void ck_dequantize_row(int type, const void *src, float *dst, int64_t count) {
+    if (count <= 0 || ck_row_bytes(type, count) == 0) return;
+    impl_for(ck_get_isa())->dq(type, (const uint8_t *)src, dst, count);
+}
+
+void ck_matmul(int type, const void *W, int64_t K, int64_t row_begin, int64_t row_end,
+               const float *x, int64_t ldx, int64_t n, float *y, int64_t ldy) {
+    const size_t rb = ck_row_bytes(type, K);
+    if (n <= 0 || row_end <= row_begin || rb == 0) return;
+    const isa_impl *im = impl_for(ck_get_isa());
+    const int TR = im->tr, TT = im->tt;
+    const uint8_t *Wb = (const uint8_t *)W;
+
+    // Few tokens, quantized weights: decode in registers (no scratch round trip). Same bits as the panel path.
+    if (im->fk && n <= im->ftt && type_block_size(type) == 32) {
+        const int T = (int)n;
+        for (int64_t o = row_begin; o < row_end; o += im->ftr) {
+            const int R = row_end - o < im->ftr ? (int)(row_end - o) : im->ftr;
+            im->fk(type, R, T, Wb + (size_t)o * rb, rb, x, ldx, K, y + o, ldy);
+        }
+        return;
+    }
+
+    // Panel: as many whole row tiles as fit in ~32 KiB of fp32 (at least one tile).
+    const int64_t kpad = (K + 15) & ~(int64_t)15;
+    int64_t P = (32768 / (kpad * 4)) / TR * TR;
+    if (P < TR) P = TR;
+    if (P > 64) P = 64;
+
+    float *buf = NULL;
+    if (type != CK_TYPE_F32) {
+        buf = scratch((size_t)(P * kpad));
+        if (!buf) abort();
+    }
+
+    for (int64_t p0 = row_begin; p0 < row_end; p0 += P) {
+        const int64_t pr = row_end - p0 < P ? row_end - p0 : P;
+        const float *panel;
+        int64_t ldw;
+        if (type == CK_TYPE_F32) {
+            panel = (const float *)W + p0 * K;
+            ldw = K;
+        } else {
+            for (int64_t i = 0; i < pr; i++) im->dq(type, Wb + (size_t)(p0 + i) * rb, buf + i * kpad, K);
+            panel = buf;
+            ldw = kpad;
+        }
+        for (int64_t t0 = 0; t0 < n; t0 += TT) {
+            const int T = n - t0 < TT ? (int)(n - t0) : TT;
+            for (int64_t i = 0; i < pr; i += TR) {
+                const int R = pr - i < TR ? (int)(pr - i) : TR;
+                im->mk(R, T, panel + i * ldw, ldw, x + t0 * ldx, ldx, K, y + t0 * ldy + p0 + i, ldy);
+            }
+        }
+    }
+}

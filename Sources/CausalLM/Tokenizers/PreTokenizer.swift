@@ -1,0 +1,126 @@
+// Pre-tokenization for byte-level BPE: splitting text into the pieces that BPE then encodes one by one.
+//
+// GPT-2's rule is the regular expression
+//     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// evaluated leftmost-first over the text. It is implemented here by hand over Unicode scalars:
+// \p{L} = general category L*, \p{N} = N* (Nd, Nl, No), \s = the White_Space property (what Oniguruma's
+// Unicode \s matches); everything else is "other". Contractions are case-sensitive, as in the regex.
+//
+// `smollm` (SmolLM / SmolLM2; Hugging Face: Digits(individual_digits) then ByteLevel; llama.cpp: "\p{N}" then the
+// GPT-2 expression) first isolates every \p{N} scalar as a piece of its own, then applies the GPT-2 rule to each
+// run of text between numerals separately (the look-ahead of `\s+(?!\S)` does not see past a numeral, so a space
+// before a digit ends its run and becomes a piece of its own: " 123" → " ", "1", "2", "3").
+
+/// The character classes the GPT-2 expression distinguishes.
+enum ScalarClass: UInt8 {
+    case letter = 0, number = 1, space = 2, other = 3
+
+    /// ASCII classes, indexed by scalar value.
+    static let ascii: [ScalarClass] = (0..<128).map { v in
+        switch UInt8(v) {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"): return .letter
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return .number
+        case 0x09...0x0D, 0x20: return .space
+        default: return .other
+        }
+    }
+
+    @inline(__always)
+    static func of(_ s: Unicode.Scalar) -> ScalarClass {
+        if s.value < 128 { return ascii[Int(s.value)] }
+        let p = s.properties
+        if p.isWhitespace { return .space }
+        switch p.generalCategory {
+        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return .letter
+        case .decimalNumber, .letterNumber, .otherNumber: return .number
+        default: return .other
+        }
+    }
+}
+
+/// A pre-tokenizer rule, chosen by the GGUF `tokenizer.ggml.pre` name.
+struct PreTokenizer: Sendable {
+    enum Kind: Sendable { case gpt2, smollm }
+    let kind: Kind
+
+    /// Names accepted by `init(name:)`.
+    static let supportedNames = ["smollm", "gpt2", "default"]
+
+    init?(name: String) {
+        switch name {
+        case "smollm": kind = .smollm
+        case "gpt2", "default", "": kind = .gpt2
+        default: return nil
+        }
+    }
+
+    /// Splits `scalars[range]` (whose classes are `classes[range]`) into pre-tokens, appended to `out` as ranges.
+    func split(_ scalars: UnsafeBufferPointer<Unicode.Scalar>, _ classes: UnsafeBufferPointer<ScalarClass>,
+               _ range: Range<Int>, into out: inout [Range<Int>]) {
+        switch kind {
+        case .gpt2:
+            Self.gpt2(scalars, classes, range, into: &out)
+        case .smollm:
+            var start = range.lowerBound
+            var i = start
+            while i < range.upperBound {
+                if classes[i] == .number {
+                    if start < i { Self.gpt2(scalars, classes, start..<i, into: &out) }
+                    out.append(i..<(i + 1))
+                    start = i + 1
+                }
+                i += 1
+            }
+            if start < range.upperBound { Self.gpt2(scalars, classes, start..<range.upperBound, into: &out) }
+        }
+    }
+
+    /// The GPT-2 expression over one piece; the end of the piece is the end of the subject string.
+    static func gpt2(_ s: UnsafeBufferPointer<Unicode.Scalar>, _ cls: UnsafeBufferPointer<ScalarClass>,
+                     _ range: Range<Int>, into out: inout [Range<Int>]) {
+        let end = range.upperBound
+        var i = range.lowerBound
+        while i < end {
+            let c = s[i].value
+            // 's|'t|'re|'ve|'m|'ll|'d
+            if c == 0x27, i + 1 < end {
+                let c1 = s[i + 1].value
+                var len = 0
+                switch c1 {
+                case 0x73, 0x74, 0x6D, 0x64: len = 2                               // s t m d
+                case 0x72, 0x76: if i + 2 < end, s[i + 2].value == 0x65 { len = 3 } // re ve
+                case 0x6C: if i + 2 < end, s[i + 2].value == 0x6C { len = 3 }       // ll
+                default: break
+                }
+                if len > 0 {
+                    out.append(i..<(i + len))
+                    i += len
+                    continue
+                }
+            }
+            // ` ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+`: an optional U+0020, then a run of one class.
+            var j = i
+            if c == 0x20, i + 1 < end, cls[i + 1] != .space { j = i + 1 }
+            let k = cls[j]
+            if k != .space {
+                var e = j + 1
+                while e < end && cls[e] == k { e += 1 }
+                out.append(i..<e)
+                i = e
+                continue
+            }
+            // `\s+(?!\S)|\s+`
+            var e = i + 1
+            while e < end && cls[e] == .space { e += 1 }
+            if e == end || e - i == 1 {
+                // The run reaches the end of the piece, or a single whitespace scalar that does not attach to the next word.
+                out.append(i..<e)
+                i = e
+            } else {
+                // All but the last whitespace scalar; the last one is matched again (and may attach to the next word).
+                out.append(i..<(e - 1))
+                i = e - 1
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import XCTest
+import CCausalKernels
+
+/// The row-wise C operations against plain Double-precision twins written from the formulas.
+final class OpsTests: XCTestCase {
+    var rng = SystemRandomNumberGenerator()
+    func randoms(_ n: Int, _ scale: Float = 1) -> [Float] { (0..<n).map { _ in Float.random(in: -scale...scale, using: &rng) } }
+
+    func testRMSNorm() {
+        let n = 576
+        let x = randoms(n, 3), w = randoms(n)
+        var y = [Float](repeating: 0, count: n)
+        ck_rmsnorm(x, w, &y, Int64(n), 1e-5)
+        let ms = x.reduce(0.0) { $0 + Double($1) * Double($1) } / Double(n)
+        let inv = 1 / (ms + 1e-5).squareRoot()
+        for i in 0..<n { XCTAssertEqual(Double(y[i]), Double(w[i]) * Double(x[i]) * inv, accuracy: 1e-5) }
+    }
+
+    func testRoPEAdjacentAndHalfAreTheSameRotationUnderPermutation() {
+        let H = 3, D = 8, half = D / 2
+        let angles = (0..<half).map { Float($0 + 1) * 0.3 }
+        let c = angles.map { cosf($0) }, s = angles.map { sinf($0) }
+        let v = randoms(H * D)
+        var adj = v
+        ck_rope_adjacent(&adj, Int64(H), Int64(D), Int64(D), c, s)
+        // Rotate-half on the permuted layout (pairs (i, i+D/2)) gives the same pairs rotated.
+        var perm = [Float](repeating: 0, count: H * D)
+        for h in 0..<H { for i in 0..<half { perm[h * D + i] = v[h * D + 2 * i]; perm[h * D + i + half] = v[h * D + 2 * i + 1] } }
+        ck_rope_half(&perm, Int64(H), Int64(D), Int64(D), c, s)
+        for h in 0..<H {
+            for i in 0..<half {
+                XCTAssertEqual(adj[h * D + 2 * i], perm[h * D + i], accuracy: 1e-6)
+                XCTAssertEqual(adj[h * D + 2 * i + 1], perm[h * D + i + half], accuracy: 1e-6)
+                // And it is a rotation by angles[i].
+                let a = Double(v[h * D + 2 * i]), b = Double(v[h * D + 2 * i + 1]), t = Double(angles[i])
+                XCTAssertEqual(Double(adj[h * D + 2 * i]), a * cos(t) - b * sin(t), accuracy: 1e-5)
+                XCTAssertEqual(Double(adj[h * D + 2 * i + 1]), a * sin(t) + b * cos(t), accuracy: 1e-5)
+            }
+        }
+    }
+
+    func testAttentionRowAgainstNaive() {
+        let H = 6, Hkv = 2, D = 16, npos = 37, stride = Hkv * D
+        let q = randoms(H * D), K = randoms(npos * stride), V = randoms(npos * stride)
+        var out = [Float](repeating: 0, count: H * D)
+        var scratch = [Float](repeating: 0, count: npos)
+        let scale = 1 / Float(D).squareRoot()
+        ck_attention_row(q, K, V, Int64(stride), Int64(npos), Int64(H), Int64(Hkv), Int64(D), scale, &out, &scratch, 0, Int64(H))
+        for h in 0..<H {
+            let g = h / (H / Hkv)
+            var scores = (0..<npos).map { j in (0..<D).reduce(0.0) { $0 + Double(q[h * D + $1]) * Double(K[j * stride + g * D + $1]) } * Double(scale) }
+            let m = scores.max()!
+            scores = scores.map { exp($0 - m) }
+            let z = scores.reduce(0, +)
+            for d in 0..<D {
+                let want = (0..<npos).reduce(0.0) { $0 + scores[$1] / z * Double(V[$1 * stride + g * D + d]) }
+                XCTAssertEqual(Double(out[h * D + d]), want, accuracy: 1e-5, "head \(h) dim \(d)")
+            }
+        }
+    }
+
+    func testSiluMulAndSoftmax() {
+        var g = randoms(100, 6)
+        let u = randoms(100), g0 = g
+        ck_silu_mul(&g, u, 100)
+        for i in 0..<100 { XCTAssertEqual(Double(g[i]), Double(g0[i]) / (1 + exp(-Double(g0[i]))) * Double(u[i]), accuracy: 1e-6) }
+        var x: [Float] = [1, 2, 3, 1000]
+        ck_softmax(&x, 4)
+        XCTAssertEqual(x[3], 1, accuracy: 1e-6)
+        XCTAssertEqual(x[0], 0, accuracy: 1e-6)
+        var y: [Float] = [0, 0, log(2)]
+        ck_softmax(&y, 3)
+        XCTAssertEqual(y[0], 0.25, accuracy: 1e-6)
+        XCTAssertEqual(y[2], 0.5, accuracy: 1e-6)
+    }
+}
