@@ -4,7 +4,13 @@ import Foundation
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Generate a continuation. Prints only the new text (or, with --json, the new tokens).")
+        abstract: "Generate a continuation. Prints only the new text (or, with --json, the new tokens).",
+        discussion: """
+        With --input FILE.jsonl, each line is one request: {"prompt": "..."} (a user message in the chat template), \
+        {"raw": "..."} (plain text) or {"input_ids": [...]}, with optional "max_tokens", "temperature", "seed". \
+        Requests run in batches of --batch-size as one ragged batch each; one JSON line per request is printed, in \
+        input order. Each answer equals what that request gives alone.
+        """)
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var sampling: SamplingOptions
@@ -21,39 +27,176 @@ struct Generate: ParsableCommand {
     @Flag(name: .long, help: "Print timing (prompt and generation tokens/s) on stderr.")
     var stats = false
 
-    @Argument(help: "The prompt.") var prompt: String
+    @Option(name: .long, help: "A JSONL file of requests (see below).")
+    var input: String?
+
+    @Option(name: .long, help: "Requests per batch with --input.")
+    var batchSize: Int = 8
+
+    @Option(name: .long, help: "none, or left/right: send each batch through the padded (input_ids + attention_mask) entry point.")
+    var padding: PaddingArgument = .none
+
+    @Option(name: .long, help: "At most this many prompt tokens per sequence per forward step.")
+    var chunk: Int?
+
+    @Argument(help: "The prompt.") var prompt: String?
 
     func validate() throws {
         if raw && system != nil { throw ValidationError("--system needs the chat template; it cannot be used with --raw") }
+        if (prompt == nil) == (input == nil) { throw ValidationError("give either a PROMPT or --input FILE.jsonl") }
+        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1") }
+        if let c = chunk, c < 1 { throw ValidationError("--chunk must be at least 1") }
     }
 
     func run() throws {
         try reportingErrors {
             let bundle = try modelOptions.load()
+            if let input { return try runBatch(bundle, file: input) }
             let ids: [Int]
             if raw {
-                ids = bundle.tokenizer.encode(prompt)
+                ids = bundle.tokenizer.encode(prompt!)
             } else {
                 var messages: [ChatMessage] = []
                 if let s = system { messages.append(ChatMessage(role: "system", content: s)) }
-                messages.append(ChatMessage(role: "user", content: prompt))
+                messages.append(ChatMessage(role: "user", content: prompt!))
                 ids = try bundle.chatPromptIDs(messages)
             }
             let generator = bundle.makeGenerator()
             let request = SequenceRequest(prompt: ids, parameters: sampling.parameters)
             if json {
-                let r = try generator.generate([request])[0]
-                writeOut(#"{"tokens": [\#(r.tokens.map(String.init).joined(separator: ", "))], "text": \#(jsonString(r.text)), "finish_reason": "\#(r.finishReason.rawValue)", "prompt_tokens": \#(r.promptTokens)}"# + "\n")
+                let r = try generator.generate([request], chunkSize: chunk)[0]
+                writeOut(resultJSON(r) + "\n")
             } else {
-                _ = try generator.generate([request], onText: { _, s in writeOut(s) })
+                _ = try generator.generate([request], chunkSize: chunk, onText: { _, s in writeOut(s) })
                 writeOut("\n")
             }
-            if stats {
-                let s = generator.lastStats
-                FileHandle.standardError.write(String(
-                    format: "prompt: %d tokens in %.3f s (%.1f tok/s); generated: %d tokens, %.1f tok/s after the first\n",
-                    s.promptTokens, s.prefillSeconds, s.prefillTokensPerSecond, s.generatedTokens, s.decodeTokensPerSecond).data(using: .utf8)!)
+            if stats { printStats(generator.lastStats) }
+        }
+    }
+
+    /// Batch mode: one JSON line per request, in input order; a bad request gets an error line, the rest run.
+    func runBatch(_ bundle: ModelBundle, file: String) throws {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw CausalError.io(path: file, reason: "cannot read")
+        }
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+            .enumerated().filter { !$0.element.trimmingCharacters(in: .whitespaces).isEmpty }
+        var outputs = [String](repeating: "", count: lines.count)
+        var requests: [(slot: Int, request: SequenceRequest)] = []
+        for (slot, (n, line)) in lines.enumerated() {
+            do {
+                requests.append((slot, try BatchLine.parse(String(line), lineNumber: n + 1, bundle: bundle, defaults: sampling.parameters, system: system)))
+            } catch {
+                outputs[slot] = errorJSON("line \(n + 1): \(error)")
             }
         }
+        let generator = bundle.makeGenerator()
+        let padID = bundle.tokenizer.padTokenID ?? bundle.tokenizer.eosTokenID ?? 0
+        var total = GenerationStats()
+        for start in stride(from: 0, to: requests.count, by: batchSize) {
+            var batch = Array(requests[start..<min(start + batchSize, requests.count)])
+            if let side = padding.side {
+                // Through the HF-style edge: pad the batch, then let the library unpad it.
+                let padded = PaddedBatch.padding(batch.map(\.request.prompt), side: side, padID: padID)
+                let width = padded.inputIDs.first?.count ?? 0
+                var kept: [(slot: Int, request: SequenceRequest)] = []
+                for (b, item) in batch.enumerated() {
+                    do {
+                        var r = item.request
+                        r.prompt = try padded.row(b, width: width, vocabularySize: bundle.model.vocabularySize)
+                        kept.append((item.slot, r))
+                    } catch {
+                        outputs[item.slot] = errorJSON("line \(lines[item.slot].offset + 1): \(error)")
+                    }
+                }
+                batch = kept
+            }
+            let results = try generator.generate(batch.map(\.request), chunkSize: chunk)
+            for (item, r) in zip(batch, results) { outputs[item.slot] = resultJSON(r) }
+            let s = generator.lastStats
+            total.promptTokens += s.promptTokens; total.generatedTokens += s.generatedTokens
+            total.prefillSeconds += s.prefillSeconds; total.decodeSeconds += s.decodeSeconds
+        }
+        writeOut(outputs.map { $0 + "\n" }.joined())
+        if stats { printStats(total) }
+    }
+
+    func printStats(_ s: GenerationStats) {
+        FileHandle.standardError.write(String(
+            format: "prompt: %d tokens in %.3f s (%.1f tok/s); generated: %d tokens, %.1f tok/s after the first\n",
+            s.promptTokens, s.prefillSeconds, s.prefillTokensPerSecond, s.generatedTokens, s.decodeTokensPerSecond).data(using: .utf8)!)
+    }
+}
+
+enum PaddingArgument: String, ExpressibleByArgument, CaseIterable {
+    case none, left, right
+    var side: PaddingSide? { self == .none ? nil : PaddingSide(rawValue: rawValue) }
+}
+
+func resultJSON(_ r: GenerationResult) -> String {
+    #"{"tokens": [\#(r.tokens.map(String.init).joined(separator: ", "))], "text": \#(jsonString(r.text)), "finish_reason": "\#(r.finishReason.rawValue)", "prompt_tokens": \#(r.promptTokens)}"#
+}
+
+func errorJSON(_ message: String) -> String { #"{"error": \#(jsonString(message))}"# }
+
+/// True for JSON true/false as JSONSerialization returns them (Bool on Linux, a boolean NSNumber on macOS).
+func isJSONBool(_ v: Any) -> Bool { v is Bool && String(describing: type(of: v)).contains("Bool") }
+
+/// One line of a --input file.
+enum BatchLine {
+    static func parse(_ line: String, lineNumber: Int, bundle: ModelBundle, defaults: GenerateParameters, system: String?) throws -> SequenceRequest {
+        guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else {
+            throw CausalError.invalidArgument("not a JSON object")
+        }
+        let known: Set<String> = ["prompt", "raw", "input_ids", "max_tokens", "temperature", "seed"]
+        if let k = obj.keys.sorted().first(where: { !known.contains($0) }) {
+            throw CausalError.invalidArgument("unknown field '\(k)' (known: \(known.sorted().joined(separator: ", ")))")
+        }
+        var p = defaults
+        func int(_ k: String) throws -> Int? {
+            guard let v = obj[k] else { return nil }
+            guard let n = v as? NSNumber, !isJSONBool(v), n.doubleValue == n.doubleValue.rounded() else {
+                throw CausalError.invalidArgument("'\(k)' must be an integer")
+            }
+            return n.intValue
+        }
+        if let m = try int("max_tokens") { p.maxNewTokens = m }
+        if let t = obj["temperature"] {
+            guard let n = t as? NSNumber else { throw CausalError.invalidArgument("'temperature' must be a number") }
+            p.temperature = n.floatValue
+        }
+        if let s = try int("seed") {
+            guard s >= 0 else { throw CausalError.invalidArgument("'seed' must be >= 0") }
+            p.seed = UInt64(s)
+        }
+        try p.validate()
+        let given = ["prompt", "raw", "input_ids"].filter { obj[$0] != nil }
+        guard given.count == 1 else { throw CausalError.invalidArgument("give exactly one of 'prompt', 'raw', 'input_ids'") }
+        let ids: [Int]
+        switch given[0] {
+        case "prompt":
+            guard let s = obj["prompt"] as? String else { throw CausalError.invalidArgument("'prompt' must be a string") }
+            var messages: [ChatMessage] = []
+            if let system { messages.append(ChatMessage(role: "system", content: system)) }
+            messages.append(ChatMessage(role: "user", content: s))
+            ids = try bundle.chatPromptIDs(messages)
+        case "raw":
+            guard let s = obj["raw"] as? String else { throw CausalError.invalidArgument("'raw' must be a string") }
+            ids = bundle.tokenizer.encode(s)
+        default:
+            guard let a = obj["input_ids"] as? [Any] else { throw CausalError.invalidArgument("'input_ids' must be an array of integers") }
+            ids = try a.enumerated().map { i, v in
+                guard let n = v as? NSNumber, !isJSONBool(v), n.doubleValue == n.doubleValue.rounded() else {
+                    throw CausalError.invalidArgument("input_ids[\(i)] is not an integer")
+                }
+                let id = n.intValue
+                guard id >= 0 && id < bundle.model.vocabularySize else {
+                    throw CausalError.badTokenID(id: id, vocabularySize: bundle.model.vocabularySize)
+                }
+                return id
+            }
+        }
+        guard !ids.isEmpty else { throw CausalError.invalidArgument("the prompt has no tokens") }
+        return SequenceRequest(prompt: ids, parameters: p)
     }
 }

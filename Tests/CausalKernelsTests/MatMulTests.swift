@@ -62,7 +62,14 @@ func forEachISA(_ body: (Int32, String) -> Void) {
     }
 }
 
-func bits(_ a: [Float]) -> [UInt32] { a.map(\.bitPattern) }
+/// Bitwise equality of two float arrays, reporting the first difference concisely.
+func assertSameBits(_ a: [Float], _ b: [Float], _ message: @autoclosure () -> String, file: StaticString = #filePath, line: UInt = #line) {
+    guard a.count == b.count else { return XCTFail("\(message()): \(a.count) vs \(b.count) elements", file: file, line: line) }
+    let diffs = a.indices.filter { a[$0].bitPattern != b[$0].bitPattern }
+    if let i = diffs.first {
+        XCTFail("\(message()): \(diffs.count) of \(a.count) differ, first [\(i)]: \(a[i]) vs \(b[i])", file: file, line: line)
+    }
+}
 
 final class MatMulTests: XCTestCase {
     static let pool1 = ThreadPool(threads: 1)
@@ -136,7 +143,7 @@ final class MatMulTests: XCTestCase {
                 forEachISA { _, isa in
                     var got = [Float](repeating: .nan, count: 160)
                     got.withUnsafeMutableBufferPointer { dequantize(w.matrix, row: r, into: $0.baseAddress!) }
-                    XCTAssertEqual(bits(got), bits(ref), "\(dt.name) row \(r) \(isa)")
+                    assertSameBits(got, ref, "\(dt.name) row \(r) \(isa)")
                 }
             }
         }
@@ -214,7 +221,7 @@ final class MatMulTests: XCTestCase {
                     results.append((isa, y))
                 }
                 for (isa, y) in results.dropFirst() {
-                    XCTAssertEqual(bits(y), bits(results[0].1), "\(dt.name) K=\(K): \(isa) vs \(results[0].0)")
+                    assertSameBits(y, results[0].1, "\(dt.name) K=\(K): \(isa) vs \(results[0].0)")
                     for i in y.indices { XCTAssertEqual(y[i], results[0].1[i], accuracy: 1e-5 * max(1, abs(y[i]))) }
                 }
             }
@@ -243,7 +250,7 @@ final class MatMulTests: XCTestCase {
                     }
                     func token(_ t: Int) -> ArraySlice<Float> { X[(t * K)..<((t + 1) * K)] }
                     // Baseline: each token alone (n = 1), one thread.
-                    let base: [[UInt32]] = (0..<N).map { t in bits(run(Array(token(t)), 1, pool1)) }
+                    let base: [[Float]] = (0..<N).map { t in run(Array(token(t)), 1, pool1) }
 
                     // Batches of n tokens starting at several offsets (each token lands at many positions).
                     for n in [1, 2, 3, 5, 8, 17] {
@@ -253,7 +260,7 @@ final class MatMulTests: XCTestCase {
                             for pool in [pool1, pool2] {
                                 let y = run(xs, n, pool)
                                 for (i, t) in ids.enumerated() {
-                                    XCTAssertEqual(bits(Array(y[(i * rows)..<((i + 1) * rows)])), base[t],
+                                    assertSameBits(Array(y[(i * rows)..<((i + 1) * rows)]), base[t],
                                                    "\(label): token \(t) at position \(i) of \(n), \(pool.threadCount) thread(s)")
                                 }
                             }
@@ -263,7 +270,7 @@ final class MatMulTests: XCTestCase {
                             var xs = Array(wild[0..<(n * K)])
                             xs.replaceSubrange((pos * K)..<((pos + 1) * K), with: token(0))
                             let y = run(xs, n, pool2)
-                            XCTAssertEqual(bits(Array(y[(pos * rows)..<((pos + 1) * rows)])), base[0], "\(label): wild neighbours, n=\(n) pos=\(pos)")
+                            assertSameBits(Array(y[(pos * rows)..<((pos + 1) * rows)]), base[0], "\(label): wild neighbours, n=\(n) pos=\(pos)")
                         }
                     }
 
@@ -277,7 +284,7 @@ final class MatMulTests: XCTestCase {
                         ck_matmul(dt.rawValue, w.matrix.data, Int64(K), Int64(cuts[c]), Int64(cuts[c + 1]), xs, Int64(ldx), Int64(n), &y, Int64(ldy))
                     }
                     for t in 0..<n {
-                        XCTAssertEqual(bits(Array(y[(t * ldy)..<(t * ldy + rows)])), base[t], "\(label): row split, token \(t)")
+                        assertSameBits(Array(y[(t * ldy)..<(t * ldy + rows)]), base[t], "\(label): row split, token \(t)")
                         XCTAssertTrue(y[(t * ldy + rows)..<((t + 1) * ldy)].allSatisfy(\.isNaN), "\(label): wrote outside its rows")
                     }
                 }
@@ -298,8 +305,8 @@ final class MatMulTests: XCTestCase {
                 let pool5 = ThreadPool(threads: 5)
                 y3.withUnsafeMutableBufferPointer { matmul(w.matrix, xp.baseAddress!, rows: n, into: $0.baseAddress!, pool: pool5) }
             }
-            XCTAssertEqual(bits(y1), bits(y2), dt.name)
-            XCTAssertEqual(bits(y1), bits(y3), dt.name)
+            assertSameBits(y1, y2, dt.name)
+            assertSameBits(y1, y3, dt.name)
         }
     }
 

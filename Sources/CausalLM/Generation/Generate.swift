@@ -6,6 +6,37 @@ public enum FinishReason: String, Sendable, Codable {
     case stop
     /// `maxNewTokens` was reached, or the context is full.
     case length
+    /// The caller cancelled the sequence.
+    case cancelled
+}
+
+/// The log-probability of a chosen token under the model's distribution (log-softmax of the raw logits),
+/// with the most likely alternatives.
+public struct TokenLogprob: Sendable, Equatable {
+    public var id: Int
+    public var logprob: Float
+    /// The `topLogprobs` most likely ids and their log-probabilities, most likely first.
+    public var top: [Alternative]
+
+    public struct Alternative: Sendable, Equatable {
+        public var id: Int
+        public var logprob: Float
+    }
+
+    init(id: Int, logits: ArraySlice<Float>, top k: Int) {
+        let base = logits.startIndex
+        let mx = logits.max() ?? 0
+        var sum = 0.0
+        for v in logits { sum += exp(Double(v - mx)) }
+        let lse = Double(mx) + log(sum)
+        self.id = id
+        logprob = Float(Double(logits[base + id]) - lse)
+        if k > 0 {
+            top = Sampler.topIndices(Array(logits), k: k).map { Alternative(id: $0, logprob: Float(Double(logits[base + $0]) - lse)) }
+        } else {
+            top = []
+        }
+    }
 }
 
 /// One sequence's output: only what was generated, never the prompt.
@@ -16,6 +47,8 @@ public struct GenerationResult: Sendable, Equatable {
     public var text: String
     public var finishReason: FinishReason
     public var promptTokens: Int
+    /// Per new token, when `GenerateParameters.logprobs` is set.
+    public var logprobs: [TokenLogprob]?
 }
 
 /// Wall-clock timing of one `generate` call. Prefill runs until the first new token exists; decode is the rest.
@@ -24,6 +57,10 @@ public struct GenerationStats: Sendable {
     public var generatedTokens = 0
     public var prefillSeconds = 0.0
     public var decodeSeconds = 0.0
+    /// Forward steps run.
+    public var steps = 0
+
+    public init() {}
     /// New tokens after the first, per second of decode.
     public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(max(generatedTokens - 1, 0)) / decodeSeconds : 0 }
     public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
@@ -64,10 +101,20 @@ public final class Generator {
     ///   - onText: called with (request index, text delta) as text becomes final (stop strings held back).
     public func generate(_ requests: [SequenceRequest], chunkSize: Int? = nil,
                          onText: ((Int, String) -> Void)? = nil) throws -> [GenerationResult] {
+        var observer = GenerationObserver()
+        observer.onText = onText
+        return try generate(requests, chunkSize: chunkSize, observer: observer)
+    }
+
+    /// Generates for every request, reporting each sequence's progress through `observer`.
+    public func generate(_ requests: [SequenceRequest], chunkSize: Int? = nil,
+                         observer: GenerationObserver) throws -> [GenerationResult] {
+        if let c = chunkSize, c < 1 { throw CausalError.invalidArgument("chunk size must be at least 1, got \(c)") }
         var states = try requests.enumerated().map { i, r in try SequenceState(index: i, request: r, generator: self) }
         var stats = GenerationStats()
         let start = DispatchTime.now().uptimeNanoseconds
         var firstTokenAt: UInt64? = nil
+        var steps = 0
         defer {
             let end = DispatchTime.now().uptimeNanoseconds
             let first = firstTokenAt ?? end
@@ -75,12 +122,19 @@ public final class Generator {
             stats.decodeSeconds = Double(end - first) / 1e9
             stats.promptTokens = states.reduce(0) { $0 + $1.promptCount }
             stats.generatedTokens = states.reduce(0) { $0 + $1.tokens.count }
+            stats.steps = steps
             lastStats = stats
         }
+        for i in states.indices where states[i].done { observer.onFinish?(i, states[i].result()) }
         while true {
             var chunks: [SequenceChunk] = []
             var owners: [Int] = []
             for (i, s) in states.enumerated() where !s.done {
+                if let cancelled = observer.isCancelled, cancelled(i) {
+                    states[i].cancel()
+                    observer.onFinish?(i, states[i].result())
+                    continue
+                }
                 if s.pending.count > 0 {
                     let take = min(s.pending.count, chunkSize ?? Int.max)
                     let toks = Array(s.pending.prefix(take))
@@ -91,8 +145,11 @@ public final class Generator {
             }
             if chunks.isEmpty { break }
             let logits = try model.forward(chunks)
+            steps += 1
             for (j, i) in owners.enumerated() where !logits[j].isEmpty {
-                states[i].accept(logits: logits[j][...], generator: self, onText: onText)
+                observer.onLogits?(i, logits[j][...])
+                states[i].accept(logits: logits[j][...], generator: self, observer: observer)
+                if states[i].done { observer.onFinish?(i, states[i].result()) }
             }
             if firstTokenAt == nil && owners.contains(where: { !states[$0].tokens.isEmpty }) {
                 firstTokenAt = DispatchTime.now().uptimeNanoseconds
@@ -100,6 +157,22 @@ public final class Generator {
         }
         return states.map { $0.result() }
     }
+}
+
+/// Callbacks for following generation as it happens. Every callback gets the request's index first.
+public struct GenerationObserver {
+    /// Text that has become final (never a partial character, never a possible stop-string prefix).
+    public var onText: ((Int, String) -> Void)?
+    /// Each new token id, as it is chosen.
+    public var onToken: ((Int, Int) -> Void)?
+    /// The logits a sequence's next token is chosen from (before any sampling transform).
+    public var onLogits: ((Int, ArraySlice<Float>) -> Void)?
+    /// Polled before every step; returning true stops that sequence and releases its cache.
+    public var isCancelled: ((Int) -> Bool)?
+    /// Called once per sequence when it stops.
+    public var onFinish: ((Int, GenerationResult) -> Void)?
+
+    public init() {}
 }
 
 /// Per-sequence generation state.
@@ -115,6 +188,7 @@ struct SequenceState {
     var tokens: [Int] = []
     var text = ""
     var emitted = 0           // characters of `text` already passed to onText
+    var logprobs: [TokenLogprob] = []
     var finish: FinishReason? = nil
     var done: Bool { finish != nil }
 
@@ -147,10 +221,19 @@ struct SequenceState {
         if parameters.maxNewTokens == 0 { finish = .length; pending = [] }
     }
 
-    mutating func accept(logits: ArraySlice<Float>, generator: Generator, onText: ((Int, String) -> Void)?) {
+    mutating func cancel() {
+        cache.release()
+        text += decoder.flush()
+        finish = .cancelled
+        pending = []
+    }
+
+    mutating func accept(logits: ArraySlice<Float>, generator: Generator, observer: GenerationObserver) {
         let id = sampler.sample(logits, history: history)
         tokens.append(id)
         history.append(id)
+        if parameters.logprobs { logprobs.append(TokenLogprob(id: id, logits: logits, top: parameters.topLogprobs)) }
+        observer.onToken?(index, id)
         if parameters.stopAtEOS && generator.endTokenIDs.contains(id) {
             text += decoder.flush()
             finish = .stop
@@ -166,7 +249,8 @@ struct SequenceState {
                 pending = [id]
             }
         }
-        emit(onText)
+        emit(observer.onText)
+        if done { pending = [] }
     }
 
     /// Passes on the text that can no longer become part of a stop string.
@@ -191,6 +275,7 @@ struct SequenceState {
     }
 
     func result() -> GenerationResult {
-        GenerationResult(tokens: tokens, text: text, finishReason: finish ?? .length, promptTokens: promptCount)
+        GenerationResult(tokens: tokens, text: text, finishReason: finish ?? .length, promptTokens: promptCount,
+                         logprobs: parameters.logprobs ? logprobs : nil)
     }
 }

@@ -10,8 +10,9 @@ public final class KVCache: @unchecked Sendable {
     public let capacity: Int
     /// Number of positions written so far (the next token's position).
     public internal(set) var count: Int = 0
-    let keys: [UnsafeMutablePointer<Float>]    // per layer: (capacity, kvDim)
-    let values: [UnsafeMutablePointer<Float>]  // per layer: (capacity, kvDim)
+    private(set) var keys: [UnsafeMutablePointer<Float>]    // per layer: (capacity, kvDim)
+    private(set) var values: [UnsafeMutablePointer<Float>]  // per layer: (capacity, kvDim)
+    public private(set) var isReleased = false
 
     public init(layers: Int, kvDim: Int, capacity: Int) {
         self.layers = layers
@@ -24,6 +25,17 @@ public final class KVCache: @unchecked Sendable {
     deinit {
         keys.forEach { $0.deallocate() }
         values.forEach { $0.deallocate() }
+    }
+
+    /// Frees the cache's memory now (a cancelled sequence); the cache cannot be used afterwards.
+    public func release() {
+        guard !isReleased else { return }
+        keys.forEach { $0.deallocate() }
+        values.forEach { $0.deallocate() }
+        keys = []
+        values = []
+        count = 0
+        isReleased = true
     }
 
     /// Forgets positions at and after `position` (e.g. to drop a rejected tail or reset a chat).

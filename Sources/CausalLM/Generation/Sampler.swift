@@ -12,12 +12,19 @@ public struct GenerateParameters: Sendable, Equatable {
     public var stop: [String]
     /// Stop at the model's end-of-sequence token (and other end-of-turn ids).
     public var stopAtEOS: Bool
+    /// Record the log-probability of each chosen token.
+    public var logprobs: Bool
+    /// With `logprobs`, also record this many most likely alternatives per token.
+    public var topLogprobs: Int
 
     public init(maxNewTokens: Int = 256, temperature: Float = 0, topK: Int = 0, topP: Float = 1, minP: Float = 0,
-                repetitionPenalty: Float = 1, seed: UInt64? = nil, stop: [String] = [], stopAtEOS: Bool = true) {
+                repetitionPenalty: Float = 1, seed: UInt64? = nil, stop: [String] = [], stopAtEOS: Bool = true,
+                logprobs: Bool = false, topLogprobs: Int = 0) {
         self.maxNewTokens = maxNewTokens; self.temperature = temperature; self.topK = topK; self.topP = topP
         self.minP = minP; self.repetitionPenalty = repetitionPenalty; self.seed = seed; self.stop = stop
         self.stopAtEOS = stopAtEOS
+        self.logprobs = logprobs
+        self.topLogprobs = topLogprobs
     }
 
     public func validate() throws {
@@ -29,6 +36,7 @@ public struct GenerateParameters: Sendable, Equatable {
         guard minP >= 0, minP <= 1 else { throw bad("minP must be in [0, 1], got \(minP)") }
         guard repetitionPenalty > 0, repetitionPenalty.isFinite else { throw bad("repetitionPenalty must be > 0, got \(repetitionPenalty)") }
         guard !stop.contains("") else { throw bad("stop strings must not be empty") }
+        guard topLogprobs >= 0, topLogprobs <= 20 else { throw bad("topLogprobs must be in 0...20, got \(topLogprobs)") }
     }
 }
 

@@ -176,6 +176,7 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         // Rows: every token of every chunk, with its sequence and position. No padding anywhere.
         var rowChunk: [Int] = [], rowPos: [Int] = []
         for (ci, c) in chunks.enumerated() {
+            guard !c.cache.isReleased else { throw CausalError.invalidArgument("chunk \(ci): its cache was released") }
             guard c.cache.count + c.tokens.count <= c.cache.capacity else {
                 throw CausalError.invalidArgument("sequence of \(c.cache.count + c.tokens.count) tokens exceeds its context of \(c.cache.capacity)")
             }

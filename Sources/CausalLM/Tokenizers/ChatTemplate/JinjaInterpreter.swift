@@ -424,7 +424,7 @@ final class JinjaInterpreter {
                 s.vars[p.name] = .undefined("parameter '\(p.name)' was not provided to macro '\(m.def.name)'")
             }
         }
-        s.vars["varargs"] = .list(varargs)
+        s.vars["varargs"] = .tuple(varargs)
         s.vars["kwargs"] = .dict(kwargs)
         let (text, _) = try capture { try exec(m.def.body, s) }
         return .string(text)
@@ -582,7 +582,6 @@ final class JinjaInterpreter {
                 return .int(r)
             }
             if let (x, y) = nums { return .double(x * y) }
-            func repeatCount(_ v: Value) -> Int? { v.intValue }
             switch (a, b) {
             case let (.string(s), n) where n.intValue != nil, let (n, .string(s)) where n.intValue != nil:
                 let k = max(0, n.intValue!)
