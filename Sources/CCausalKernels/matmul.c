@@ -1,15 +1,18 @@
 // Batch-invariant matrix multiplication of quantized / low-precision weights with fp32 activations.
 //
-// Structure (the same for every ISA level):
-//   for each panel of P output rows:
-//       dequantize the panel into a thread-local fp32 scratch buffer (F32 weights are used in place)
-//       for each tile of TT tokens:
-//           for each tile of TR rows of the panel:
-//               microkernel(R <= TR rows, T <= TT tokens)
-// The microkernel gives every (token, row) pair its own 16-lane accumulator and performs, for that pair, exactly
-// the operation sequence described in CCausalKernels.h; the tile shape only decides how many pairs run side by
-// side (reusing each loaded weight vector for T tokens and each activation vector for R rows). Remainder tiles
-// are the same code with smaller R/T, so no result depends on n, the batch, the row range or the tiling.
+// Two paths, the same arithmetic:
+//   panel path (any n):
+//     for each panel of P output rows:
+//         dequantize the panel into a thread-local fp32 scratch buffer (F32 weights are used in place)
+//         for each tile of TT tokens:
+//             for each tile of TR rows of the panel: microkernel(R <= TR rows, T <= TT tokens)
+//   fused path (quantized weights, n <= a few tokens, SIMD levels): for each tile of rows, decode each 32-element
+//     block in registers and feed it straight to the accumulators (no scratch round trip; decode-bound n = 1).
+// Both give every (token, row) pair its own 16-lane accumulator and perform, for that pair, exactly the operation
+// sequence described in CCausalKernels.h: dequantized weights are fp32 values computed the same way everywhere
+// (d*q is exact; Q4_1 adds m with one rounding), lane j takes one fused multiply-add per chunk of 16 in increasing k, and the lanes are summed in a
+// fixed tree. Tile shapes and paths only decide how many pairs run side by side, so no result depends on n, the
+// batch, the row range, the tiling, the path or the thread split — nor on the ISA level.
 #include "CCausalKernels.h"
 
 #include <math.h>
@@ -404,8 +407,8 @@ case CK_TYPE_Q8_0: dq512_quant(CK_TYPE_Q8_0, 34, src, dst, count); break;
 // Fused kernel for few tokens: decodes each block of R rows in registers and feeds it straight to the
 // accumulators of T tokens, chunk by chunk in increasing k — the same per-pair sequence as the panel path.
 #define FK512_TR 4
-#define FK512_PREFETCH 2048  // bytes ahead of each row's current block (measured: +25% on L3-resident Q8_0)
 #define FK512_TT 4
+#define FK512_PREFETCH 2048  // bytes ahead of each row's current block (measured: +25% on L3-resident Q8_0)
 
 CK_INLINE CK_AVX512 void fk512_rt(const int type, const int bbytes, const int R, const int T, const uint8_t *W,
                                  size_t rb, const float *x, int64_t ldx, int64_t K, float *y, int64_t ldy) {

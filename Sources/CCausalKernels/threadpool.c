@@ -68,8 +68,8 @@ static void work(ck_pool *p) {
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &w, w + 1, memory_order_acq_rel, memory_order_acquire))
             continue;  // w reloaded
         p->fn(p->ctx, p->base + idx);
-        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == cnt &&
-            atomic_load(&p->caller_sleeping)) {
+        // seq_cst increment, then seq_cst load: pairs with the caller's store of caller_sleeping and its load of done.
+        if (atomic_fetch_add(&p->done, 1) + 1 == cnt && atomic_load(&p->caller_sleeping)) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_broadcast(&p->done_cv);
             pthread_mutex_unlock(&p->mu);

@@ -52,7 +52,7 @@ public func matmulReference(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n
     }
 }
 
-/// Writes row `row` of `w` as `w.cols` floats (exact: every element is representable in fp32).
+/// Writes row `row` of `w` as `w.cols` floats (the same values `matmul` multiplies with, on every ISA level).
 public func dequantize(_ w: WeightMatrix, row: Int, into dst: UnsafeMutablePointer<Float>) {
     precondition(row >= 0 && row < w.rows, "row \(row) out of range 0..<\(w.rows)")
     guard w.cols > 0 else { return }
@@ -66,7 +66,7 @@ public func dequantizeAll(_ w: WeightMatrix, into dst: UnsafeMutablePointer<Floa
 }
 
 /// Plain-Swift dequantization of one row, written from the block layouts independently of the C code.
-/// Produces the same bits as `dequantize` (every product d·q is exact in fp32).
+/// Produces the same bits as `dequantize` (every product d·q is exact in fp32; Q4_1's + m rounds once on both).
 public func dequantizeReference(_ w: WeightMatrix, row: Int, into dst: UnsafeMutablePointer<Float>) {
     precondition(row >= 0 && row < w.rows, "row \(row) out of range 0..<\(w.rows)")
     let p = (w.data + row * w.rowBytes).assumingMemoryBound(to: UInt8.self)

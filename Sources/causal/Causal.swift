@@ -7,7 +7,7 @@ struct Causal: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "causal",
         abstract: "Run transformer language models: generation, chat, tokenization.",
-        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self])
+        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self, Bench.self])
 }
 
 /// Options shared by every command that loads a model.

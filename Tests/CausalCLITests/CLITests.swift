@@ -118,6 +118,59 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("(conversation reset)"), r.stdout)
     }
 
+    /// --input: one JSON line per request in input order, equal to each request run alone, whatever the batch
+    /// size, padding side or chunk size; a bad line gets an error line and the others are still answered.
+    func testBatchInputEqualsSingleRuns() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("causal-batch-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let lines = [
+            #"{"prompt": "What is the capital of France?", "max_tokens": 12}"#,
+            #"{"raw": "1, 2, 3, 4,", "max_tokens": 6}"#,
+            #"{"input_ids": [504, 3575, 282], "max_tokens": 5}"#,
+            #"{"input_ids": [1, 99999]}"#,
+            #"{"raw": "Once upon a time", "max_tokens": 8, "temperature": 0.8, "seed": 5}"#,
+            #"not json"#,
+            #"{"prompt": "Name two famous painters.", "max_tokens": 10, "bogus": 1}"#,
+            #"{"prompt": "List three colors.", "max_tokens": 10}"#,
+        ]
+        let file = dir.appendingPathComponent("in.jsonl")
+        try (lines.joined(separator: "\n") + "\n").write(to: file, atomically: true, encoding: .utf8)
+        // Each good request alone.
+        var single: [String] = []
+        for line in lines {
+            let one = dir.appendingPathComponent("one.jsonl")
+            try (line + "\n").write(to: one, atomically: true, encoding: .utf8)
+            let r = try causal(["generate", "--model", Self.modelPath, "--input", one.path, "--batch-size", "1"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            single.append(r.stdout)
+        }
+        XCTAssertTrue(single[3].contains(#""error": "line 1: token id 99999 is outside the vocabulary"#), single[3])
+        XCTAssertTrue(single[5].contains(#""error": "line 1: not a JSON object"#), single[5])
+        XCTAssertTrue(single[6].contains("unknown field 'bogus'"), single[6])
+        XCTAssertTrue(single[0].contains("Paris"), single[0])
+        for (batch, padding, chunk) in [("8", "none", "0"), ("3", "left", "7"), ("5", "right", "1"), ("8", "left", "0")] {
+            var args = ["generate", "--model", Self.modelPath, "--input", file.path, "--batch-size", batch, "--padding", padding]
+            if chunk != "0" { args += ["--chunk", chunk] }
+            let r = try causal(args)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let out = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            XCTAssertEqual(out.count, lines.count + 1)
+            for (i, s) in single.enumerated() {
+                let want = s.replacingOccurrences(of: "line 1:", with: "line \(i + 1):").trimmingCharacters(in: .newlines)
+                XCTAssertEqual(out[i], want, "request \(i), batch \(batch), padding \(padding), chunk \(chunk)")
+            }
+        }
+    }
+
+    func testBenchJSONRows() throws {
+        let r = try causal(["bench", "--model", Self.modelPath, "-p", "16", "-n", "4", "-r", "1", "--batch", "2", "--batch-prompt", "8", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let rows = try r.stdout.split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        XCTAssertEqual(rows.map { $0["test"] as! String }, ["pp16", "tg4", "pp8+tg4 x2 prompt", "pp8+tg4 x2 decode"])
+        for row in rows { XCTAssertGreaterThan(row["tokens_per_second"] as! Double, 0) }
+    }
+
     // MARK: Bad input: one clear line on stderr, non-zero exit, no crash.
 
     func assertCleanFailure(_ r: Output, mentions: String..., file: StaticString = #filePath, line: UInt = #line) {

@@ -21,8 +21,8 @@ extern "C" {
 //   Q4_0 : 32 elements, { half d; uint8 qs[16]; }  (18 bytes); element j = low nibble of qs[j],
 //          element j+16 = high nibble of qs[j]; value = d * (nibble - 8).
 //   Q4_1 : 32 elements, { half d; half m; uint8 qs[16]; } (20 bytes); same nibble order; value = d * nibble + m.
-// Every dequantized value is computed exactly the same way by every ISA level (the products d*q are exact in
-// fp32), so dequantization is bitwise identical everywhere.
+// Every dequantized value is computed the same way by every ISA level (the products d*q are exact in fp32; only
+// Q4_1's + m rounds, once), so dequantization is bitwise identical everywhere.
 enum ck_type {
     CK_TYPE_F32 = 0,
     CK_TYPE_F16 = 1,
@@ -61,7 +61,8 @@ const char *ck_isa_name(void);
 // W: rows of K elements of `type` (row o starts at W + o * ck_row_bytes(type, K)). For every token t in [0, n)
 // and output row o in [row_begin, row_end):
 //     y[t * ldy + o] = sum_k W[o][k] * x[t * ldx + k]
-// Weights are dequantized to fp32 (exactly) and multiplied with the fp32 activations; fp32 accumulation.
+// Activations stay fp32 (never quantized); weights are dequantized to fp32 in registers (or a small scratch
+// panel) and multiplied with them; fp32 accumulation.
 //
 // Batch invariance: every (t, o) pair has its own 16-lane accumulator; lane j accumulates, with one fused
 // multiply-add per element, the products of elements k = j, j+16, j+32, ... in increasing k (a partial last
