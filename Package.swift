@@ -11,6 +11,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // Kernels: innermost SIMD loops in C (per-function target attributes, run-time CPU dispatch),
@@ -21,10 +23,20 @@ let package = Package(
         // Library
         .target(name: "CausalLM", dependencies: ["CausalKernels"]),
 
+        // OpenAI-compatible HTTP server
+        .target(
+            name: "CausalServer",
+            dependencies: [
+                "CausalLM",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
         // CLI
         .executableTarget(
             name: "causal",
-            dependencies: ["CausalLM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["CausalLM", "CausalServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Tests
@@ -34,6 +46,10 @@ let package = Package(
             
         ),
         .testTarget(name: "CausalCLITests", dependencies: ["causal"]),
+        .testTarget(
+            name: "CausalServerTests",
+            dependencies: ["CausalServer", .product(name: "HummingbirdTesting", package: "hummingbird")]
+        ),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -163,7 +163,8 @@ final class MatMulTests: XCTestCase {
     /// computed with p roundings per path gives |fast - exact| <= gamma(m + 4) * sum_k |w_k x_k|,
     /// gamma(p) = p·u/(1 - p·u), u = 2^-24. The reference sums in Double and rounds once (<= u·|exact|, and
     /// |exact| <= sum|w x|), so |fast - ref| <= gamma(m + 5) * sum_k |w_k x_k|: a worst-case bound, not a guess.
-    /// (Dequantized weights are exact and identical on both sides, so they add nothing.)
+    /// (Both sides multiply the same fp32 weight values — the Swift and C dequantizers agree bitwise — so the
+    /// weights add nothing.)
     func checkAgainstReference(_ w: WeightMatrix, _ x: [Float], n: Int, _ got: [Float], _ label: String) {
         let K = w.cols
         var ref = [Float](repeating: 0, count: n * w.rows)
@@ -401,12 +402,16 @@ final class MatMulTests: XCTestCase {
         sink.deallocate()
     }
 
-    // MARK: Speed (manual; run with CK_BENCH=1, preferably `swift test -c release --filter testSpeedReport`)
+    // MARK: Speed (manual, prints only). `CK_BENCH=1 swift test -c release --filter testSpeedReport`;
+    // optional CK_ISA=0|1|2 and CK_THREADS=n.
 
     func testSpeedReport() throws {
         guard ProcessInfo.processInfo.environment["CK_BENCH"] != nil else { throw XCTSkip("set CK_BENCH=1 to measure") }
         var rng = SplitMix64(seed: 9)
-        let pool = ThreadPool(threads: ProcessInfo.processInfo.activeProcessorCount)
+        let env = ProcessInfo.processInfo.environment
+        if let level = env["CK_ISA"].flatMap(Int32.init) { ck_set_isa(level) }  // 0 scalar, 1 avx2, 2 avx512
+        defer { ck_set_isa(-1) }
+        let pool = ThreadPool(threads: env["CK_THREADS"].flatMap(Int.init) ?? ProcessInfo.processInfo.activeProcessorCount)
         print("ISA \(String(cString: ck_isa_name())), \(pool.threadCount) threads")
         for (dt, rows, K) in [(DType.q4_1, 1536, 576), (DType.q8_0, 49152, 576), (DType.q4_1, 49152, 576), (DType.f32, 1536, 576), (DType.q4_0, 1536, 576)] {
             let w = OwnedWeights(dt, rows: rows, cols: K, rng: &rng)
