@@ -59,6 +59,37 @@ final class OpsTests: XCTestCase {
         }
     }
 
+    /// The AVX-512 attention gives the same bits as the portable one, at every length.
+    func testAttentionSameBitsOnEveryISALevel() {
+        let H = 9, Hkv = 3, D = 64, stride = Hkv * D
+        for npos in [1, 2, 15, 16, 17, 100] {
+            let q = randoms(H * D), K = randoms(npos * stride, 2), V = randoms(npos * stride)
+            var outs: [[Float]] = []
+            for level in [Int32(2), 0] {
+                let used = ck_set_isa(level)
+                var out = [Float](repeating: 0, count: H * D), scratch = [Float](repeating: 0, count: npos)
+                ck_attention_row(q, K, V, Int64(stride), Int64(npos), Int64(H), Int64(Hkv), Int64(D), 0.125, &out, &scratch, 0, Int64(H))
+                outs.append(out)
+                _ = used
+            }
+            _ = ck_set_isa(-1)
+            XCTAssertEqual(outs[0].map(\.bitPattern), outs[1].map(\.bitPattern), "npos \(npos)")
+        }
+    }
+
+    func testExpAccuracy() {
+        var worst = 0.0
+        var x: Float = -87
+        while x <= 0 {
+            let got = Double(ck_exp(x)), want = exp(Double(x))
+            worst = max(worst, abs(got - want) / want)
+            x += 0.0137
+        }
+        XCTAssertLessThan(worst, 5e-7)
+        XCTAssertEqual(ck_exp(-100), 0)
+        XCTAssertEqual(ck_exp(0), 1)
+    }
+
     func testSiluMulAndSoftmax() {
         var g = randoms(100, 6)
         let u = randoms(100), g0 = g
