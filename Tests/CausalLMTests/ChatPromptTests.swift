@@ -18,6 +18,27 @@ final class ChatPromptTests: XCTestCase {
         }
     }
 
+    /// A chat session reuses its KV cache between turns, and the second answer equals a fresh run of the whole
+    /// conversation (the cached prefix plus the new tokens is the same computation).
+    func testChatSessionReusesCacheAndMatchesFreshRun() throws {
+        let bundle = try ModelBundle(path: TestModel.path)
+        let session = ChatSession(bundle: bundle)
+        let p = GenerateParameters(maxNewTokens: 24)
+        let first = try session.respond("What is the capital of France?", parameters: p)
+        XCTAssertTrue(first.text.contains("Paris"), first.text)
+        var streamed = ""
+        let second = try session.respond("And of Italy?", parameters: p, onText: { streamed += $0 })
+        XCTAssertEqual(streamed, second.text)
+        XCTAssertEqual(session.messages.map(\.role), ["user", "assistant", "user", "assistant"])
+        let ids = try bundle.chatPromptIDs(Array(session.messages.prefix(3)))
+        let fresh = try bundle.makeGenerator().generate([SequenceRequest(prompt: ids, parameters: p)])[0]
+        XCTAssertEqual(second.tokens, fresh.tokens)
+        // The second turn ran only the tokens after the shared prefix.
+        XCTAssertLessThan(session.lastPrefillTokens, ids.count / 2)
+        session.reset()
+        XCTAssertEqual(session.messages, [])
+    }
+
     func testTemplateErrorIsClear() {
         XCTAssertThrowsError(try ChatTemplate("{% for m in messages %}{{ m.content }}")) { e in
             XCTAssertTrue("\(e)".contains("for"), "\(e)")

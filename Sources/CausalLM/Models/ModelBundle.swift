@@ -53,6 +53,8 @@ public final class ChatSession {
     public var system: String?
     private var cache: KVCache
     private var cachedIDs: [Int] = []
+    /// Prompt tokens the last turn had to run (the rest came from the cache).
+    public private(set) var lastPrefillTokens = 0
 
     public init(bundle: ModelBundle, system: String? = nil) {
         self.bundle = bundle
@@ -75,6 +77,7 @@ public final class ChatSession {
         var common = 0
         while common < min(ids.count - 1, cachedIDs.count, cache.count) && ids[common] == cachedIDs[common] { common += 1 }
         cache.truncate(to: common)
+        lastPrefillTokens = ids.count - common
         let result = try bundle.makeGenerator().generate(
             [SequenceRequest(prompt: ids, parameters: parameters, cache: cache)],
             onText: { _, s in onText?(s) })[0]
