@@ -25,13 +25,25 @@ public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, in
     let chunkRows = tilesPerChunk * tile
     let chunks = (w.rows + chunkRows - 1) / chunkRows
     let type = w.dtype.rawValue, data = w.data, rows = w.rows
+    // Tokens in blocks small enough that a block of activations stays in the core's cache while every panel of
+    // weight rows streams past it (a 2048-token prompt would otherwise re-read 4.7 MB of activations per panel).
+    // Blocking changes which (token, row) pairs run together, never a pair's arithmetic.
+    let tokenBlock = max(16, min(n, (1 << 20) / max(K * 4, 1)))
+    func run(_ r0: Int, _ r1: Int) {
+        var t0 = 0
+        while t0 < n {
+            let nb = min(tokenBlock, n - t0)
+            ck_matmul(type, data, Int64(K), Int64(r0), Int64(r1), x + t0 * K, Int64(K), Int64(nb), y + t0 * rows, Int64(rows))
+            t0 += nb
+        }
+    }
     if chunks == 1 {
-        ck_matmul(type, data, Int64(K), 0, Int64(rows), x, Int64(K), Int64(n), y, Int64(rows))
+        run(0, rows)
         return
     }
     pool.parallelFor(chunks) { c in
-        let r0 = c * chunkRows, r1 = min(rows, r0 + chunkRows)
-        ck_matmul(type, data, Int64(K), Int64(r0), Int64(r1), x, Int64(K), Int64(n), y, Int64(rows))
+        let r0 = c * chunkRows
+        run(r0, min(rows, r0 + chunkRows))
     }
 }
 

@@ -3,11 +3,11 @@ import CausalLM
 import Foundation
 
 @main
-struct Causal: ParsableCommand {
+struct Causal: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "causal",
         abstract: "Run transformer language models: generation, chat, tokenization.",
-        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self, Bench.self])
+        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self, Bench.self, Embed.self, Serve.self])
 }
 
 /// Options shared by every command that loads a model.

@@ -9,6 +9,8 @@
 #include <stdint.h>
 
 #include "ck_ops.h"
+#include "ck_encoder.h"
+#include "ck_train.h"
 
 #ifdef __cplusplus
 extern "C" {

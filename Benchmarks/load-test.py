@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+"""Load test for `causal serve` over loopback (Python standard library only).
+
+Starts `causal serve` (or uses --url/--pid of a running one), computes each job's single-request answer one at a
+time, then runs CLIENTS concurrent streaming clients x REQUESTS requests each (chat and text completions, prompts
+of mixed lengths, greedy and seeded sampling, max_tokens 16-48); some clients disconnect midway. Asserts:
+
+  * no 5xx answers (and reports any 429);
+  * every completed answer equals the single-request answer of its job (text, finish reason, token count);
+  * /metrics agrees with what was sent: requests by endpoint and status, prompt tokens, generated tokens
+    (exact for completed requests, bounded for disconnected ones), nothing left running or queued.
+
+Reports aggregate tokens/s, p50/p99 time to first token, request latency, mean batch size and the server's peak
+RSS (VmHWM from /proc/PID/status).
+
+  python3 Benchmarks/load-test.py --causal .build/release/causal
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+LONG_TEXT = (
+    "The Industrial Revolution began in Britain in the late eighteenth century. Mechanised spinning and weaving, "
+    "the steam engine, and new ways of making iron changed how goods were produced. Workers moved from farms to "
+    "towns, and factories replaced workshops. Canals and later railways carried coal and cotton across the country. "
+)
+
+# (endpoint, prompt): chat prompts are user messages, completion prompts plain text. Short, medium and long.
+PROMPTS = [
+    ("chat", "What is the capital of France?"),
+    ("chat", "Write a haiku about autumn leaves."),
+    ("completion", "def fibonacci(n):"),
+    ("chat", LONG_TEXT * 4 + "\nSummarise the text above in one sentence."),
+    ("completion", "Once upon a time, in a small village by the sea,"),
+    ("chat", "Give me three tips for learning to play the guitar, with a short reason for each."),
+    ("completion", LONG_TEXT * 2 + "In summary,"),
+    ("chat", "Translate 'good morning' into Spanish, French and German."),
+]
+MAX_TOKENS = [16, 24, 32, 48]
+
+
+def make_jobs():
+    jobs = []
+    for i, (endpoint, prompt) in enumerate(PROMPTS):
+        for k in range(2):
+            seeded = (i + k) % 3 == 2
+            jobs.append({
+                "endpoint": endpoint, "prompt": prompt, "max_tokens": MAX_TOKENS[(i + 3 * k) % len(MAX_TOKENS)],
+                "temperature": 0.8 if seeded else 0.0, "seed": 1000 + 10 * i + k if seeded else None,
+            })
+    return jobs
+
+
+def payload(job, model, stream):
+    p = {"model": model, "max_tokens": job["max_tokens"], "temperature": job["temperature"]}
+    if job["seed"] is not None:
+        p["seed"] = job["seed"]
+    if job["endpoint"] == "chat":
+        p["messages"] = [{"role": "user", "content": job["prompt"]}]
+    else:
+        p["prompt"] = job["prompt"]
+    if stream:
+        p["stream"] = True
+        p["stream_options"] = {"include_usage": True}
+    return p
+
+
+def path_of(job):
+    return "/v1/chat/completions" if job["endpoint"] == "chat" else "/v1/completions"
+
+
+# ---- minimal HTTP/1.1 over asyncio streams ----
+
+async def read_head(reader):
+    line = await reader.readline()
+    if not line:
+        raise ConnectionError("connection closed before the status line")
+    status = int(line.split()[1])
+    headers = {}
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers
+
+
+async def read_body(reader, headers):
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                return
+            data = await reader.readexactly(size)
+            await reader.readexactly(2)
+            yield data
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        if n:
+            yield await reader.readexactly(n)
+    else:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            yield data
+
+
+async def http(host, port, method, path, body=None):
+    reader, writer = await asyncio.open_connection(host, port)
+    data = json.dumps(body).encode() if body is not None else b""
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+    await writer.drain()
+    status, headers = await read_head(reader)
+    out = b""
+    async for part in read_body(reader, headers):
+        out += part
+    writer.close()
+    return status, headers, out
+
+
+async def stream(host, port, job, model, disconnect_after=None):
+    """One streaming request; returns what the client saw."""
+    res = {"job": job, "status": None, "text": "", "finish": None, "usage": None, "ttft": None, "latency": None,
+           "disconnected": False, "deltas": 0, "error": None}
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        data = json.dumps(payload(job, model, True)).encode()
+        writer.write(f"POST {path_of(job)} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        await writer.drain()
+        status, headers = await read_head(reader)
+        res["status"] = status
+        if status != 200:
+            body = b""
+            async for part in read_body(reader, headers):
+                body += part
+            res["error"] = body.decode(errors="replace")
+            return res
+        buf = b""
+        async for part in read_body(reader, headers):
+            buf += part
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                lines = [l[6:] for l in event.split(b"\n") if l.startswith(b"data: ")]
+                if not lines:
+                    continue
+                d = b"\n".join(lines)
+                if d == b"[DONE]":
+                    res["done"] = True
+                    continue
+                obj = json.loads(d)
+                if obj.get("error"):
+                    res["error"] = obj["error"]
+                if obj.get("usage"):
+                    res["usage"] = obj["usage"]
+                for c in obj.get("choices", []):
+                    piece = (c.get("delta") or {}).get("content") if job["endpoint"] == "chat" else c.get("text")
+                    if piece:
+                        if res["ttft"] is None:
+                            res["ttft"] = time.perf_counter() - t0
+                        res["text"] += piece
+                        res["deltas"] += 1
+                    if c.get("finish_reason"):
+                        res["finish"] = c["finish_reason"]
+                if disconnect_after is not None and res["deltas"] >= disconnect_after:
+                    res["disconnected"] = True
+                    return res
+        return res
+    finally:
+        res["latency"] = time.perf_counter() - t0
+        writer.close()
+
+
+# ---- metrics ----
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
+
+
+def parse_metrics(text):
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = SAMPLE.match(line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+async def scrape(host, port):
+    status, _, body = await http(host, port, "GET", "/metrics")
+    assert status == 200, f"/metrics answered {status}"
+    return parse_metrics(body.decode())
+
+
+def pct(xs, q):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
+
+
+def rss(pid):
+    vals = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmHWM", "VmRSS")):
+                    k, v = line.split(":")
+                    vals[k] = int(v.split()[0]) // 1024
+    except OSError:
+        pass
+    return vals
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+async def run(args):
+    host = "127.0.0.1"
+    proc = None
+    log = None
+    if args.url:
+        m = re.match(r"http://(127\.0\.0\.1|localhost):(\d+)/?$", args.url)
+        if not m:
+            sys.exit("--url must be a loopback address like http://127.0.0.1:8080")
+        port = int(m.group(2))
+        pid = args.pid
+    else:
+        port = free_port()
+        log = tempfile.NamedTemporaryFile(prefix="causal-load-", suffix=".log", delete=False)
+        cmd = [args.causal, "serve", "--host", host, "--port", str(port), "--max-sequences", str(args.max_sequences),
+               "--context", str(args.context)]
+        if args.model:
+            cmd += ["--model", args.model]
+        print("starting:", " ".join(cmd), flush=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        pid = proc.pid
+        for _ in range(600):
+            try:
+                status, _, _ = await http(host, port, "GET", "/health")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                sys.exit(f"causal serve exited early; log in {log.name}")
+            await asyncio.sleep(0.2)
+    failures = []
+
+    def check(cond, what):
+        if not cond:
+            failures.append(what)
+            print("FAIL", what, flush=True)
+
+    try:
+        status, _, body = await http(host, port, "GET", "/v1/models")
+        model = json.loads(body)["data"][0]["id"]
+        jobs = make_jobs()
+
+        # Single-request answers, one at a time (non-streaming).
+        t = time.perf_counter()
+        refs = []
+        for job in jobs:
+            status, _, body = await http(host, port, "POST", path_of(job), payload(job, model, False))
+            check(status == 200, f"reference request answered {status}: {body[:200]!r}")
+            d = json.loads(body)
+            ch = d["choices"][0]
+            refs.append({"text": ch["message"]["content"] if job["endpoint"] == "chat" else ch["text"],
+                         "finish": ch["finish_reason"], "usage": d["usage"]})
+        print(f"{len(jobs)} single-request answers in {time.perf_counter() - t:.1f} s", flush=True)
+
+        before = await scrape(host, port)
+
+        # The load: CLIENTS clients x REQUESTS requests, each client sequential.
+        plan = []
+        for c in range(args.clients):
+            plan.append([(c * args.requests + r) % len(jobs) for r in range(args.requests)])
+        rng = random.Random(7)
+        disconnect = {}
+        for c in range(args.clients):
+            for r in range(args.requests):
+                if rng.random() < args.disconnect_rate:
+                    disconnect[(c, r)] = rng.randint(1, 3)  # leave after this many text deltas
+
+        async def client(c):
+            out = []
+            for r, j in enumerate(plan[c]):
+                res = await stream(host, port, jobs[j], model, disconnect_after=disconnect.get((c, r)))
+                res["ref"] = j
+                out.append(res)
+            return out
+
+        t0 = time.perf_counter()
+        results = await asyncio.wait_for(asyncio.gather(*(client(c) for c in range(args.clients))), timeout=args.timeout)
+        wall = time.perf_counter() - t0
+        results = [r for rs in results for r in rs]
+
+        # Let the server notice the disconnects and finish everything, then compare the metrics.
+        for _ in range(300):
+            after = await scrape(host, port)
+            if after.get("causal_running_sequences", 0) == 0 and after.get("causal_queued_requests", 0) == 0:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+        after = await scrape(host, port)
+        mem = rss(pid) if pid else {}
+
+        def delta(key):
+            return after.get(key, 0) - before.get(key, 0)
+
+        statuses = {}
+        for r in results:
+            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        check(not any(s is None or s >= 500 for s in statuses), f"5xx or no answer: {statuses}")
+        ok = [r for r in results if r["status"] == 200]
+        completed = [r for r in ok if not r["disconnected"]]
+        cut = [r for r in ok if r["disconnected"]]
+        mismatches = 0
+        for r in completed:
+            ref = refs[r["ref"]]
+            same = (r["text"] == ref["text"] and r["finish"] == ref["finish"] and r["usage"] is not None
+                    and r["usage"]["completion_tokens"] == ref["usage"]["completion_tokens"]
+                    and r["usage"]["prompt_tokens"] == ref["usage"]["prompt_tokens"] and r.get("done") and not r["error"])
+            if not same:
+                mismatches += 1
+                if mismatches <= 5:
+                    print(f"  mismatch job {r['ref']}: got {r['text']!r} ({r['finish']}), alone {ref['text']!r} ({ref['finish']})")
+        check(mismatches == 0, f"{mismatches} of {len(completed)} completed answers differ from their single-request answers")
+
+        # Metrics consistency.
+        for ep in ("/v1/chat/completions", "/v1/completions"):
+            sent = sum(1 for r in ok if path_of(r["job"]) == ep)
+            got = delta(f'causal_requests_total{{endpoint="{ep}",status="200"}}')
+            check(got == sent, f"{ep}: metrics count {got} requests with 200, the clients got {sent}")
+        for s in statuses:
+            if s != 200:
+                print(f"  note: {statuses[s]} answers with status {s}")
+        prompt_sent = sum(refs[r["ref"]]["usage"]["prompt_tokens"] for r in ok)
+        check(delta("causal_prompt_tokens_total") == prompt_sent,
+              f"prompt tokens: metrics {delta('causal_prompt_tokens_total')}, sent {prompt_sent}")
+        check(delta("causal_scheduler_prompt_tokens_total") == prompt_sent,
+              f"prefill tokens: metrics {delta('causal_scheduler_prompt_tokens_total')}, sent {prompt_sent}")
+        gen_done = sum(r["usage"]["completion_tokens"] for r in completed if r["usage"])
+        gen_cut_max = sum(r["job"]["max_tokens"] for r in cut)
+        gen = delta("causal_generation_tokens_total")
+        sched_gen = delta("causal_scheduler_generated_tokens_total")
+        check(gen_done + len(cut) <= gen <= gen_done + gen_cut_max,
+              f"generated tokens: metrics {gen}, completed {gen_done} + disconnected between {len(cut)} and {gen_cut_max}")
+        check(gen <= sched_gen <= gen_done + gen_cut_max,
+              f"scheduler generated {sched_gen} tokens, responses report {gen}, at most {gen_done + gen_cut_max}")
+        check(after.get("causal_running_sequences") == 0 and after.get("causal_queued_requests") == 0,
+              "sequences left running or queued")
+        cancelled = int(delta('causal_finish_reason_total{reason="cancelled"}'))
+        check(cancelled <= len(cut), "more cancellations than disconnects")
+
+        ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
+        lat = [r["latency"] for r in completed]
+        steps = delta("causal_scheduler_steps_total")
+        seqs = delta("causal_step_batch_sequences_sum")
+        toks = delta("causal_step_batch_tokens_sum")
+        print()
+        print(f"requests: {len(results)} ({args.clients} clients x {args.requests}), statuses {statuses}, "
+              f"completed {len(completed)}, disconnected midway {len(cut)} "
+              f"(server cancelled {cancelled} of them before they finished)")
+        print(f"wall time: {wall:.1f} s")
+        print(f"generated tokens: {int(sched_gen)} -> {sched_gen / wall:.1f} tokens/s aggregate; "
+              f"prompt tokens: {int(prompt_sent)} -> {(prompt_sent + sched_gen) / wall:.1f} tokens/s prompt+generated")
+        print(f"TTFT: p50 {pct(ttft, 0.5) * 1000:.0f} ms, p99 {pct(ttft, 0.99) * 1000:.0f} ms (queueing included); "
+              f"request latency: p50 {pct(lat, 0.5):.2f} s, p99 {pct(lat, 0.99):.2f} s")
+        if steps:
+            print(f"steps: {int(steps)}, mean {seqs / steps:.1f} sequences and {toks / steps:.1f} tokens per step")
+        if mem:
+            print(f"server memory: peak RSS (VmHWM) {mem.get('VmHWM')} MiB, RSS now {mem.get('VmRSS')} MiB")
+        print(f"answers equal to single-request answers: {len(completed) - mismatches}/{len(completed)}")
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=60)
+                check(code == 0, f"server exited with status {code} on SIGTERM")
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                check(False, "server did not stop within 60 s of SIGTERM")
+            if failures:
+                print(f"server log: {log.name}")
+            else:
+                os.unlink(log.name)
+    if failures:
+        print(f"\n{len(failures)} check(s) failed")
+        return 1
+    print("\nall checks passed")
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--causal", default=".build/release/causal", help="the causal binary (default: .build/release/causal)")
+    ap.add_argument("--model", help="GGUF model (default: the server's default model)")
+    ap.add_argument("--url", help="use a running server on loopback instead of starting one, e.g. http://127.0.0.1:8080")
+    ap.add_argument("--pid", type=int, help="with --url: the server's pid, to read its peak RSS")
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=4, help="requests per client, one after the other")
+    ap.add_argument("--disconnect-rate", type=float, default=0.1, help="fraction of requests whose client leaves midway")
+    ap.add_argument("--max-sequences", type=int, default=16)
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--timeout", type=float, default=900, help="seconds for the whole load phase")
+    args = ap.parse_args()
+    if args.clients < 1 or args.clients > 256 or args.requests < 1 or args.requests > 16:
+        sys.exit("keep the load bounded: 1-256 clients, 1-16 requests each")
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

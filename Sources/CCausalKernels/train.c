@@ -1,0 +1,319 @@
+// Training kernels (see ck_train.h). Plain fp32 loops; the hot ones (the matrix product, attention) are compiled
+// once per instruction-set level from one always-inline body and picked at run time by ck_get_isa().
+#include "CCausalKernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#define CKT_INLINE static inline __attribute__((always_inline))
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CKT_X86 1
+#define CKT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define CKT_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define CKT_X86 0
+#endif
+
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Matrix product C = [C +] A · B.
+//
+// Blocked over K (KBLK) and N (NBLK) so that a block of B stays in cache while every tile of 4 rows of C passes
+// over it; a tile is 4 rows x (VW * TV) columns held in vector registers across the K block.
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v16fu __attribute__((vector_size(64), aligned(4)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8fu __attribute__((vector_size(32), aligned(4)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v4fu __attribute__((vector_size(16), aligned(4)));
+
+#define KBLK 256
+#define NBLK 256
+
+// Rows [i0, i1) x columns [j0, j1) over k in [k0, k1), plain loops (tails).
+CKT_INLINE void gemm_plain(int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t k0, int64_t k1,
+                           const float *A, int64_t ar, int64_t ac, const float *B, int64_t ldb, float *C,
+                           int64_t ldc) {
+    for (int64_t i = i0; i < i1; i++) {
+        float *c = C + i * ldc;
+        for (int64_t k = k0; k < k1; k++) {
+            const float a = A[i * ar + k * ac];
+            const float *b = B + k * ldb;
+            for (int64_t j = j0; j < j1; j++) c[j] += a * b[j];
+        }
+    }
+}
+
+#define GEMM_DEFINE(NAME, ATTR, VT, VTU, VW, TV)                                                                  \
+    ATTR static void NAME(int64_t M, int64_t N, int64_t K, const float *A, int64_t ar, int64_t ac,              \
+                          const float *B, int64_t ldb, float *C, int64_t ldc) {                                 \
+        const int64_t TW = (VW) * (TV);                                                                          \
+        for (int64_t k0 = 0; k0 < K; k0 += KBLK) {                                                               \
+            const int64_t k1 = imin(K, k0 + KBLK);                                                               \
+            for (int64_t j0 = 0; j0 < N; j0 += NBLK) {                                                           \
+                const int64_t j1 = imin(N, j0 + NBLK);                                                           \
+                const int64_t jt = j0 + (j1 - j0) / TW * TW;                                                     \
+                int64_t i = 0;                                                                                   \
+                for (; i + 4 <= M; i += 4) {                                                                     \
+                    for (int64_t j = j0; j < jt; j += TW) {                                                      \
+                        VT c[4][TV];                                                                             \
+                        for (int r = 0; r < 4; r++)                                                              \
+                            for (int t = 0; t < (TV); t++) c[r][t] = *(const VTU *)(C + (i + r) * ldc + j + t * (VW)); \
+                        for (int64_t k = k0; k < k1; k++) {                                                      \
+                            const float *b = B + k * ldb + j;                                                    \
+                            VT bv[TV];                                                                           \
+                            for (int t = 0; t < (TV); t++) bv[t] = *(const VTU *)(b + t * (VW));                 \
+                            for (int r = 0; r < 4; r++) {                                                        \
+                                const float a = A[(i + r) * ar + k * ac];                                        \
+                                for (int t = 0; t < (TV); t++) c[r][t] += a * bv[t];                             \
+                            }                                                                                    \
+                        }                                                                                        \
+                        for (int r = 0; r < 4; r++)                                                              \
+                            for (int t = 0; t < (TV); t++) *(VTU *)(C + (i + r) * ldc + j + t * (VW)) = c[r][t]; \
+                    }                                                                                            \
+                    if (jt < j1) gemm_plain(i, i + 4, jt, j1, k0, k1, A, ar, ac, B, ldb, C, ldc);                \
+                }                                                                                                \
+                if (i < M) gemm_plain(i, M, j0, j1, k0, k1, A, ar, ac, B, ldb, C, ldc);                          \
+            }                                                                                                    \
+        }                                                                                                        \
+    }
+
+GEMM_DEFINE(gemm_generic, , v4f, v4fu, 4, 4)
+#if CKT_X86
+GEMM_DEFINE(gemm_avx2, CKT_AVX2, v8f, v8fu, 8, 2)
+GEMM_DEFINE(gemm_avx512, CKT_AVX512, v16f, v16fu, 16, 4)
+#endif
+
+void ck_train_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_row, int64_t a_col,
+                   const float *B, int64_t ldb, float *C, int64_t ldc, int accumulate) {
+    if (M <= 0 || N <= 0) return;
+    if (!accumulate)
+        for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(float));
+    if (K <= 0) return;
+#if CKT_X86
+    const int isa = ck_get_isa();
+    if (isa >= CK_ISA_AVX512) { gemm_avx512(M, N, K, A, a_row, a_col, B, ldb, C, ldc); return; }
+    if (isa >= CK_ISA_AVX2) { gemm_avx2(M, N, K, A, a_row, a_col, B, ldb, C, ldc); return; }
+#endif
+    gemm_generic(M, N, K, A, a_row, a_col, B, ldb, C, ldc);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// RMSNorm
+
+void ck_train_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t n,
+                              float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        double ss = 0.0;
+        for (int64_t i = 0; i < n; i++) ss += (double)xr[i] * (double)xr[i];
+        const float inv = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+        rstd[r] = inv;
+        for (int64_t i = 0; i < n; i++) yr[i] = w[i] * (xr[i] * inv);
+    }
+}
+
+void ck_train_rmsnorm_backward(const float *dy, const float *x, const float *w, const float *rstd, float *dx,
+                               float *dw, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *dyr = dy + r * n, *xr = x + r * n;
+        float *dxr = dx + r * n;
+        const float s = rstd[r];
+        double dot = 0.0;   // sum_i dy_i w_i x_i
+        for (int64_t i = 0; i < n; i++) dot += (double)dyr[i] * (double)w[i] * (double)xr[i];
+        const float c = (float)(dot / (double)n) * s * s;
+        for (int64_t i = 0; i < n; i++) {
+            dxr[i] += s * (dyr[i] * w[i] - xr[i] * c);
+            dw[i] += dyr[i] * (xr[i] * s);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SwiGLU
+
+void ck_train_swiglu_forward(const float *g, const float *u, float *h, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float x = g[i];
+        h[i] = x / (1.0f + expf(-x)) * u[i];
+    }
+}
+
+void ck_train_swiglu_backward(const float *dh, const float *g, const float *u, float *dg, float *du, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float x = g[i];
+        const float sig = 1.0f / (1.0f + expf(-x));
+        const float silu = x * sig;
+        du[i] = dh[i] * silu;
+        dg[i] = dh[i] * u[i] * (sig * (1.0f + x * (1.0f - sig)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Attention of one query head over one sequence.
+
+CKT_INLINE float dotf(const float *a, const float *b, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    float tail = 0.0f;
+    for (; i < n; i++) tail += a[i] * b[i];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0] + tail;
+}
+
+CKT_INLINE void axpyf(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+CKT_INLINE int64_t keys_for(int64_t i, int64_t prefix) { return i + 1 > prefix ? i + 1 : prefix; }
+
+CKT_INLINE void attn_forward_impl(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
+                                  int64_t qs, int64_t kvs, int64_t D, float scale, float *out, float *lse,
+                                  int64_t lse_stride, float *scores) {
+    for (int64_t i = 0; i < len; i++) {
+        const float *qi = q + i * qs;
+        const int64_t nk = keys_for(i, prefix);
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < nk; j++) {
+            const float s = dotf(qi, k + j * kvs, D) * scale;
+            scores[j] = s;
+            if (s > mx) mx = s;
+        }
+        double sum = 0.0;
+        for (int64_t j = 0; j < nk; j++) {
+            const float e = expf(scores[j] - mx);
+            scores[j] = e;
+            sum += e;
+        }
+        const float inv = (float)(1.0 / sum);
+        float *oi = out + i * qs;
+        memset(oi, 0, (size_t)D * sizeof(float));
+        for (int64_t j = 0; j < nk; j++) axpyf(oi, scores[j] * inv, v + j * kvs, D);
+        lse[i * lse_stride] = mx + (float)log(sum);
+    }
+}
+
+CKT_INLINE void attn_backward_impl(const float *q, const float *k, const float *v, const float *out,
+                                   const float *dout, const float *lse, int64_t lse_stride, int64_t len,
+                                   int64_t prefix, int64_t qs, int64_t kvs, int64_t D, float scale, float *dq,
+                                   float *dk, float *dv, float *scratch) {
+    float *p = scratch, *ds = scratch + len;
+    for (int64_t i = 0; i < len; i++) {
+        const float *qi = q + i * qs, *doi = dout + i * qs;
+        const int64_t nk = keys_for(i, prefix);
+        const float l = lse[i * lse_stride];
+        const float di = dotf(doi, out + i * qs, D);
+        for (int64_t j = 0; j < nk; j++) {
+            p[j] = expf(dotf(qi, k + j * kvs, D) * scale - l);
+            const float dp = dotf(doi, v + j * kvs, D);
+            ds[j] = p[j] * (dp - di) * scale;
+        }
+        float *dqi = dq + i * qs;
+        for (int64_t j = 0; j < nk; j++) {
+            axpyf(dqi, ds[j], k + j * kvs, D);
+            axpyf(dk + j * kvs, ds[j], qi, D);
+            axpyf(dv + j * kvs, p[j], doi, D);
+        }
+    }
+}
+
+static void attn_forward_generic(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
+                                 int64_t qs, int64_t kvs, int64_t D, float scale, float *out, float *lse,
+                                 int64_t lse_stride, float *scores) {
+    attn_forward_impl(q, k, v, len, prefix, qs, kvs, D, scale, out, lse, lse_stride, scores);
+}
+static void attn_backward_generic(const float *q, const float *k, const float *v, const float *out,
+                                  const float *dout, const float *lse, int64_t lse_stride, int64_t len,
+                                  int64_t prefix, int64_t qs, int64_t kvs, int64_t D, float scale, float *dq,
+                                  float *dk, float *dv, float *scratch) {
+    attn_backward_impl(q, k, v, out, dout, lse, lse_stride, len, prefix, qs, kvs, D, scale, dq, dk, dv, scratch);
+}
+#if CKT_X86
+CKT_AVX512 static void attn_forward_avx512(const float *q, const float *k, const float *v, int64_t len,
+                                           int64_t prefix, int64_t qs, int64_t kvs, int64_t D, float scale,
+                                           float *out, float *lse, int64_t lse_stride, float *scores) {
+    attn_forward_impl(q, k, v, len, prefix, qs, kvs, D, scale, out, lse, lse_stride, scores);
+}
+CKT_AVX512 static void attn_backward_avx512(const float *q, const float *k, const float *v, const float *out,
+                                            const float *dout, const float *lse, int64_t lse_stride, int64_t len,
+                                            int64_t prefix, int64_t qs, int64_t kvs, int64_t D, float scale,
+                                            float *dq, float *dk, float *dv, float *scratch) {
+    attn_backward_impl(q, k, v, out, dout, lse, lse_stride, len, prefix, qs, kvs, D, scale, dq, dk, dv, scratch);
+}
+#endif
+
+void ck_train_attention_forward(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
+                                int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale, float *out,
+                                float *lse, int64_t lse_stride, float *scratch) {
+    if (prefix > len) prefix = len;
+#if CKT_X86
+    if (ck_get_isa() >= CK_ISA_AVX512) {
+        attn_forward_avx512(q, k, v, len, prefix, q_stride, kv_stride, head_dim, scale, out, lse, lse_stride, scratch);
+        return;
+    }
+#endif
+    attn_forward_generic(q, k, v, len, prefix, q_stride, kv_stride, head_dim, scale, out, lse, lse_stride, scratch);
+}
+
+void ck_train_attention_backward(const float *q, const float *k, const float *v, const float *out,
+                                 const float *dout, const float *lse, int64_t lse_stride, int64_t len,
+                                 int64_t prefix, int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale,
+                                 float *dq, float *dk, float *dv, float *scratch) {
+    if (prefix > len) prefix = len;
+#if CKT_X86
+    if (ck_get_isa() >= CK_ISA_AVX512) {
+        attn_backward_avx512(q, k, v, out, dout, lse, lse_stride, len, prefix, q_stride, kv_stride, head_dim, scale,
+                             dq, dk, dv, scratch);
+        return;
+    }
+#endif
+    attn_backward_generic(q, k, v, out, dout, lse, lse_stride, len, prefix, q_stride, kv_stride, head_dim, scale,
+                          dq, dk, dv, scratch);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Loss, optimizer, reductions
+
+double ck_train_cross_entropy(float *logits, int64_t n, int64_t target, float scale) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) if (logits[i] > mx) mx = logits[i];
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += exp((double)logits[i] - (double)mx);
+    const double lse = (double)mx + log(sum);
+    const double loss = lse - (double)logits[target];
+    for (int64_t i = 0; i < n; i++) logits[i] = (float)exp((double)logits[i] - lse) * scale;
+    logits[target] -= scale;
+    return loss;
+}
+
+void ck_train_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2,
+                    float eps, float weight_decay, float bc1, float bc2) {
+    const float decay = 1.0f - lr * weight_decay;
+    const float step = lr / bc1;
+    const float bc2_sqrt = sqrtf(bc2);
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = g[i];
+        if (weight_decay != 0.0f) p[i] *= decay;
+        m[i] += (1.0f - beta1) * (gi - m[i]);
+        v[i] = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+        const float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+        p[i] -= step * (m[i] / denom);
+    }
+}
+
+double ck_train_sum_squares(const float *x, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    return s;
+}
+
+void ck_train_scale(float *x, int64_t n, float s) {
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+}

@@ -1,0 +1,235 @@
+import Foundation
+import CausalKernels
+import CCausalKernels
+
+// The layers of a LLaMA training step, each forward beside its backward (in the style of llm.c). Everything is
+// fp32 row-major on raw pointers; a "row" is one token. Backward functions take the gradient of the layer's output
+// and produce the gradients of its inputs and weights; weight gradients are always accumulated (+=), input
+// gradients are overwritten unless the function says otherwise. The innermost loops are C (ck_train.h); the big
+// products are split across the thread pool here.
+
+/// A scratch fp32 buffer, zero-filled, freed with the object.
+final class FloatBuffer {
+    let p: UnsafeMutablePointer<Float>
+    let count: Int
+    init(_ count: Int) {
+        self.count = count
+        p = .allocate(capacity: max(count, 1))
+        p.initialize(repeating: 0, count: max(count, 1))
+    }
+    func zero() { p.update(repeating: 0, count: count) }
+    deinit { p.deallocate() }
+}
+
+/// One sequence of a ragged batch: its rows `start..<start+length`; rows before `prefix` attend to each other in
+/// both directions (prefix-LM), the rest causally (prefix 0: plain causal attention).
+public struct SequenceSpan: Sendable, Equatable {
+    public var start: Int
+    public var length: Int
+    public var prefix: Int
+    public init(start: Int, length: Int, prefix: Int = 0) { self.start = start; self.length = length; self.prefix = prefix }
+}
+
+public enum TrainingOps {
+    // MARK: Matrix products
+
+    /// C (M×N) = [C +] A·B, A[i][k] at A[i*aRow + k*aCol], B row-major with row length ldb, C with ldc; split across
+    /// the pool by rows of C (or by columns when there are few rows).
+    public static func gemm(M: Int, N: Int, K: Int, A: UnsafePointer<Float>, aRow: Int, aCol: Int,
+                            B: UnsafePointer<Float>, ldb: Int, C: UnsafeMutablePointer<Float>, ldc: Int,
+                            accumulate: Bool, pool: ThreadPool) {
+        guard M > 0, N > 0 else { return }
+        let threads = pool.threadCount
+        let acc: Int32 = accumulate ? 1 : 0
+        if threads == 1 || M * N * max(K, 1) < 1 << 18 {
+            ck_train_gemm(Int64(M), Int64(N), Int64(K), A, Int64(aRow), Int64(aCol), B, Int64(ldb), C, Int64(ldc), acc)
+            return
+        }
+        if M >= 16 * threads {
+            // Rows in chunks of a multiple of 4 (the kernel's tile height).
+            let chunks = min(threads * 4, M / 4)
+            let per = ((M + chunks - 1) / chunks + 3) / 4 * 4
+            let count = (M + per - 1) / per
+            pool.parallelFor(count) { c in
+                let i0 = c * per, i1 = min(M, i0 + per)
+                ck_train_gemm(Int64(i1 - i0), Int64(N), Int64(K), A + i0 * aRow, Int64(aRow), Int64(aCol), B, Int64(ldb),
+                              C + i0 * ldc, Int64(ldc), acc)
+            }
+        } else {
+            // Columns in chunks of a multiple of 64.
+            let chunks = max(1, min(threads * 2, N / 64))
+            let per = ((N + chunks - 1) / chunks + 63) / 64 * 64
+            let count = (N + per - 1) / per
+            pool.parallelFor(count) { c in
+                let j0 = c * per, j1 = min(N, j0 + per)
+                ck_train_gemm(Int64(M), Int64(j1 - j0), Int64(K), A, Int64(aRow), Int64(aCol), B + j0, Int64(ldb),
+                              C + j0, Int64(ldc), acc)
+            }
+        }
+    }
+
+    // MARK: Linear layer  y = x · Wᵀ
+
+    /// y (rows, outDim) = x (rows, inDim) · Wᵀ, W (outDim, inDim).
+    public static func linearForward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, inDim: Int,
+                                     outDim: Int, out: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        matmul(WeightMatrix(dtype: .f32, data: UnsafeRawPointer(weight), rows: outDim, cols: inDim), x, rows: rows,
+               into: out, pool: pool)
+    }
+
+    /// dx (rows, inDim) [+]= dy · W; dW (outDim, inDim) += dyᵀ · x. Either output may be nil.
+    public static func linearBackward(dOut: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                                      rows: Int, inDim: Int, outDim: Int, dx: UnsafeMutablePointer<Float>?,
+                                      accumulateDX: Bool = false, dWeight: UnsafeMutablePointer<Float>?, pool: ThreadPool) {
+        if let dx {
+            gemm(M: rows, N: inDim, K: outDim, A: dOut, aRow: outDim, aCol: 1, B: weight, ldb: inDim, C: dx, ldc: inDim,
+                 accumulate: accumulateDX, pool: pool)
+        }
+        if let dWeight {
+            gemm(M: outDim, N: inDim, K: rows, A: dOut, aRow: 1, aCol: outDim, B: x, ldb: inDim, C: dWeight, ldc: inDim,
+                 accumulate: true, pool: pool)
+        }
+    }
+
+    // MARK: Embedding
+
+    /// out[t] = table[tokens[t]] (rows of `dim`).
+    public static func embeddingForward(tokens: [Int], table: UnsafePointer<Float>, dim: Int, out: UnsafeMutablePointer<Float>) {
+        for (t, id) in tokens.enumerated() { (out + t * dim).update(from: table + id * dim, count: dim) }
+    }
+
+    /// dTable[tokens[t]] += dOut[t].
+    public static func embeddingBackward(tokens: [Int], dOut: UnsafePointer<Float>, dim: Int, dTable: UnsafeMutablePointer<Float>) {
+        for (t, id) in tokens.enumerated() { ck_add(dTable + id * dim, dOut + t * dim, Int64(dim)) }
+    }
+
+    // MARK: RMSNorm
+
+    /// out = x / sqrt(mean(x²) + eps) * weight per row; saves the reciprocal root per row in `rstd`.
+    public static func rmsnormForward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                                      rstd: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
+        ck_train_rmsnorm_forward(x, weight, out, rstd, Int64(rows), Int64(dim), eps)
+    }
+
+    /// dx += ∂/∂x, dWeight += ∂/∂weight.
+    public static func rmsnormBackward(dOut: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                                       rstd: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
+                                       dWeight: UnsafeMutablePointer<Float>, rows: Int, dim: Int) {
+        ck_train_rmsnorm_backward(dOut, x, weight, rstd, dx, dWeight, Int64(rows), Int64(dim))
+    }
+
+    // MARK: RoPE (GGUF's adjacent pairs)
+
+    /// cos/sin of position · θ^(-2i/ropeDim) per row, (rows, ropeDim/2) each, computed as the inference path does.
+    public static func ropeTables(positions: [Int], ropeDim: Int, theta: Double) -> (cos: [Float], sin: [Float]) {
+        let half = ropeDim / 2
+        var c = [Float](repeating: 0, count: positions.count * half), s = c
+        for (r, pos) in positions.enumerated() {
+            for i in 0..<half {
+                let invFreq = Float(1.0) / powf(Float(theta), Float(2 * i) / Float(ropeDim))
+                let angle = Float(pos) * invFreq
+                c[r * half + i] = cosf(angle)
+                s[r * half + i] = sinf(angle)
+            }
+        }
+        return (c, s)
+    }
+
+    /// Rotates the adjacent pairs of every head of every row in place.
+    public static func ropeForward(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, ropeDim: Int,
+                                   cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+        let half = ropeDim / 2
+        for r in 0..<rows {
+            ck_rope_adjacent(x + r * heads * headDim, Int64(heads), Int64(headDim), Int64(ropeDim), cos + r * half, sin + r * half)
+        }
+    }
+
+    /// The backward of a rotation is the rotation by the opposite angle: pass the negated sines (`negSin`).
+    public static func ropeBackward(_ dx: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, ropeDim: Int,
+                                    cos: UnsafePointer<Float>, negSin: UnsafePointer<Float>) {
+        ropeForward(dx, rows: rows, heads: heads, headDim: headDim, ropeDim: ropeDim, cos: cos, sin: negSin)
+    }
+
+    // MARK: Grouped-query attention
+
+    /// out (rows, heads*D) from q (rows, heads*D), k and v (rows, kvHeads*D), within each sequence; query head h reads
+    /// key/value head h / (heads/kvHeads). Saves the log-sum-exp of each (row, head) in lse (rows, heads).
+    public static func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                        sequences: [SequenceSpan], heads: Int, kvHeads: Int, headDim D: Int,
+                                        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
+        let scale = 1 / Float(D).squareRoot()
+        pool.parallelFor(sequences.count * heads) { item in
+            let s = sequences[item / heads], h = item % heads, g = h / group
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(s.length, 1)) { scratch in
+                ck_train_attention_forward(q + s.start * qDim + h * D, k + s.start * kvDim + g * D, v + s.start * kvDim + g * D,
+                                           Int64(s.length), Int64(s.prefix), Int64(qDim), Int64(kvDim), Int64(D), scale,
+                                           out + s.start * qDim + h * D, lse + s.start * heads + h, Int64(heads),
+                                           scratch.baseAddress!)
+            }
+        }
+    }
+
+    /// Overwrites dq, dk, dv with the gradients of q, k, v given dOut (rows like out).
+    public static func attentionBackward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                         out: UnsafePointer<Float>, lse: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
+                                         sequences: [SequenceSpan], heads: Int, kvHeads: Int, headDim D: Int,
+                                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                         dv: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
+        let scale = 1 / Float(D).squareRoot()
+        let rows = sequences.map { $0.start + $0.length }.max() ?? 0
+        dq.update(repeating: 0, count: rows * qDim)
+        dk.update(repeating: 0, count: rows * kvDim)
+        dv.update(repeating: 0, count: rows * kvDim)
+        // One task per (sequence, key/value head): it alone writes that head's dk/dv rows and its query heads' dq rows.
+        pool.parallelFor(sequences.count * kvHeads) { item in
+            let s = sequences[item / kvHeads], g = item % kvHeads
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(2 * s.length, 1)) { scratch in
+                for h in (g * group)..<((g + 1) * group) {
+                    let qo = s.start * qDim + h * D, ko = s.start * kvDim + g * D
+                    ck_train_attention_backward(q + qo, k + ko, v + ko, out + qo, dOut + qo, lse + s.start * heads + h,
+                                                Int64(heads), Int64(s.length), Int64(s.prefix), Int64(qDim), Int64(kvDim),
+                                                Int64(D), scale, dq + qo, dk + ko, dv + ko, scratch.baseAddress!)
+                }
+            }
+        }
+    }
+
+    // MARK: SwiGLU  h = silu(gate) * up
+
+    public static func swigluForward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                                     count: Int, pool: ThreadPool) {
+        chunked(count, pool) { lo, n in ck_train_swiglu_forward(gate + lo, up + lo, out + lo, Int64(n)) }
+    }
+
+    /// Overwrites dGate and dUp.
+    public static func swigluBackward(dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                                      dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count: Int,
+                                      pool: ThreadPool) {
+        chunked(count, pool) { lo, n in ck_train_swiglu_backward(dOut + lo, gate + lo, up + lo, dGate + lo, dUp + lo, Int64(n)) }
+    }
+
+    // MARK: Cross-entropy
+
+    /// Per row of logits (rows, vocab): the loss against targets[r] (returned), and the row overwritten with
+    /// scale · (softmax − onehot), the gradient of scale · loss.
+    public static func crossEntropy(logits: UnsafeMutablePointer<Float>, rows: Int, vocab: Int, targets: [Int], scale: Float,
+                                    pool: ThreadPool) -> [Double] {
+        var losses = [Double](repeating: 0, count: rows)
+        losses.withUnsafeMutableBufferPointer { l in
+            let lp = l.baseAddress!
+            pool.parallelFor(rows) { r in
+                lp[r] = ck_train_cross_entropy(logits + r * vocab, Int64(vocab), Int64(targets[r]), scale)
+            }
+        }
+        return losses
+    }
+
+    private static func chunked(_ count: Int, _ pool: ThreadPool, _ body: (Int, Int) -> Void) {
+        let chunk = 1 << 16
+        let n = (count + chunk - 1) / chunk
+        if n <= 1 { body(0, count); return }
+        pool.parallelFor(n) { c in body(c * chunk, min(chunk, count - c * chunk)) }
+    }
+}

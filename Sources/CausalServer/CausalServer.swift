@@ -1,2 +1,0 @@
-// CausalServer: the OpenAI-compatible HTTP server (Hummingbird). It calls only CausalLM's public API.
-import CausalLM

@@ -1,0 +1,377 @@
+import CausalLM
+import Foundation
+import Hummingbird
+
+/// An error answered with an OpenAI-style body: `{"error": {"message", "type", "param", "code"}}`.
+public struct APIError: Error, CustomStringConvertible, Sendable {
+    public var status: HTTPResponse.Status
+    public var message: String
+    public var type: String
+    public var param: String?
+    public var code: String?
+    /// Seconds for a `Retry-After` header (429, 503).
+    public var retryAfter: Int?
+
+    public init(_ status: HTTPResponse.Status, _ message: String, type: String = "invalid_request_error",
+                param: String? = nil, code: String? = nil, retryAfter: Int? = nil) {
+        self.status = status; self.message = message; self.type = type; self.param = param; self.code = code
+        self.retryAfter = retryAfter
+    }
+
+    public var description: String { "\(status.code) \(type)\(code.map { "/" + $0 } ?? ""): \(message)" }
+
+    var json: JSONValue {
+        .object([("error", .object([("message", .string(message)), ("type", .string(type)),
+                                    ("param", .optional(param)), ("code", .optional(code))]))])
+    }
+
+    static func invalid(_ message: String, param: String? = nil, code: String? = "invalid_value") -> APIError {
+        APIError(.badRequest, message, param: param, code: code)
+    }
+
+    static func unsupported(_ message: String, param: String) -> APIError {
+        APIError(.badRequest, message, param: param, code: "unsupported_parameter")
+    }
+}
+
+/// Which OpenAI endpoint a request came through.
+enum Endpoint: String, Sendable {
+    case chat = "/v1/chat/completions"
+    case completion = "/v1/completions"
+}
+
+/// A completion request, validated and tokenized.
+struct CompletionRequest: Sendable {
+    var endpoint: Endpoint
+    var model: String
+    var promptIDs: [Int]
+    var parameters: GenerateParameters
+    var stream: Bool
+    var includeUsage: Bool
+}
+
+/// Reads the fields of a decoded JSON body, throwing a 400 that names the field for a missing or mistyped one.
+/// JSON `null` counts as absent.
+struct FieldReader {
+    let object: [String: Any]
+
+    func has(_ key: String) -> Bool { value(key) != nil }
+
+    func value(_ key: String) -> Any? {
+        guard let v = object[key], !(v is NSNull) else { return nil }
+        return v
+    }
+
+    static func typeName(_ v: Any) -> String {
+        if v is NSNull { return "null" }
+        if isJSONBool(v) { return "a boolean" }
+        if v is String { return "a string" }
+        if v is NSNumber { return "a number" }
+        if v is [Any] { return "an array" }
+        if v is [String: Any] { return "an object" }
+        return "\(type(of: v))"
+    }
+
+    static func wrongType(_ key: String, expected: String, got v: Any) -> APIError {
+        .invalid("Invalid type for '\(key)': expected \(expected), but got \(typeName(v)).", param: key, code: "invalid_type")
+    }
+
+    func string(_ key: String) throws -> String? {
+        guard let v = value(key) else { return nil }
+        guard let s = v as? String, !isJSONBool(v) else { throw Self.wrongType(key, expected: "a string", got: v) }
+        return s
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let v = value(key) else { return nil }
+        guard isJSONBool(v), let b = v as? Bool else { throw Self.wrongType(key, expected: "a boolean", got: v) }
+        return b
+    }
+
+    static func integer(_ v: Any, key: String) throws -> Int {
+        guard !isJSONBool(v), !(v is String), let n = v as? NSNumber else { throw wrongType(key, expected: "an integer", got: v) }
+        let d = n.doubleValue
+        guard d.isFinite, d == d.rounded() else { throw wrongType(key, expected: "an integer", got: v) }
+        guard abs(d) < 9.0e15 else { throw APIError.invalid("Invalid value for '\(key)': \(d) is too large.", param: key) }
+        return n.intValue
+    }
+
+    func int(_ key: String, in range: ClosedRange<Int>? = nil) throws -> Int? {
+        guard let v = value(key) else { return nil }
+        let i = try Self.integer(v, key: key)
+        if let r = range, !r.contains(i) {
+            throw APIError.invalid("Invalid value for '\(key)': \(i) is outside the allowed range \(r.lowerBound)...\(r.upperBound).", param: key)
+        }
+        return i
+    }
+
+    func number(_ key: String, in range: ClosedRange<Double>? = nil, openLower: Bool = false) throws -> Double? {
+        guard let v = value(key) else { return nil }
+        guard !isJSONBool(v), !(v is String), let n = v as? NSNumber, n.doubleValue.isFinite else {
+            throw Self.wrongType(key, expected: "a number", got: v)
+        }
+        let d = n.doubleValue
+        if let r = range, !r.contains(d) || (openLower && d == r.lowerBound) {
+            let lo = openLower ? "(" : "["
+            throw APIError.invalid("Invalid value for '\(key)': \(d) must be in \(lo)\(r.lowerBound), \(r.upperBound)].", param: key)
+        }
+        return d
+    }
+}
+
+/// Parses chat and completion bodies into `CompletionRequest`s.
+struct RequestParser {
+    let bundle: ModelBundle
+    let modelID: String
+    let acceptedModelNames: Set<String>
+    let contextLength: Int
+
+    func parse(_ body: ByteBuffer, endpoint: Endpoint) throws -> CompletionRequest {
+        let data = Data(body.readableBytesView)
+        guard !data.isEmpty else {
+            throw APIError.invalid("The request body is empty; expected a JSON object.", code: "invalid_json")
+        }
+        let any: Any
+        do { any = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
+            throw APIError.invalid("We could not parse the JSON body of your request: it is not valid JSON (\(Self.describe(error))).",
+                                   code: "invalid_json")
+        }
+        guard let obj = any as? [String: Any] else {
+            throw APIError.invalid("The request body must be a JSON object, got \(FieldReader.typeName(any)).", code: "invalid_json")
+        }
+        let f = FieldReader(object: obj)
+
+        // model
+        guard let model = try f.string("model") else {
+            throw APIError.invalid("You must provide a model parameter.", param: "model", code: "missing_required_parameter")
+        }
+        guard acceptedModelNames.contains(model) else {
+            throw APIError(.notFound, "The model '\(model)' does not exist. This server serves '\(modelID)'.",
+                           param: "model", code: "model_not_found")
+        }
+
+        // prompt
+        let promptIDs: [Int]
+        let promptParam: String
+        switch endpoint {
+        case .chat:
+            promptParam = "messages"
+            let messages = try parseMessages(f)
+            do { promptIDs = try bundle.chatPromptIDs(messages) } catch {
+                throw APIError.invalid("The messages could not be rendered with the model's chat template: \(error)", param: "messages")
+            }
+        case .completion:
+            promptParam = "prompt"
+            promptIDs = try parsePrompt(f)
+        }
+        guard !promptIDs.isEmpty else { throw APIError.invalid("The prompt is empty.", param: promptParam) }
+
+        // choices
+        if let n = try f.int("n"), n != 1 {
+            throw APIError.invalid("Invalid value for 'n': only n = 1 is supported, got \(n).", param: "n")
+        }
+        if endpoint == .completion, let b = try f.int("best_of"), b != 1 {
+            throw APIError.invalid("Invalid value for 'best_of': only best_of = 1 is supported, got \(b).", param: "best_of")
+        }
+
+        // length
+        var maxTokens: Int? = nil
+        for key in ["max_completion_tokens", "max_tokens"] where maxTokens == nil {
+            if let m = try f.int(key) {
+                guard m >= 1 else {
+                    throw APIError.invalid("Invalid value for '\(key)': \(m); it must be at least 1.", param: key)
+                }
+                if m > contextLength {
+                    throw APIError.invalid("Invalid value for '\(key)': \(m) is larger than the model's context of \(contextLength) tokens.",
+                                           param: key, code: "context_length_exceeded")
+                }
+                maxTokens = m
+            }
+        }
+        let P = promptIDs.count
+        if P >= contextLength {
+            throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, your \(promptParam) resulted in \(P) tokens. Please reduce the length of the \(promptParam).",
+                                   param: promptParam, code: "context_length_exceeded")
+        }
+        if let m = maxTokens, P + m > contextLength {
+            throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, you requested \(P + m) tokens (\(P) in the \(promptParam), \(m) in the completion). Please reduce the length of the \(promptParam) or completion.",
+                                   param: f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
+                                   code: "context_length_exceeded")
+        }
+
+        // sampling
+        var p = GenerateParameters(maxNewTokens: maxTokens ?? (contextLength - P), temperature: 1)
+        if let t = try f.number("temperature", in: 0...2) { p.temperature = Float(t) }
+        if let t = try f.number("top_p", in: 0...1, openLower: true) { p.topP = Float(t) }
+        if let k = try f.int("top_k", in: -1...Int(Int32.max)) { p.topK = max(k, 0) }
+        if let m = try f.number("min_p", in: 0...1) { p.minP = Float(m) }
+        if let r = try f.number("repetition_penalty", in: 0...100, openLower: true) { p.repetitionPenalty = Float(r) }
+        for key in ["presence_penalty", "frequency_penalty"] {
+            if let v = try f.number(key, in: -2...2), v != 0 {
+                throw APIError.unsupported("'\(key)' is not supported (only 0); use 'repetition_penalty' instead.", param: key)
+            }
+        }
+        if let v = f.value("seed") {
+            let s = try FieldReader.integer(v, key: "seed")
+            p.seed = UInt64(bitPattern: Int64(s))
+        }
+        if let v = f.value("stop") {
+            let stops: [String]
+            if let s = v as? String { stops = [s] } else if let a = v as? [Any] {
+                stops = try a.enumerated().map { i, x in
+                    guard let s = x as? String else { throw FieldReader.wrongType("stop[\(i)]", expected: "a string", got: x) }
+                    return s
+                }
+            } else {
+                throw FieldReader.wrongType("stop", expected: "a string or an array of strings", got: v)
+            }
+            guard stops.count <= 16 else { throw APIError.invalid("Invalid value for 'stop': at most 16 stop sequences are allowed, got \(stops.count).", param: "stop") }
+            guard !stops.contains("") else { throw APIError.invalid("Invalid value for 'stop': stop sequences must not be empty.", param: "stop") }
+            p.stop = stops
+        }
+        if let ignore = try f.bool("ignore_eos") { p.stopAtEOS = !ignore }
+
+        // logprobs
+        switch endpoint {
+        case .chat:
+            p.logprobs = try f.bool("logprobs") ?? false
+            if let k = try f.int("top_logprobs", in: 0...20) {
+                guard p.logprobs else {
+                    throw APIError.invalid("'top_logprobs' requires 'logprobs' to be true.", param: "top_logprobs")
+                }
+                p.topLogprobs = k
+            }
+        case .completion:
+            if let k = try f.int("logprobs", in: 0...5) { p.logprobs = true; p.topLogprobs = k }
+            if try f.bool("echo") == true { throw APIError.unsupported("'echo' is not supported.", param: "echo") }
+            if f.has("suffix") { throw APIError.unsupported("'suffix' is not supported.", param: "suffix") }
+        }
+
+        // unsupported features that would silently change the meaning
+        if let tools = f.value("tools") {
+            guard let a = tools as? [Any] else { throw FieldReader.wrongType("tools", expected: "an array", got: tools) }
+            if !a.isEmpty { throw APIError.unsupported("'tools' (function calling) is not supported by this server.", param: "tools") }
+        }
+        if f.has("functions") { throw APIError.unsupported("'functions' is not supported by this server.", param: "functions") }
+        if let lb = f.value("logit_bias") {
+            guard let o = lb as? [String: Any] else { throw FieldReader.wrongType("logit_bias", expected: "an object", got: lb) }
+            if !o.isEmpty { throw APIError.unsupported("'logit_bias' is not supported.", param: "logit_bias") }
+        }
+        if let rf = f.value("response_format") {
+            guard let o = rf as? [String: Any] else { throw FieldReader.wrongType("response_format", expected: "an object", got: rf) }
+            let t = try FieldReader(object: o).string("type")
+            if let t, t != "text" {
+                throw APIError.unsupported("'response_format' of type '\(t)' is not supported (only 'text').", param: "response_format")
+            }
+        }
+
+        // streaming
+        let stream = try f.bool("stream") ?? false
+        var includeUsage = false
+        if let so = f.value("stream_options") {
+            guard let o = so as? [String: Any] else { throw FieldReader.wrongType("stream_options", expected: "an object", got: so) }
+            guard stream else {
+                throw APIError.invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.", param: "stream_options")
+            }
+            includeUsage = try FieldReader(object: o).bool("include_usage") ?? false
+        }
+
+        do { try p.validate() } catch { throw APIError.invalid("Invalid sampling parameters: \(error)") }
+        return CompletionRequest(endpoint: endpoint, model: model, promptIDs: promptIDs, parameters: p, stream: stream,
+                                 includeUsage: includeUsage)
+    }
+
+    func parseMessages(_ f: FieldReader) throws -> [ChatMessage] {
+        guard let v = f.value("messages") else {
+            throw APIError.invalid("Missing required parameter: 'messages'.", param: "messages", code: "missing_required_parameter")
+        }
+        guard let array = v as? [Any] else { throw FieldReader.wrongType("messages", expected: "an array", got: v) }
+        guard !array.isEmpty else {
+            throw APIError.invalid("Invalid 'messages': empty array. Expected an array with minimum length 1.", param: "messages",
+                                   code: "empty_array")
+        }
+        let roles: Set<String> = ["system", "developer", "user", "assistant"]
+        return try array.enumerated().map { i, m in
+            let name = "messages[\(i)]"
+            guard let o = m as? [String: Any] else { throw FieldReader.wrongType(name, expected: "an object", got: m) }
+            let mf = FieldReader(object: o)
+            guard let roleValue = mf.value("role") else {
+                throw APIError.invalid("Missing required parameter: '\(name).role'.", param: "\(name).role", code: "missing_required_parameter")
+            }
+            guard let role = roleValue as? String else { throw FieldReader.wrongType("\(name).role", expected: "a string", got: roleValue) }
+            guard roles.contains(role) else {
+                throw APIError.invalid("Invalid value for '\(name).role': '\(role)'. Supported values are: 'system', 'developer', 'user' and 'assistant'.",
+                                       param: "\(name).role")
+            }
+            let content: String
+            switch mf.value("content") {
+            case nil:
+                guard role == "assistant" else {
+                    throw APIError.invalid("Missing required parameter: '\(name).content'.", param: "\(name).content",
+                                           code: "missing_required_parameter")
+                }
+                content = ""
+            case let s as String:
+                content = s
+            case let parts as [Any]:
+                content = try parts.enumerated().map { j, part -> String in
+                    let pn = "\(name).content[\(j)]"
+                    guard let po = part as? [String: Any] else { throw FieldReader.wrongType(pn, expected: "an object", got: part) }
+                    let pf = FieldReader(object: po)
+                    let type = try pf.string("type")
+                    guard type == "text" else {
+                        throw APIError.unsupported("Invalid value for '\(pn).type': only 'text' content parts are supported, got '\(type ?? "null")'.",
+                                                   param: "\(pn).type")
+                    }
+                    guard let text = try pf.string("text") else {
+                        throw APIError.invalid("Missing required parameter: '\(pn).text'.", param: "\(pn).text", code: "missing_required_parameter")
+                    }
+                    return text
+                }.joined()
+            case let other?:
+                throw FieldReader.wrongType("\(name).content", expected: "a string or an array of content parts", got: other)
+            }
+            return ChatMessage(role: role == "developer" ? "system" : role, content: content)
+        }
+    }
+
+    func parsePrompt(_ f: FieldReader) throws -> [Int] {
+        guard let v = f.value("prompt") else {
+            throw APIError.invalid("Missing required parameter: 'prompt'.", param: "prompt", code: "missing_required_parameter")
+        }
+        let V = bundle.model.vocabularySize
+        func ids(_ a: [Any], name: String) throws -> [Int] {
+            try a.enumerated().map { i, x in
+                let id = try FieldReader.integer(x, key: "\(name)[\(i)]")
+                guard id >= 0 && id < V else {
+                    throw APIError.invalid("Invalid value for '\(name)[\(i)]': token id \(id) is outside the vocabulary (0..<\(V)).", param: "prompt")
+                }
+                return id
+            }
+        }
+        if let s = v as? String, !isJSONBool(v) { return bundle.tokenizer.encode(s) }
+        guard let a = v as? [Any] else {
+            throw FieldReader.wrongType("prompt", expected: "a string, an array of strings or an array of token ids", got: v)
+        }
+        guard !a.isEmpty else { throw APIError.invalid("The prompt is empty.", param: "prompt") }
+        if a.allSatisfy({ $0 is String }) {
+            guard a.count == 1 else {
+                throw APIError.unsupported("Only one prompt per request is supported, got \(a.count).", param: "prompt")
+            }
+            return bundle.tokenizer.encode(a[0] as! String)
+        }
+        if let inner = a as? [[Any]] {
+            guard inner.count == 1 else {
+                throw APIError.unsupported("Only one prompt per request is supported, got \(inner.count).", param: "prompt")
+            }
+            return try ids(inner[0], name: "prompt[0]")
+        }
+        return try ids(a, name: "prompt")
+    }
+
+    static func describe(_ error: Error) -> String {
+        let ns = error as NSError
+        if let d = ns.userInfo[NSDebugDescriptionErrorKey] as? String { return d }
+        return ns.localizedDescription
+    }
+}

@@ -1,0 +1,117 @@
+"""Talks to a running `causal serve` through the official `openai` Python client and checks the answers.
+
+Usage: openai_client_test.py --base-url http://127.0.0.1:PORT/v1 --api-key KEY
+(run by Tests/run-openai-client-test.sh, which starts and stops the server).
+"""
+import argparse
+import sys
+
+import openai
+from openai import OpenAI
+
+FRANCE = "What is the capital of France?"
+ANSWER = "The capital of France is Paris."
+
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        failures.append(what)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--api-key", required=True)
+    args = ap.parse_args()
+
+    client = OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=120)
+    print(f"openai {openai.__version__} -> {args.base_url}")
+
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    check(len(ids) == 1, f"models.list gives one model: {ids}")
+    model = ids[0]
+
+    # Chat, greedy.
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": FRANCE}], temperature=0)
+    text = r.choices[0].message.content
+    check(text == ANSWER, f"chat greedy answer: {text!r}")
+    check(r.choices[0].finish_reason == "stop", f"chat finish_reason: {r.choices[0].finish_reason}")
+    check(r.object == "chat.completion" and r.id.startswith("chatcmpl-"), f"chat object/id: {r.object} {r.id}")
+    check(r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens and r.usage.completion_tokens > 0,
+          f"chat usage: {r.usage}")
+
+    # Chat, streaming, with usage.
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": FRANCE}], temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    parts, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.content:
+                parts.append(c.delta.content)
+            if c.finish_reason:
+                finish = c.finish_reason
+    check("".join(parts) == ANSWER, f"chat stream text: {''.join(parts)!r} in {len(parts)} deltas")
+    check(finish == "stop", f"chat stream finish_reason: {finish}")
+    check(usage is not None and usage.completion_tokens == r.usage.completion_tokens, f"chat stream usage: {usage}")
+
+    # Logprobs.
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": FRANCE}], temperature=0,
+                                       logprobs=True, top_logprobs=2, max_tokens=4)
+    lp = r.choices[0].logprobs.content
+    check(len(lp) == 4 and all(len(t.top_logprobs) == 2 for t in lp) and lp[0].token == "The",
+          f"chat logprobs: {[(t.token, round(t.logprob, 3)) for t in lp]}")
+    check(r.choices[0].finish_reason == "length", f"max_tokens=4 gives finish_reason length: {r.choices[0].finish_reason}")
+
+    # Completions (plain text), greedy, and streaming.
+    c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=12, temperature=0)
+    ctext = c.choices[0].text
+    check(len(ctext) > 0 and c.choices[0].finish_reason in ("stop", "length"), f"completion: {ctext!r} ({c.choices[0].finish_reason})")
+    check(c.object == "text_completion" and c.usage.completion_tokens <= 12, f"completion object/usage: {c.object} {c.usage}")
+    s = client.completions.create(model=model, prompt="The capital of France is", max_tokens=12, temperature=0, stream=True)
+    stext = "".join(ch.choices[0].text for ch in s if ch.choices)
+    check(stext == ctext, f"completion stream equals non-stream: {stext!r}")
+
+    # Seeded sampling is reproducible.
+    kw = dict(model=model, messages=[{"role": "user", "content": "Write a haiku about the sea."}], temperature=0.9, seed=42,
+              max_tokens=24)
+    a = client.chat.completions.create(**kw).choices[0].message.content
+    b = client.chat.completions.create(**kw).choices[0].message.content
+    check(a == b and len(a) > 0, f"same seed, same text: {a!r}")
+
+    # Errors come back as the client's exception types.
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], n=2)
+        check(False, "n=2 is refused")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.body.get("param") == "n", f"n=2 -> 400 param n ({e.body.get('message')})")
+    try:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+        check(False, "unknown model is refused")
+    except openai.NotFoundError as e:
+        check(e.status_code == 404 and e.body.get("code") == "model_not_found", f"unknown model -> 404 model_not_found")
+    try:
+        client.chat.completions.create(model=model, messages=[])
+        check(False, "empty messages are refused")
+    except openai.BadRequestError as e:
+        check(e.body.get("param") == "messages", f"empty messages -> 400 param messages")
+    bad = OpenAI(base_url=args.base_url, api_key="wrong-key", max_retries=0)
+    try:
+        bad.models.list()
+        check(False, "a wrong API key is refused")
+    except openai.AuthenticationError as e:
+        check(e.status_code == 401, "wrong API key -> 401")
+
+    if failures:
+        print(f"{len(failures)} check(s) failed", file=sys.stderr)
+        sys.exit(1)
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
