@@ -163,6 +163,31 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// HF's batch-size-1 greedy tokens (reference precision) from ONE --input batch of all prompts, padded left and
+    /// right through the HF-style edge. (HF's own right-padded batch differs from its first token on.)
+    func testHFGreedyFromOnePaddedCLIBatch() throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/smollm2/greedy.json")
+        let rows = try JSONSerialization.jsonObject(with: Data(contentsOf: fixture)) as! [[String: Any]]
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("greedy-\(UUID().uuidString).jsonl")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let lines = try rows.map { r -> String in
+            let ids = try JSONSerialization.data(withJSONObject: ["input_ids": r["prompt_ids"]!, "max_tokens": 48])
+            return String(decoding: ids, as: UTF8.self)
+        }
+        try (lines.joined(separator: "\n") + "\n").write(to: file, atomically: true, encoding: .utf8)
+        for side in ["left", "right"] {
+            let r = try causal(["generate", "--model", Self.modelPath, "--precision", "reference", "--input", file.path,
+                                "--batch-size", "\(rows.count)", "--padding", side])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let out = r.stdout.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+            XCTAssertEqual(out.count, rows.count)
+            for (o, row) in zip(out, rows) {
+                XCTAssertEqual(o["tokens"] as? [Int], row["tokens"] as? [Int], "padding \(side): \(row["prompt"]!)")
+            }
+        }
+    }
+
     func testBenchJSONRows() throws {
         let r = try causal(["bench", "--model", Self.modelPath, "-p", "16", "-n", "4", "-r", "1", "--batch", "2", "--batch-prompt", "8", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
