@@ -23,7 +23,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import llama_cpp" 2>/
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet llama-cpp-python
 fi
-swift build -c release --product causal >&2
+[ -n "${NO_BUILD:-}" ] || swift build -c release --product causal >&2
 CAUSAL=.build/release/causal
 [ -n "$MODEL" ] || MODEL=$($CAUSAL info | sed -n 's/^file: //p')
 echo "model: $MODEL" >&2
