@@ -190,7 +190,7 @@ public final class OpenAIService: @unchecked Sendable {
             context.info.set(completion: result.tokens.count, finish: ResponseBuilder.finishReason(result.finishReason),
                              ttft: timings.timeToFirstToken)
             if result.finishReason == .cancelled {
-                throw APIError(.serviceUnavailable, "The request was cancelled because the server is shutting down.",
+                throw APIError(.serviceUnavailable, "The request was cancelled: the client disconnected or the server is shutting down.",
                                type: "server_error", code: "cancelled", retryAfter: 5)
             }
             return jsonResponse(builder.full(result))
@@ -226,7 +226,7 @@ public final class OpenAIService: @unchecked Sendable {
                     info.set(completion: result.tokens.count, finish: ResponseBuilder.finishReason(result.finishReason),
                              ttft: timings.timeToFirstToken)
                     if result.finishReason == .cancelled {
-                        let e = APIError(.serviceUnavailable, "The request was cancelled because the server is shutting down.",
+                        let e = APIError(.serviceUnavailable, "The request was cancelled: the client disconnected or the server is shutting down.",
                                          type: "server_error", code: "cancelled")
                         try await send(sseEvent(e.json))
                     } else {
