@@ -293,18 +293,15 @@ double ck_train_cross_entropy(float *logits, int64_t n, int64_t target, float sc
     return loss;
 }
 
-void ck_train_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2,
-                    float eps, float weight_decay, float bc1, float bc2) {
-    const float decay = 1.0f - lr * weight_decay;
-    const float step = lr / bc1;
-    const float bc2_sqrt = sqrtf(bc2);
+void ck_train_adamw(float *p, const float *g, float *m, float *v, int64_t n, float decay, float omb1, float beta2,
+                    float omb2, float step_size, float bc2_sqrt, float eps) {
     for (int64_t i = 0; i < n; i++) {
         const float gi = g[i];
-        if (weight_decay != 0.0f) p[i] *= decay;
-        m[i] += (1.0f - beta1) * (gi - m[i]);
-        v[i] = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+        if (decay != 1.0f) p[i] *= decay;
+        m[i] += omb1 * (gi - m[i]);
+        v[i] = v[i] * beta2 + omb2 * (gi * gi);
         const float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-        p[i] -= step * (m[i] / denom);
+        p[i] += -step_size * (m[i] / denom);
     }
 }
 

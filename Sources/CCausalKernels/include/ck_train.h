@@ -50,10 +50,12 @@ void ck_train_attention_backward(const float *q, const float *k, const float *v,
 /// scale * (softmax - onehot(target)) and returns the loss (log-sum-exp - logit[target]), in double.
 double ck_train_cross_entropy(float *logits, int64_t n, int64_t target, float scale);
 
-/// One AdamW step over n elements (torch.optim.AdamW): p -= lr * wd * p; m = b1 m + (1-b1) g;
-/// v = b2 v + (1-b2) g^2; p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps), with bc = 1 - beta^step.
-void ck_train_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2,
-                    float eps, float weight_decay, float bc1, float bc2);
+/// One AdamW step over n elements, as torch.optim.AdamW (single-tensor path) computes it in fp32:
+///   p *= decay (= 1 - lr * weight_decay); m += omb1 * (g - m)  (omb1 = 1 - beta1); v = v * beta2 + omb2 * g * g;
+///   p -= step_size * m / (sqrt(v) / bc2_sqrt + eps), step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t).
+/// The scalars are computed in double by the caller and rounded once to float, as torch does.
+void ck_train_adamw(float *p, const float *g, float *m, float *v, int64_t n, float decay, float omb1, float beta2,
+                    float omb2, float step_size, float bc2_sqrt, float eps);
 
 /// Sum of squares (double accumulation).
 double ck_train_sum_squares(const float *x, int64_t n);

@@ -109,6 +109,15 @@ public final class LlamaParameters: @unchecked Sendable {
 
     public func zero() { data.update(repeating: 0, count: count) }
 
+    /// A copy whose output head is its own matrix, initialised from the (shared) embedding.
+    public func untied() -> LlamaParameters {
+        guard tiedEmbeddings else { return clone() }
+        let c = LlamaParameters(config: config, tiedEmbeddings: false)
+        c.data.update(from: data, count: count)
+        (c.data + c.output).update(from: data + embedding, count: config.vocabularySize * config.hiddenSize)
+        return c
+    }
+
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }
 
     /// The tensor named `name` (Hugging Face or GGUF name).
@@ -195,6 +204,9 @@ public final class LlamaTrainer {
     public let pool: ThreadPool
     /// Scored rows per head/loss chunk (bounds the logits scratch to chunk × V floats).
     public var headChunk = 64
+    /// As torch's `nn.Embedding(padding_idx:)`, which Hugging Face's LLaMA builds with `config.pad_token_id`: the
+    /// embedding lookup adds no gradient to this token's row (a tied output head still does). nil: every row learns.
+    public var paddingTokenID: Int?
 
     public init(parameters: LlamaParameters, attention: AttentionMask = .causal, pool: ThreadPool = .shared) {
         self.parameters = parameters
@@ -382,6 +394,15 @@ public final class LlamaTrainer {
             TrainingOps.rmsnormBackward(dOut: dC.p, x: s.input.p, weight: w + o.attnNorm, rstd: s.attnRstd.p, dx: dx.p,
                                         dWeight: g + o.attnNorm, rows: n, dim: C)
         }
-        TrainingOps.embeddingBackward(tokens: a.tokens, dOut: dx.p, dim: C, dTable: g + P.embedding)
+        TrainingOps.embeddingBackward(tokens: a.tokens, dOut: dx.p, dim: C, dTable: g + P.embedding, paddingID: paddingTokenID)
+    }
+}
+
+extension LlamaTrainer {
+    /// The loss over a dataset, forward only, in ragged batches of at most `maxBatchTokens` tokens.
+    public func evaluate(_ examples: [SFTExample], maxBatchTokens: Int = 4096) throws -> BatchLoss {
+        var out = BatchLoss(sequences: [])
+        for b in SFTDataset.pack(examples, maxTokens: maxBatchTokens) { out.sequences += try loss(b).sequences }
+        return out
     }
 }

@@ -179,7 +179,12 @@ public struct SFTEncoder {
                 consumed = Array(full.utf8)
             }
             while let last = out.last, !last.response { out.removeLast() }
-            return out.filter { !$0.tokens.isEmpty }
+            // Neighbouring pieces of the same kind become one (their tokens are simply concatenated).
+            var merged: [(tokens: [Int], response: Bool)] = []
+            for s in out where !s.tokens.isEmpty {
+                if let last = merged.last, last.response == s.response { merged[merged.count - 1].tokens += s.tokens } else { merged.append(s) }
+            }
+            return merged
         }
     }
 
@@ -206,7 +211,8 @@ public struct SFTEncoder {
     public func load(jsonl text: String, source: String = "data") throws -> SFTDataset {
         var examples: [SFTExample] = [], skipped: [SFTSkip] = []
         var lines = 0
-        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // "\r\n" is one Character in Swift: split on both.
+        for (i, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
             let line = raw.hasSuffix("\r") ? String(raw.dropLast()) : String(raw)
             if line.allSatisfy({ $0 == " " || $0 == "\t" }) { continue }
             lines += 1
@@ -227,5 +233,25 @@ public struct SFTEncoder {
             throw CausalError.badFormat(path: source, field: "data", reason: "all \(lines) examples were skipped (\(skipped.first!.reason))")
         }
         return SFTDataset(examples: examples, skipped: skipped)
+    }
+}
+
+extension SFTDataset {
+    /// Groups examples, in order, into batches of at most `maxTokens` tokens (an example longer than that is a batch
+    /// of its own). No padding: a batch's size is the sum of its sequences' lengths.
+    public static func pack(_ examples: [SFTExample], maxTokens: Int) -> [[SFTExample]] {
+        var out: [[SFTExample]] = [], cur: [SFTExample] = [], tokens = 0
+        for ex in examples {
+            if !cur.isEmpty && tokens + ex.tokens.count > maxTokens { out.append(cur); cur = []; tokens = 0 }
+            cur.append(ex); tokens += ex.tokens.count
+        }
+        if !cur.isEmpty { out.append(cur) }
+        return out
+    }
+
+    /// The examples in a seeded random order for `epoch` (the same seed and epoch give the same order).
+    public func shuffled(seed: UInt64, epoch: Int) -> [SFTExample] {
+        var rng = SequenceRNG(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
+        return examples.shuffled(using: &rng)
     }
 }

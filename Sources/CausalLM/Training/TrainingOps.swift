@@ -98,9 +98,10 @@ public enum TrainingOps {
         for (t, id) in tokens.enumerated() { (out + t * dim).update(from: table + id * dim, count: dim) }
     }
 
-    /// dTable[tokens[t]] += dOut[t].
-    public static func embeddingBackward(tokens: [Int], dOut: UnsafePointer<Float>, dim: Int, dTable: UnsafeMutablePointer<Float>) {
-        for (t, id) in tokens.enumerated() { ck_add(dTable + id * dim, dOut + t * dim, Int64(dim)) }
+    /// dTable[tokens[t]] += dOut[t], except for the row of `paddingID` (torch's padding_idx), which gets nothing.
+    public static func embeddingBackward(tokens: [Int], dOut: UnsafePointer<Float>, dim: Int, dTable: UnsafeMutablePointer<Float>,
+                                         paddingID: Int? = nil) {
+        for (t, id) in tokens.enumerated() where id != paddingID { ck_add(dTable + id * dim, dOut + t * dim, Int64(dim)) }
     }
 
     // MARK: RMSNorm

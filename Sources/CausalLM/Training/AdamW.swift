@@ -1,0 +1,100 @@
+import Foundation
+import CausalKernels
+import CCausalKernels
+
+// AdamW (Loshchilov & Hutter, https://arxiv.org/abs/1711.05101) as torch.optim.AdamW computes it, a learning-rate
+// schedule (linear warmup, then cosine decay to zero, as transformers' get_cosine_schedule_with_warmup), gradient
+// clipping by global norm (torch.nn.utils.clip_grad_norm_), and gradient accumulation over micro-batches.
+
+/// AdamW with decoupled weight decay; matrices decay, norm weights do not.
+public final class AdamW {
+    public var beta1: Double
+    public var beta2: Double
+    public var eps: Double
+    public var weightDecay: Double
+    /// Updates taken so far (torch's `step`; bias correction uses step + 1 for the next update).
+    public var step: Int
+    /// First and second moments, in the parameters' layout.
+    public let m: LlamaParameters
+    public let v: LlamaParameters
+    public let pool: ThreadPool
+
+    public init(parameters: LlamaParameters, beta1: Double = 0.9, beta2: Double = 0.999, eps: Double = 1e-8,
+                weightDecay: Double = 0, pool: ThreadPool = .shared) {
+        self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay
+        self.step = 0
+        m = parameters.zerosLike()
+        v = parameters.zerosLike()
+        self.pool = pool
+    }
+
+    /// One update of `parameters` with `gradients` at learning rate `lr`.
+    public func update(_ parameters: LlamaParameters, gradients: LlamaParameters, lr: Double) {
+        precondition(parameters.count == m.count && gradients.count == m.count, "parameter layouts differ")
+        step += 1
+        // Scalars in double, rounded once to float (as torch passes Python floats to fp32 kernels).
+        let bc1 = 1 - pow(beta1, Double(step)), bc2 = 1 - pow(beta2, Double(step))
+        let omb1 = Float(1 - beta1), b2 = Float(beta2), omb2 = Float(1 - beta2), e = Float(eps)
+        let stepSize = Float(lr / bc1), bc2Sqrt = Float(bc2.squareRoot())
+        let decay = Float(1 - lr * weightDecay)
+        // Work items: each tensor in chunks of at most 1 << 18 elements.
+        var items: [(offset: Int, count: Int, decay: Float)] = []
+        for t in parameters.tensors {
+            var o = 0
+            while o < t.count {
+                let c = min(1 << 18, t.count - o)
+                items.append((t.offset + o, c, t.decays ? decay : 1))
+                o += c
+            }
+        }
+        let p = parameters.data, g = gradients.data, mp = m.data, vp = v.data
+        pool.parallelFor(items.count) { i in
+            let it = items[i]
+            ck_train_adamw(p + it.offset, g + it.offset, mp + it.offset, vp + it.offset, Int64(it.count), it.decay, omb1, b2,
+                           omb2, stepSize, bc2Sqrt, e)
+        }
+    }
+}
+
+/// The learning rate at each optimizer step (0-based): linear warmup from 0 over `warmupSteps`, then a cosine decay
+/// from `peak` to 0 at `totalSteps` (transformers' get_cosine_schedule_with_warmup).
+public struct LearningRateSchedule: Sendable, Equatable {
+    public var peak: Double
+    public var warmupSteps: Int
+    public var totalSteps: Int
+
+    public init(peak: Double, warmupSteps: Int = 0, totalSteps: Int) {
+        self.peak = peak; self.warmupSteps = warmupSteps; self.totalSteps = totalSteps
+    }
+
+    public func lr(at step: Int) -> Double {
+        if step < warmupSteps { return peak * Double(step) / Double(max(1, warmupSteps)) }
+        let progress = Double(step - warmupSteps) / Double(max(1, totalSteps - warmupSteps))
+        return peak * max(0, 0.5 * (1 + cos(Double.pi * progress)))
+    }
+}
+
+/// Scales the gradients so their global L2 norm is at most `maxNorm` (coefficient maxNorm / (norm + 1e-6), as
+/// torch) and returns the norm before clipping.
+@discardableResult
+public func clipGradients(_ gradients: LlamaParameters, maxNorm: Double) -> Double {
+    let norm = gradients.norm()
+    let coef = maxNorm / (norm + 1e-6)
+    if coef < 1 { ck_train_scale(gradients.data, Int64(gradients.count), Float(coef)) }
+    return norm
+}
+
+extension LlamaTrainer {
+    /// Gradient accumulation: forward/backward over each micro-batch, with every loss scaled by 1/(scored tokens of
+    /// all micro-batches), so the accumulated gradient equals that of one batch holding them all (mean over all
+    /// scored tokens). Gradients are added to `gradients` (zero them first for a fresh step).
+    public func accumulate(_ microBatches: [[SFTExample]]) throws -> BatchLoss {
+        let total = microBatches.reduce(0) { $0 + $1.reduce(0) { $0 + $1.scoredTokenCount } }
+        let scale = total > 0 ? 1 / Double(total) : 0
+        var out = BatchLoss(sequences: [])
+        for mb in microBatches where !mb.isEmpty {
+            out.sequences += try forwardBackward(mb, lossScale: scale).sequences
+        }
+        return out
+    }
+}

@@ -1,0 +1,68 @@
+import ArgumentParser
+import CausalLM
+import Foundation
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Mean loss and perplexity of a model over the scored tokens of a fine-tuning dataset.",
+        discussion: """
+        --data is JSONL as for `causal train`; only the response tokens are scored (all tokens with \
+        --train-on-prompt). --model is a GGUF file or a checkpoint directory written by `causal train` (its tokenizer \
+        and chat template come from --tokenizer, by default the GGUF it was trained from). Perplexity = exp(mean loss).
+        """)
+
+    @Option(name: .long, help: "A GGUF file or a checkpoint directory (default: SmolLM2-135M-Instruct).") var model: String?
+    @Option(name: .long, help: "For a checkpoint directory: the GGUF whose tokenizer and chat template to use (default: its base model).") var tokenizer: String?
+    @Option(name: .long, help: "Evaluation data (JSONL).") var data: String
+    @Flag(name: .long, help: #"Print one JSON object: {"loss", "perplexity", "scored_tokens", "examples", "skipped"}."#) var json = false
+    @Option(name: .long, help: "Tokens per forward pass.") var batchTokens: Int = 4096
+    @Option(name: .long, help: "Truncate examples to this many tokens (default: the model's context length).") var maxLength: Int?
+    @Option(name: .long, help: "causal, or prefix (the prompt attends to itself bidirectionally).") var attention: AttentionArgument = .causal
+    @Flag(name: .long, help: "Score the prompt tokens too.") var trainOnPrompt = false
+    @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
+        if let m = maxLength, m < 2 { throw ValidationError("--max-length must be at least 2") }
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            var isDir: ObjCBool = false
+            let params: LlamaParameters
+            let bundle: ModelBundle
+            if let m = model, FileManager.default.fileExists(atPath: m, isDirectory: &isDir), isDir.boolValue {
+                params = try LlamaCheckpoint.load(directory: m)
+                guard let base = tokenizer ?? Self.baseModel(of: m) else {
+                    throw CausalError.invalidArgument("\(m): no base model recorded; give --tokenizer GGUF")
+                }
+                bundle = try ModelBundle(path: base, precision: .fast, threads: threads)
+                guard bundle.model.vocabularySize == params.config.vocabularySize else {
+                    throw CausalError.invalidArgument("\(base): its vocabulary (\(bundle.model.vocabularySize)) does not match the checkpoint's (\(params.config.vocabularySize))")
+                }
+            } else {
+                bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
+                params = LlamaParameters(model: bundle.model)
+            }
+            let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? params.config.contextLength, trainOnPrompt: trainOnPrompt)
+            let ds = try enc.load(path: data)
+            if !ds.skipped.isEmpty {
+                FileHandle.standardError.write(Data("causal: \(data): skipped \(ds.skipped.count) example(s): \(ds.skipped[0].reason)\n".utf8))
+            }
+            let trainer = LlamaTrainer(parameters: params, attention: attention.value, pool: bundle.model.pool)
+            let l = try trainer.evaluate(ds.examples, maxBatchTokens: batchTokens)
+            if json {
+                writeOut(#"{"loss": \#(l.meanLoss), "perplexity": \#(exp(l.meanLoss)), "scored_tokens": \#(l.scoredTokens), "examples": \#(ds.examples.count), "skipped": \#(ds.skipped.count)}"# + "\n")
+            } else {
+                writeOut(String(format: "loss %.6f  perplexity %.4f  (%d scored tokens, %d examples)\n", l.meanLoss, exp(l.meanLoss), l.scoredTokens, ds.examples.count))
+            }
+        }
+    }
+
+    static func baseModel(of dir: String) -> String? {
+        guard let d = FileManager.default.contents(atPath: dir + "/trainer_state.json"),
+              let j = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else { return nil }
+        return j["base_model"] as? String
+    }
+}

@@ -1,0 +1,206 @@
+import ArgumentParser
+import CausalLM
+import Foundation
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Fine-tune a LLaMA model on prompt/response data (full fine-tuning in fp32, prompts masked out of the loss).",
+        discussion: """
+        --data (and --eval-data) is JSONL, one example per line: {"prompt": "...", "response": "..."} (optional \
+        "system") or {"messages": [{"role": "...", "content": "..."}, ...]}. Prompts go through the model's chat \
+        template; only the responses are scored (each assistant turn through its end-of-turn token), unless \
+        --train-on-prompt. Examples longer than --max-length are truncated; one with nothing left to score is skipped.
+
+        Each optimizer step takes the next examples (shuffled each epoch with --seed) up to --batch-tokens tokens and \
+        runs them as ragged micro-batches of at most --micro-batch tokens (no padding), accumulating gradients: the \
+        loss is the mean over every scored token of the step. AdamW (no weight decay on norm weights), linear warmup \
+        then cosine decay to zero, gradient clipping by global norm.
+
+        --out receives model.safetensors + config.json (Hugging Face LlamaForCausalLM, F32), the optimizer state \
+        (optimizer.safetensors, trainer_state.json) for --resume, and metrics.jsonl (one JSON line per step, and per \
+        evaluation). Memory: about 16 bytes per parameter plus the activations of one micro-batch.
+        """)
+
+    @Option(name: .long, help: "The GGUF model to start from and whose tokenizer and chat template format the data (default: SmolLM2-135M-Instruct).")
+    var model: String?
+    @Option(name: .long, help: "Training data (JSONL).") var data: String
+    @Option(name: .long, help: "Evaluation data (JSONL), evaluated at the end and every --eval-every steps.") var evalData: String?
+    @Option(name: .long, help: "Passes over the data (default 1 unless --steps).") var epochs: Int?
+    @Option(name: .long, help: "Optimizer steps (instead of --epochs).") var steps: Int?
+    @Option(name: .long, help: "Tokens per optimizer step (sum of sequence lengths).") var batchTokens: Int = 4096
+    @Option(name: .long, help: "Tokens per forward/backward pass (gradient accumulation; default: --batch-tokens).") var microBatch: Int?
+    @Option(name: .long, help: "Peak learning rate.") var lr: Double = 1e-5
+    @Option(name: .long, help: "Warmup steps (linear from 0).") var warmup: Int = 0
+    @Option(name: .long, help: "AdamW weight decay (matrices only).") var weightDecay: Double = 0
+    @Option(name: .long, help: "Clip gradients to this global L2 norm (0: off).") var clip: Double = 1
+    @Option(name: .long, help: "Seed of the data order.") var seed: UInt64 = 0
+    @Option(name: .long, help: "causal, or prefix (the prompt attends to itself bidirectionally).") var attention: AttentionArgument = .causal
+    @Flag(name: .long, help: "Score the prompt tokens too.") var trainOnPrompt = false
+    @Option(name: .long, help: "Truncate examples to this many tokens (default: the model's context length).") var maxLength: Int?
+    @Option(name: .long, help: "Output directory (checkpoint and metrics.jsonl).") var out: String
+    @Option(name: .long, help: "Continue from a checkpoint directory written by a previous run (same data and options).") var resume: String?
+    @Option(name: .long, help: "Also save a checkpoint every N steps.") var saveEvery: Int?
+    @Option(name: .long, help: "Evaluate --eval-data every N steps.") var evalEvery: Int?
+    @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        if epochs != nil && steps != nil { throw ValidationError("give --epochs or --steps, not both") }
+        if let e = epochs, e < 1 { throw ValidationError("--epochs must be at least 1") }
+        if let s = steps, s < 1 { throw ValidationError("--steps must be at least 1") }
+        if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
+        if let m = microBatch, m < 1 { throw ValidationError("--micro-batch must be at least 1") }
+        if !(lr > 0) { throw ValidationError("--lr must be positive") }
+        if warmup < 0 { throw ValidationError("--warmup must not be negative") }
+        if weightDecay < 0 { throw ValidationError("--weight-decay must not be negative") }
+        if clip < 0 { throw ValidationError("--clip must not be negative") }
+        if let m = maxLength, m < 2 { throw ValidationError("--max-length must be at least 2") }
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+        if let s = saveEvery, s < 1 { throw ValidationError("--save-every must be at least 1") }
+        if let s = evalEvery, s < 1 { throw ValidationError("--eval-every must be at least 1") }
+        if evalEvery != nil && evalData == nil { throw ValidationError("--eval-every needs --eval-data") }
+        if trainOnPrompt && attention == .prefix {
+            throw ValidationError("--train-on-prompt with --attention prefix would let prompt tokens see the tokens they predict")
+        }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
+            let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? bundle.model.contextLength, trainOnPrompt: trainOnPrompt)
+            let train = try enc.load(path: data)
+            reportSkipped(train, data)
+            let evalSet = try evalData.map { p -> SFTDataset in let d = try enc.load(path: p); reportSkipped(d, p); return d }
+
+            let params: LlamaParameters
+            if let resume {
+                params = try LlamaCheckpoint.load(directory: resume)
+                guard params.config == bundle.model.config else {
+                    throw CausalError.invalidArgument("\(resume): the checkpoint's shape does not match \(bundle.path)")
+                }
+            } else {
+                params = LlamaParameters(model: bundle.model)
+            }
+            let pool = bundle.model.pool
+            let trainer = LlamaTrainer(parameters: params, attention: attention.value, pool: pool)
+            // As Hugging Face's LLaMA (nn.Embedding with padding_idx = pad_token_id).
+            trainer.paddingTokenID = bundle.tokenizer.padTokenID
+            let opt = AdamW(parameters: params, weightDecay: weightDecay, pool: pool)
+            var start = 0
+            var order = seed
+            if let resume {
+                let state = try LlamaCheckpoint.loadState(directory: resume, into: opt)
+                start = state.step
+                order = state.seed
+            }
+
+            // The plan: every step's examples, epoch by epoch.
+            var plan: [(epoch: Int, batch: [SFTExample])] = []
+            var epoch = 0
+            while steps.map({ plan.count < $0 }) ?? (epoch < (epochs ?? 1)) {
+                for b in SFTDataset.pack(train.shuffled(seed: order, epoch: epoch), maxTokens: batchTokens) {
+                    if let s = steps, plan.count >= s { break }
+                    plan.append((epoch, b))
+                }
+                epoch += 1
+            }
+            guard start < plan.count else {
+                throw CausalError.invalidArgument("the checkpoint is already at step \(start) of \(plan.count)")
+            }
+            let schedule = LearningRateSchedule(peak: lr, warmupSteps: warmup, totalSteps: plan.count)
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let metrics = try MetricsFile(path: out + "/metrics.jsonl")
+            let progress = Progress(total: plan.count, start: start)
+            FileHandle.standardError.write(Data(("causal train: \(train.examples.count) examples (\(train.scoredTokenCount) scored tokens), " +
+                "\(plan.count) steps\(start > 0 ? ", resuming at step \(start)" : ""), \(params.count) parameters\n").utf8))
+
+            func save() throws {
+                var extra: [String: Any] = [:]
+                if let b = bundle.tokenizer.bosTokenID { extra["bos_token_id"] = b }
+                if let e = bundle.tokenizer.eosTokenID { extra["eos_token_id"] = e }
+                if let p = bundle.tokenizer.padTokenID { extra["pad_token_id"] = p }
+                try LlamaCheckpoint.save(params, optimizer: opt, state: TrainingState(
+                    step: opt.step, totalSteps: plan.count, seed: order, info: ["base_model": bundle.path]), to: out, extraConfig: extra)
+            }
+            func evaluate(_ step: Int) throws {
+                guard let evalSet else { return }
+                let l = try trainer.evaluate(evalSet.examples, maxBatchTokens: microBatch ?? batchTokens)
+                progress.finishLine()
+                FileHandle.standardError.write(Data(String(format: "eval at step %d: loss %.4f, perplexity %.3f (%d scored tokens)\n",
+                                                           step, l.meanLoss, exp(l.meanLoss), l.scoredTokens).utf8))
+                metrics.write(#"{"step": \#(step), "eval_loss": \#(l.meanLoss), "eval_perplexity": \#(exp(l.meanLoss)), "eval_scored_tokens": \#(l.scoredTokens)}"#)
+            }
+
+            for step in start..<plan.count {
+                let t0 = Date()
+                let (ep, batch) = plan[step]
+                trainer.zeroGradients()
+                let loss = try trainer.accumulate(SFTDataset.pack(batch, maxTokens: microBatch ?? batchTokens))
+                let norm = clip > 0 ? clipGradients(trainer.gradients, maxNorm: clip) : trainer.gradientNorm()
+                let rate = schedule.lr(at: step)
+                opt.update(params, gradients: trainer.gradients, lr: rate)
+                let dt = Date().timeIntervalSince(t0)
+                let tokens = batch.reduce(0) { $0 + $1.tokens.count }
+                metrics.write(#"{"step": \#(step + 1), "epoch": \#(ep), "loss": \#(loss.meanLoss), "lr": \#(rate), "grad_norm": \#(norm), "#
+                    + #""scored_tokens": \#(loss.scoredTokens), "tokens": \#(tokens), "sequences": \#(batch.count), "seconds": \#(dt), "#
+                    + #""scored_tokens_per_second": \#(Double(loss.scoredTokens) / dt)}"#)
+                progress.update(step: step + 1, loss: loss.meanLoss, lr: rate, scoredPerSecond: Double(loss.scoredTokens) / dt, seconds: dt)
+                if let s = saveEvery, (step + 1) % s == 0, step + 1 < plan.count { try save() }
+                if let e = evalEvery, (step + 1) % e == 0, step + 1 < plan.count { try evaluate(step + 1) }
+            }
+            progress.finishLine()
+            try save()
+            try evaluate(plan.count)
+            FileHandle.standardError.write(Data("saved \(out)/model.safetensors (step \(opt.step))\n".utf8))
+        }
+    }
+
+    func reportSkipped(_ d: SFTDataset, _ path: String) {
+        guard !d.skipped.isEmpty else { return }
+        let first = d.skipped.prefix(5).map { "line \($0.line)" }.joined(separator: ", ")
+        FileHandle.standardError.write(Data("causal: \(path): skipped \(d.skipped.count) example(s) (\(first)\(d.skipped.count > 5 ? ", ..." : "")): \(d.skipped[0].reason)\n".utf8))
+    }
+}
+
+enum AttentionArgument: String, ExpressibleByArgument, CaseIterable {
+    case causal, prefix
+    var value: AttentionMask { self == .causal ? .causal : .prefix }
+}
+
+/// metrics.jsonl, appended line by line.
+final class MetricsFile {
+    let handle: FileHandle
+    init(path: String) throws {
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw CausalError.io(path: path, reason: "cannot open for writing") }
+        h.seekToEndOfFile()
+        handle = h
+    }
+    func write(_ line: String) { handle.write(Data((line + "\n").utf8)) }
+    deinit { try? handle.close() }
+}
+
+/// The live progress line on stderr (rewritten in place on a terminal, one line per step otherwise).
+final class Progress {
+    let total: Int, start: Int
+    let tty = isatty(2) != 0
+    var elapsed = 0.0, done = 0
+    var open = false
+    init(total: Int, start: Int) { self.total = total; self.start = start }
+
+    func update(step: Int, loss: Double, lr: Double, scoredPerSecond: Double, seconds: Double) {
+        elapsed += seconds; done += 1
+        let eta = elapsed / Double(done) * Double(total - step)
+        let line = String(format: "step %d/%d  loss %.4f  lr %.2e  %.0f scored tok/s  ETA %@", step, total, loss, lr, scoredPerSecond, Self.duration(eta))
+        FileHandle.standardError.write(Data((tty ? "\r\u{1B}[K" + line : line + "\n").utf8))
+        open = tty
+    }
+
+    func finishLine() {
+        if open { FileHandle.standardError.write(Data("\n".utf8)); open = false }
+    }
+
+    static func duration(_ s: Double) -> String {
+        let t = Int(s.rounded())
+        return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", t % 3600 / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
+    }
+}
