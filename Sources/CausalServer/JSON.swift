@@ -1,4 +1,5 @@
 import Foundation
+import CausalLM
 
 /// A JSON value with ordered object keys, for writing responses exactly as the OpenAI API spells them
 /// (including `null` fields).
@@ -48,21 +49,7 @@ public enum JSONValue: Equatable, Sendable {
     }
 
     static func writeString(_ s: String, into out: inout String) {
-        out += "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20:
-                let h = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        out += "\""
+        out += JSONText.quoted(s)
     }
 
     public static func float(_ f: Float) -> JSONValue { .double(Double(f)) }
