@@ -3,13 +3,17 @@
 // Every level (scalar, AVX-512) performs the same operations in the same order, so the bits agree across levels:
 //   score_j = tree_sum_16( fma chain over chunks of 16 of q*k_j ) * scale
 //   e_j     = ck_exp(score_j - max)          (our own exp: the same polynomial with fma everywhere)
-//   sum     = e_0 + e_1 + ... in order
-//   out[d]  = fma chain over j of (e_j * inv) * v_j[d], in order of j
+//   sum     = tree_sum_16( lane l = e_l + e_{l+16} + e_{l+32} + ... in order )
+//   out[d]  = (a_0[d] + a_1[d]) + (a_2[d] + a_3[d]),  a_s[d] = fma chain over j = s, s+4, s+8, ... of (e_j * inv) * v_j[d]
 // The tree sum adds lanes j+8, j+4, j+2, j+1. Head sizes that are not a multiple of 16 use zero-padded chunks.
+// The sum and the weighted sum of values are split into independent chains (16 and 4) so that a decode step is
+// not bound by one long chain of dependent adds; the split is fixed by position, never by the batch.
 #include "CCausalKernels.h"
 
 #include <math.h>
 #include <string.h>
+
+#include "exp_impl.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -18,17 +22,6 @@
 #else
 #define CK_ATT_X86 0
 #endif
-
-// exp(x) for x <= 0 (softmax arguments): 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6 minimax-like
-// Taylor polynomial (relative error ~2e-7). Below -87 the result is 0.
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_LN2_HI 0.693359375f
-#define EXP_LN2_LO -2.12194440e-4f
-#define EXP_C6 (1.0f / 720.0f)
-#define EXP_C5 (1.0f / 120.0f)
-#define EXP_C4 (1.0f / 24.0f)
-#define EXP_C3 (1.0f / 6.0f)
-#define EXP_C2 0.5f
 
 float ck_exp(float x) {
     if (x < -87.0f) return 0.0f;
@@ -57,11 +50,12 @@ static inline float tree16(float acc[16]) {
 
 static void attention_scalar(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t n_pos,
                              int64_t n_heads, int64_t n_kv_heads, int64_t D, float scale, float *out,
-                             float *scratch, int64_t h0, int64_t h1) {
+                             float *scratch_all, int64_t h0, int64_t h1) {
     const int64_t group = n_heads / n_kv_heads;
     for (int64_t h = h0; h < h1; h++) {
         const int64_t g = h / group;
         const float *qh = q + h * D;
+        float *scratch = scratch_all + (h - h0) * n_pos;
         float mx = -INFINITY;
         for (int64_t j = 0; j < n_pos; j++) {
             const float *kj = K + j * kv_stride + g * D;
@@ -75,19 +69,18 @@ static void attention_scalar(const float *q, const float *K, const float *V, int
             scratch[j] = s;
             if (s > mx) mx = s;
         }
-        float sum = 0.0f;
+        float lanes[16] = {0};
         for (int64_t j = 0; j < n_pos; j++) {
             const float e = ck_exp(scratch[j] - mx);
             scratch[j] = e;
-            sum += e;
+            lanes[j % 16] += e;
         }
-        const float inv = 1.0f / sum;
+        const float inv = 1.0f / tree16(lanes);
         float *oh = out + h * D;
-        for (int64_t d = 0; d < D; d++) oh[d] = 0.0f;
-        for (int64_t j = 0; j < n_pos; j++) {
-            const float p = scratch[j] * inv;
-            const float *vj = V + j * kv_stride + g * D;
-            for (int64_t d = 0; d < D; d++) oh[d] = fmaf(p, vj[d], oh[d]);
+        for (int64_t d = 0; d < D; d++) {
+            float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int64_t j = 0; j < n_pos; j++) a[j % 4] = fmaf(scratch[j] * inv, V[j * kv_stride + g * D + d], a[j % 4]);
+            oh[d] = (a[0] + a[1]) + (a[2] + a[3]);
         }
     }
 }
@@ -102,59 +95,125 @@ CK_ATT_AVX512 static inline float tree16_avx512(__m512 v) {
     return _mm_cvtss_f32(d);
 }
 
-CK_ATT_AVX512 static inline __m512 exp_avx512(__m512 x) {
-    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_setzero_ps(), n), _mm512_set1_ps(EXP_LN2_HI), x);
-    r = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_setzero_ps(), n), _mm512_set1_ps(EXP_LN2_LO), r);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(EXP_C6), r, _mm512_set1_ps(EXP_C5));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    const __m512 res = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-    return _mm512_maskz_mov_ps((__mmask16)~tiny, res);
+// The tree sums of 16 vectors at once (lane p of the result = tree16_avx512(v[p])): the same pairs are added
+// (lanes j+8, then j+4, j+2, j+1), with the lanes of several vectors packed side by side by shuffles.
+CK_ATT_AVX512 static inline __m512 tree16x16_avx512(const __m512 v[16]) {
+    __m512 r[8], s[4], t[2];
+    for (int i = 0; i < 8; i++)  // [v0 lanes j + j+8 (8), v1 (8)]
+        r[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)  // quarter q: vector 4i+q, lanes j + j+4 (4)
+        s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0x88), _mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)  // quarter q: vector 8i+q (2 lanes j + j+2), vector 8i+4+q (2)
+        t[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], 0x44), _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], 0xEE));
+    // quarter q: vectors q, 4+q, 8+q, 12+q (lane 0 + lane 1)
+    const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t[0], t[1], 0x88), _mm512_shuffle_ps(t[0], t[1], 0xDD));
+    const __m512i idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(idx, u);
 }
+
+
+// Heads that share a key/value head are processed together, block of positions by block of positions, so each
+// block of keys and values is read from memory once for the group and then from L1 (grouped-query attention
+// shares one K/V head among n_heads / n_kv_heads query heads). Per head the arithmetic is exactly the above.
+#define ATT_BLOCK 16
+#define ATT_GROUP 8  // heads processed together at most
 
 CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t n_pos,
                                            int64_t n_heads, int64_t n_kv_heads, int64_t D, float scale, float *out,
                                            float *scratch, int64_t h0, int64_t h1) {
     const int64_t group = n_heads / n_kv_heads;
     const int64_t chunks = D / 16;
-    for (int64_t h = h0; h < h1; h++) {
-        const int64_t g = h / group;
-        const float *qh = q + h * D;
-        __m512 qv[16];
-        for (int64_t c = 0; c < chunks; c++) qv[c] = _mm512_loadu_ps(qh + 16 * c);
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n_pos; j++) {
-            const float *kj = K + j * kv_stride + g * D;
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t c = 0; c < chunks; c++) acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj + 16 * c), acc);
-            const float s = tree16_avx512(acc) * scale;
-            scratch[j] = s;
-            if (s > mx) mx = s;
+    for (int64_t ha = h0; ha < h1;) {
+        const int64_t g = ha / group;
+        int64_t hb = (g + 1) * group < h1 ? (g + 1) * group : h1;  // heads [ha, hb) share K/V head g
+        if (hb - ha > ATT_GROUP) hb = ha + ATT_GROUP;
+        const float *Kg = K + g * D, *Vg = V + g * D;
+        float mx[ATT_GROUP];
+        __m512 mxv[ATT_GROUP];
+        for (int64_t h = ha; h < hb; h++) { mx[h - ha] = -INFINITY; mxv[h - ha] = _mm512_set1_ps(-INFINITY); }
+        // Scores.
+        int64_t j0 = 0;
+        for (; j0 + 16 <= n_pos; j0 += 16)
+            for (int64_t h = ha; h < hb; h++) {
+                const float *qh = q + h * D;
+                float *sh = scratch + (h - h0) * n_pos;
+                __m512 acc[16];
+                for (int p = 0; p < 16; p++) acc[p] = _mm512_setzero_ps();
+                for (int64_t c = 0; c < chunks; c++) {
+                    const __m512 qv = _mm512_loadu_ps(qh + 16 * c);
+                    for (int p = 0; p < 16; p++)
+                        acc[p] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(Kg + (j0 + p) * kv_stride + 16 * c), acc[p]);
+                }
+                const __m512 sv = _mm512_mul_ps(tree16x16_avx512(acc), _mm512_set1_ps(scale));
+                _mm512_storeu_ps(sh + j0, sv);
+                mxv[h - ha] = _mm512_max_ps(mxv[h - ha], sv);
+            }
+        for (int64_t h = ha; h < hb; h++) {
+            const float *qh = q + h * D;
+            float *sh = scratch + (h - h0) * n_pos;
+            float m = j0 > 0 ? _mm512_reduce_max_ps(mxv[h - ha]) : -INFINITY;
+            for (int64_t j = j0; j < n_pos; j++) {
+                const float *kj = Kg + j * kv_stride;
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t c = 0; c < chunks; c++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), _mm512_loadu_ps(kj + 16 * c), acc);
+                const float sc = tree16_avx512(acc) * scale;
+                sh[j] = sc;
+                if (sc > m) m = sc;
+            }
+            mx[h - ha] = m;
         }
-        // exp in vectors of 16; the sum stays sequential in j (the scalar order).
-        const __m512 mv = _mm512_set1_ps(mx);
-        int64_t j = 0;
-        for (; j + 16 <= n_pos; j += 16)
-            _mm512_storeu_ps(scratch + j, exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(scratch + j), mv)));
-        for (; j < n_pos; j++) scratch[j] = ck_exp(scratch[j] - mx);
-        float sum = 0.0f;
-        for (j = 0; j < n_pos; j++) sum += scratch[j];
-        const float inv = 1.0f / sum;
-        __m512 ov[16];
-        for (int64_t c = 0; c < chunks; c++) ov[c] = _mm512_setzero_ps();
-        for (j = 0; j < n_pos; j++) {
-            const __m512 p = _mm512_set1_ps(scratch[j] * inv);
-            const float *vj = V + j * kv_stride + g * D;
-            for (int64_t c = 0; c < chunks; c++) ov[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), ov[c]);
+        // exp in vectors of 16, the sum in 16 lanes, then the probabilities (e_j * inv) in place.
+        for (int64_t h = ha; h < hb; h++) {
+            float *sh = scratch + (h - h0) * n_pos;
+            const __m512 mv = _mm512_set1_ps(mx[h - ha]);
+            int64_t j = 0;
+            for (; j + 16 <= n_pos; j += 16) _mm512_storeu_ps(sh + j, exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(sh + j), mv)));
+            for (; j < n_pos; j++) sh[j] = ck_exp(sh[j] - mx[h - ha]);
+            __m512 lanes = _mm512_setzero_ps();
+            for (j = 0; j + 16 <= n_pos; j += 16) lanes = _mm512_add_ps(lanes, _mm512_loadu_ps(sh + j));
+            if (j < n_pos)  // adding +0 to the lanes past the end changes nothing (e >= 0)
+                lanes = _mm512_add_ps(lanes, _mm512_maskz_loadu_ps((__mmask16)((1u << (n_pos - j)) - 1u), sh + j));
+            const __m512 inv = _mm512_set1_ps(1.0f / tree16_avx512(lanes));
+            for (j = 0; j + 16 <= n_pos; j += 16) _mm512_storeu_ps(sh + j, _mm512_mul_ps(_mm512_loadu_ps(sh + j), inv));
+            for (; j < n_pos; j++) sh[j] = sh[j] * _mm512_cvtss_f32(inv);
         }
-        for (int64_t c = 0; c < chunks; c++) _mm512_storeu_ps(out + h * D + 16 * c, ov[c]);
+        // Weighted values: per head 4 chains (j mod 4) per chunk of 16 dims, kept in memory between blocks.
+        for (int64_t c0 = 0; c0 < chunks; c0 += 4) {
+            const int64_t cn = chunks - c0 < 4 ? chunks - c0 : 4;
+            __m512 part[ATT_GROUP][4][4];
+            for (int64_t h = ha; h < hb; h++)
+                for (int s = 0; s < 4; s++)
+                    for (int64_t c = 0; c < cn; c++) part[h - ha][s][c] = _mm512_setzero_ps();
+            for (int64_t b0 = 0; b0 < n_pos; b0 += ATT_BLOCK) {
+                const int64_t b1 = b0 + ATT_BLOCK < n_pos ? b0 + ATT_BLOCK : n_pos;
+                for (int64_t h = ha; h < hb; h++) {
+                    const float *ph = scratch + (h - h0) * n_pos;
+                    __m512 a[4][4];
+                    for (int s = 0; s < 4; s++)
+                        for (int64_t c = 0; c < cn; c++) a[s][c] = part[h - ha][s][c];
+                    int64_t j = b0;
+                    for (; j + 4 <= b1; j += 4)
+                        for (int s = 0; s < 4; s++) {
+                            const __m512 p = _mm512_set1_ps(ph[j + s]);
+                            const float *vj = Vg + (j + s) * kv_stride + 16 * c0;
+                            for (int64_t c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), a[s][c]);
+                        }
+                    for (int s = 0; j < b1; j++, s++) {  // only in the last block (ATT_BLOCK is a multiple of 4)
+                        const __m512 p = _mm512_set1_ps(ph[j]);
+                        const float *vj = Vg + j * kv_stride + 16 * c0;
+                        for (int64_t c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), a[s][c]);
+                    }
+                    for (int s = 0; s < 4; s++)
+                        for (int64_t c = 0; c < cn; c++) part[h - ha][s][c] = a[s][c];
+                }
+            }
+            for (int64_t h = ha; h < hb; h++)
+                for (int64_t c = 0; c < cn; c++)
+                    _mm512_storeu_ps(out + h * D + 16 * (c0 + c),
+                                     _mm512_add_ps(_mm512_add_ps(part[h - ha][0][c], part[h - ha][1][c]),
+                                                   _mm512_add_ps(part[h - ha][2][c], part[h - ha][3][c])));
+        }
+        ha = hb;
     }
 }
 #endif

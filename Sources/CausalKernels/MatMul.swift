@@ -20,7 +20,9 @@ public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, in
     let threads = pool.threadCount
     // Small products are not worth waking the workers for (the split never changes the numbers).
     let macs = n * w.rows * K
-    let wanted = threads == 1 || macs < 1 << 17 ? 1 : threads * 4
+    // Several chunks per thread, claimed dynamically, so that threads finish together; more for compute-bound
+    // batches (n >= 8), whose chunks are long.
+    let wanted = threads == 1 || macs < 1 << 17 ? 1 : threads * (n >= 8 ? 8 : 4)
     let tilesPerChunk = (tiles + min(wanted, tiles) - 1) / min(wanted, tiles)
     let chunkRows = tilesPerChunk * tile
     let chunks = (w.rows + chunkRows - 1) / chunkRows

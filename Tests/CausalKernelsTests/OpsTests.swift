@@ -43,7 +43,7 @@ final class OpsTests: XCTestCase {
         let H = 6, Hkv = 2, D = 16, npos = 37, stride = Hkv * D
         let q = randoms(H * D), K = randoms(npos * stride), V = randoms(npos * stride)
         var out = [Float](repeating: 0, count: H * D)
-        var scratch = [Float](repeating: 0, count: npos)
+        var scratch = [Float](repeating: 0, count: npos * H)
         let scale = 1 / Float(D).squareRoot()
         ck_attention_row(q, K, V, Int64(stride), Int64(npos), Int64(H), Int64(Hkv), Int64(D), scale, &out, &scratch, 0, Int64(H))
         for h in 0..<H {
@@ -59,21 +59,47 @@ final class OpsTests: XCTestCase {
         }
     }
 
-    /// The AVX-512 attention gives the same bits as the portable one, at every length.
-    func testAttentionSameBitsOnEveryISALevel() {
+    /// The AVX-512 attention gives the same bits as the portable one, at every length, and a head's result does
+    /// not depend on which heads share its call (one per call, a whole key/value group, all heads, odd ranges).
+    func testAttentionSameBitsOnEveryISALevelAndHeadRange() {
         let H = 9, Hkv = 3, D = 64, stride = Hkv * D
-        for npos in [1, 2, 15, 16, 17, 100] {
+        for npos in [1, 2, 3, 15, 16, 17, 31, 32, 33, 100, 203] {
             let q = randoms(H * D), K = randoms(npos * stride, 2), V = randoms(npos * stride)
             var outs: [[Float]] = []
             for level in [Int32(2), 0] {
-                let used = ck_set_isa(level)
-                var out = [Float](repeating: 0, count: H * D), scratch = [Float](repeating: 0, count: npos)
-                ck_attention_row(q, K, V, Int64(stride), Int64(npos), Int64(H), Int64(Hkv), Int64(D), 0.125, &out, &scratch, 0, Int64(H))
-                outs.append(out)
-                _ = used
+                _ = ck_set_isa(level)
+                for ranges in [[0..<H], (0..<H).map { $0..<($0 + 1) }, [0..<3, 3..<6, 6..<9], [0..<2, 2..<7, 7..<9]] {
+                    var out = [Float](repeating: 0, count: H * D)
+                    for r in ranges {
+                        var scratch = [Float](repeating: .nan, count: npos * r.count)
+                        ck_attention_row(q, K, V, Int64(stride), Int64(npos), Int64(H), Int64(Hkv), Int64(D), 0.125,
+                                         &out, &scratch, Int64(r.lowerBound), Int64(r.upperBound))
+                    }
+                    outs.append(out)
+                }
             }
             _ = ck_set_isa(-1)
-            XCTAssertEqual(outs[0].map(\.bitPattern), outs[1].map(\.bitPattern), "npos \(npos)")
+            for o in outs.dropFirst() { XCTAssertEqual(outs[0].map(\.bitPattern), o.map(\.bitPattern), "npos \(npos)") }
+        }
+    }
+
+    /// SiLU(g) * u: the AVX-512 path gives the portable path's bits (the same exp), within 1e-6 of the exact value.
+    func testSiluMulSameBitsOnEveryISALevelAndAccurate() {
+        var g = randoms(4099).map { $0 * 40 }
+        g[0] = -100; g[1] = 100; g[2] = 0; g[3] = -88.5; g[4] = 87.9
+        let u = randoms(4099, 5)
+        var outs: [[Float]] = []
+        for level in [Int32(2), 1, 0] {
+            _ = ck_set_isa(level)
+            var y = g
+            ck_silu_mul(&y, u, Int64(y.count))
+            outs.append(y)
+        }
+        _ = ck_set_isa(-1)
+        for o in outs.dropFirst() { XCTAssertEqual(outs[0].map(\.bitPattern), o.map(\.bitPattern)) }
+        for i in g.indices {
+            let x = Double(g[i]), want = x / (1 + exp(-x)) * Double(u[i])
+            XCTAssertEqual(Double(outs[0][i]), want, accuracy: 1e-6 * abs(want) + 1e-12, "g = \(g[i])")
         }
     }
 
