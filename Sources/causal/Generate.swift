@@ -7,9 +7,10 @@ struct Generate: ParsableCommand {
         abstract: "Generate a continuation. Prints only the new text (or, with --json, the new tokens).",
         discussion: """
         With --input FILE.jsonl, each line is one request: {"prompt": "..."} (a user message in the chat template), \
-        {"raw": "..."} (plain text) or {"input_ids": [...]}, with optional "max_tokens", "temperature", "seed". \
+        {"raw": "..."} (plain text) or {"input_ids": [...]}, with optional "max_tokens", "min_tokens", "temperature", "seed". \
         Requests run in batches of --batch-size as one ragged batch each; one JSON line per request is printed, in \
-        input order. Each answer equals what that request gives alone.
+        input order. Each answer equals what that request gives alone. For an encoder-decoder model (T5) the ids are the \
+        encoder's input, the decoder starts from its decoder_start_token_id, and only decoder tokens are printed.
         """)
 
     @OptionGroup var modelOptions: ModelOptions
@@ -54,7 +55,7 @@ struct Generate: ParsableCommand {
             if let input { return try runBatch(bundle, file: input) }
             let ids: [Int]
             if raw {
-                ids = bundle.tokenizer.encode(prompt!)
+                ids = try bundle.tokenizer.encode(prompt!)
             } else {
                 var messages: [ChatMessage] = []
                 if let s = system { messages.append(ChatMessage(role: "system", content: s)) }
@@ -62,7 +63,7 @@ struct Generate: ParsableCommand {
                 ids = try bundle.chatPromptIDs(messages)
             }
             let generator = bundle.makeGenerator()
-            let request = SequenceRequest(prompt: ids, parameters: sampling.parameters)
+            let request = bundle.request(ids, parameters: sampling.parameters)
             if json {
                 let r = try generator.generate([request], chunkSize: chunk)[0]
                 writeOut(resultJSON(r) + "\n")
@@ -91,19 +92,19 @@ struct Generate: ParsableCommand {
             }
         }
         let generator = bundle.makeGenerator()
-        let padID = bundle.tokenizer.padTokenID ?? bundle.tokenizer.eosTokenID ?? 0
+        let padID = bundle.padTokenID ?? bundle.endTokenIDs.min() ?? 0
         var total = GenerationStats()
         for start in stride(from: 0, to: requests.count, by: batchSize) {
             var batch = Array(requests[start..<min(start + batchSize, requests.count)])
             if let side = padding.side {
                 // Through the HF-style edge: pad the batch, then let the library unpad it.
-                let padded = PaddedBatch.padding(batch.map(\.request.prompt), side: side, padID: padID)
+                let padded = PaddedBatch.padding(batch.map(\.request.input), side: side, padID: padID)
                 let width = padded.inputIDs.first?.count ?? 0
                 var kept: [(slot: Int, request: SequenceRequest)] = []
                 for (b, item) in batch.enumerated() {
                     do {
                         var r = item.request
-                        r.prompt = try padded.row(b, width: width, vocabularySize: bundle.model.vocabularySize)
+                        r.input = try padded.row(b, width: width, vocabularySize: bundle.model.vocabularySize)
                         kept.append((item.slot, r))
                     } catch {
                         outputs[item.slot] = errorJSON("line \(lines[item.slot].offset + 1): \(error)")
@@ -148,7 +149,7 @@ enum BatchLine {
         guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else {
             throw CausalError.invalidArgument("not a JSON object")
         }
-        let known: Set<String> = ["prompt", "raw", "input_ids", "max_tokens", "temperature", "seed"]
+        let known: Set<String> = ["prompt", "raw", "input_ids", "max_tokens", "min_tokens", "temperature", "seed"]
         if let k = obj.keys.sorted().first(where: { !known.contains($0) }) {
             throw CausalError.invalidArgument("unknown field '\(k)' (known: \(known.sorted().joined(separator: ", ")))")
         }
@@ -161,6 +162,7 @@ enum BatchLine {
             return n.intValue
         }
         if let m = try int("max_tokens") { p.maxNewTokens = m }
+        if let m = try int("min_tokens") { p.minNewTokens = m }
         if let t = obj["temperature"] {
             guard let n = t as? NSNumber else { throw CausalError.invalidArgument("'temperature' must be a number") }
             p.temperature = n.floatValue
@@ -182,7 +184,7 @@ enum BatchLine {
             ids = try bundle.chatPromptIDs(messages)
         case "raw":
             guard let s = obj["raw"] as? String else { throw CausalError.invalidArgument("'raw' must be a string") }
-            ids = bundle.tokenizer.encode(s)
+            ids = try bundle.tokenizer.encode(s)
         default:
             guard let a = obj["input_ids"] as? [Any] else { throw CausalError.invalidArgument("'input_ids' must be an array of integers") }
             ids = try a.enumerated().map { i, v in
@@ -197,6 +199,22 @@ enum BatchLine {
             }
         }
         guard !ids.isEmpty else { throw CausalError.invalidArgument("the prompt has no tokens") }
-        return SequenceRequest(prompt: ids, parameters: p)
+        return bundle.request(ids, parameters: p)
+    }
+}
+
+extension ModelBundle {
+    /// A request for the model's input ids: the prompt of a decoder-only model, or the encoder input of an
+    /// encoder-decoder one (whose decoder then starts from its decoder start id).
+    func request(_ ids: [Int], parameters: GenerateParameters) -> SequenceRequest {
+        isEncoderDecoder ? SequenceRequest(encoderInput: ids, parameters: parameters) : SequenceRequest(prompt: ids, parameters: parameters)
+    }
+}
+
+extension SequenceRequest {
+    /// The ids the user gave: the encoder input when there is one, else the prompt.
+    var input: [Int] {
+        get { encoderInput ?? prompt }
+        set { if encoderInput != nil { encoderInput = newValue } else { prompt = newValue } }
     }
 }

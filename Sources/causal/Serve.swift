@@ -8,9 +8,11 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve an OpenAI-compatible HTTP API (chat and text completions, streaming) with continuous batching.",
         discussion: """
-        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics \
-        (Prometheus). Requests are batched continuously: a greedy or seeded request gets exactly the tokens it gets \
-        alone. SIGINT/SIGTERM stop the server gracefully. See docs/server-api.md.
+        Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings (with --embedding-model), \
+        GET /v1/models, GET /health, GET /metrics (Prometheus). Requests are batched continuously: a greedy or seeded \
+        request gets exactly the tokens it gets alone. As in the OpenAI API, 'temperature' defaults to 1 (sampling; \
+        'causal generate' defaults to 0): send "temperature": 0 for greedy answers. SIGINT/SIGTERM stop the server \
+        gracefully. See docs/server-api.md.
         """)
 
     @Option(name: .long, help: "A GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing).")
@@ -32,6 +34,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds running requests may finish after SIGINT/SIGTERM before they are cancelled.")
     var shutdownGrace: Double = 30
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+    @Option(name: .long, help: ArgumentHelp("Serve POST /v1/embeddings with this embedding model directory (config.json, model.safetensors, tokenizer.json); 'default': all-MiniLM-L6-v2, fetched into the cache if missing.", valueName: "dir|default"))
+    var embeddingModel: String?
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
 
     func validate() throws {
@@ -46,6 +50,7 @@ struct Serve: AsyncParsableCommand {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
         if let k = apiKey, k.isEmpty { throw ValidationError("--api-key must not be empty") }
+        if let e = embeddingModel, e.isEmpty { throw ValidationError("--embedding-model must not be empty (give a directory or 'default')") }
     }
 
     func run() async throws {
@@ -53,9 +58,13 @@ struct Serve: AsyncParsableCommand {
         let config = ServerConfiguration(
             host: host, port: port, modelPath: model, modelName: modelName, maxSequences: maxSequences, context: context,
             maxTokensPerStep: max(maxTokensPerStep, maxSequences), maxQueue: maxQueue, maxKVTokens: maxKvTokens, apiKey: key,
-            maxBodyBytes: maxBodyBytes, shutdownGracePeriod: shutdownGrace, threads: threads,
+            maxBodyBytes: maxBodyBytes, shutdownGracePeriod: shutdownGrace, threads: threads, embeddingModel: embeddingModel,
             logLevel: Logger.Level(rawValue: logLevel) ?? .info)
         do {
+            // The server's scheduler steps decoder-only models; a T5 directory would reach it without encoder input.
+            if let m = model, try ModelBundle.isEncoderDecoder(path: m) {
+                throw CausalError.invalidArgument("\(m): 'causal serve' serves decoder-only models; this is an encoder-decoder (T5) model: use 'causal generate --model \(m) --input FILE.jsonl'")
+            }
             try await runServer(config)
         } catch let e as CausalError {
             FileHandle.standardError.write("causal: error: \(e)\n".data(using: .utf8)!)

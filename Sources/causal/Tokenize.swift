@@ -10,7 +10,7 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let tok = try ByteLevelBPETokenizer(gguf: GGUFFile(path: modelOptions.model ?? ModelFetcher.ensure()))
+            let tok = try modelOptions.tokenizer()
             writeOut("[" + tok.encode(text, parseSpecial: !noSpecial).map(String.init).joined(separator: ", ") + "]\n")
         }
     }
@@ -23,7 +23,7 @@ struct Detokenize: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let tok = try ByteLevelBPETokenizer(gguf: GGUFFile(path: modelOptions.model ?? ModelFetcher.ensure()))
+            let tok = try modelOptions.tokenizer()
             writeOut(try tok.decode(ids) + "\n")
         }
     }

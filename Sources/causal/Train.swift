@@ -17,8 +17,8 @@ struct Train: ParsableCommand {
         then cosine decay to zero, gradient clipping by global norm.
 
         --out receives model.safetensors + config.json (Hugging Face LlamaForCausalLM, F32), the optimizer state \
-        (optimizer.safetensors, trainer_state.json) for --resume, and metrics.jsonl (one JSON line per step, and per \
-        evaluation). Memory: about 16 bytes per parameter plus the activations of one micro-batch.
+        (optimizer.safetensors, trainer_state.json) for --resume, metrics.jsonl (one JSON line per step, and per \
+        evaluation) and loss.svg (training and eval loss by step). Memory: about 16 bytes per parameter plus the activations of one micro-batch.
         """)
 
     @Option(name: .long, help: "The GGUF model to start from and whose tokenizer and chat template format the data (default: SmolLM2-135M-Instruct).")
@@ -65,7 +65,9 @@ struct Train: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            try Self.checkWritableDirectory(out)
             let bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
+            let llama = try bundle.llama   // training runs LLaMA models only
             let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? bundle.model.contextLength, trainOnPrompt: trainOnPrompt)
             let train = try enc.load(path: data)
             reportSkipped(train, data)
@@ -74,16 +76,16 @@ struct Train: ParsableCommand {
             let params: LlamaParameters
             if let resume {
                 params = try LlamaCheckpoint.load(directory: resume)
-                guard params.config == bundle.model.config else {
+                guard params.config == llama.config else {
                     throw CausalError.invalidArgument("\(resume): the checkpoint's shape does not match \(bundle.path)")
                 }
             } else {
-                params = LlamaParameters(model: bundle.model)
+                params = LlamaParameters(model: llama)
             }
-            let pool = bundle.model.pool
+            let pool = bundle.pool
             let trainer = LlamaTrainer(parameters: params, attention: attention.value, pool: pool)
             // As Hugging Face's LLaMA (nn.Embedding with padding_idx = pad_token_id).
-            trainer.paddingTokenID = bundle.tokenizer.padTokenID
+            trainer.paddingTokenID = try bundle.tokenizer.padTokenID
             let opt = AdamW(parameters: params, weightDecay: weightDecay, pool: pool)
             var start = 0
             var order = seed
@@ -115,9 +117,9 @@ struct Train: ParsableCommand {
 
             func save() throws {
                 var extra: [String: Any] = [:]
-                if let b = bundle.tokenizer.bosTokenID { extra["bos_token_id"] = b }
-                if let e = bundle.tokenizer.eosTokenID { extra["eos_token_id"] = e }
-                if let p = bundle.tokenizer.padTokenID { extra["pad_token_id"] = p }
+                if let b = try bundle.tokenizer.bosTokenID { extra["bos_token_id"] = b }
+                if let e = try bundle.tokenizer.eosTokenID { extra["eos_token_id"] = e }
+                if let p = try bundle.tokenizer.padTokenID { extra["pad_token_id"] = p }
                 try LlamaCheckpoint.save(params, optimizer: opt, state: TrainingState(
                     step: opt.step, totalSteps: plan.count, seed: order, info: ["base_model": bundle.path]), to: out, extraConfig: extra)
             }
@@ -128,6 +130,10 @@ struct Train: ParsableCommand {
                 FileHandle.standardError.write(Data(String(format: "eval at step %d: loss %.4f, perplexity %.3f (%d scored tokens)\n",
                                                            step, l.meanLoss, exp(l.meanLoss), l.scoredTokens).utf8))
                 metrics.write(#"{"step": \#(step), "eval_loss": \#(l.meanLoss), "eval_perplexity": \#(exp(l.meanLoss)), "eval_scored_tokens": \#(l.scoredTokens)}"#)
+            }
+
+            func plot() throws {
+                try LossPlot.write(metricsPath: out + "/metrics.jsonl", to: out + "/loss.svg", title: "causal train: \(URL(fileURLWithPath: data).lastPathComponent)")
             }
 
             for step in start..<plan.count {
@@ -144,14 +150,33 @@ struct Train: ParsableCommand {
                     + #""scored_tokens": \#(loss.scoredTokens), "tokens": \#(tokens), "sequences": \#(batch.count), "seconds": \#(dt), "#
                     + #""scored_tokens_per_second": \#(Double(loss.scoredTokens) / dt)}"#)
                 progress.update(step: step + 1, loss: loss.meanLoss, lr: rate, scoredPerSecond: Double(loss.scoredTokens) / dt, seconds: dt)
-                if let s = saveEvery, (step + 1) % s == 0, step + 1 < plan.count { try save() }
-                if let e = evalEvery, (step + 1) % e == 0, step + 1 < plan.count { try evaluate(step + 1) }
+                if let s = saveEvery, (step + 1) % s == 0, step + 1 < plan.count { try save(); try plot() }
+                if let e = evalEvery, (step + 1) % e == 0, step + 1 < plan.count { try evaluate(step + 1); try plot() }
             }
             progress.finishLine()
             try save()
             try evaluate(plan.count)
+            try plot()
             FileHandle.standardError.write(Data("saved \(out)/model.safetensors (step \(opt.step))\n".utf8))
         }
+    }
+
+    /// Creates `dir` if needed and proves it writable with a probe file, before any work is done.
+    static func checkWritableDirectory(_ dir: String) throws {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), !isDir.boolValue {
+            throw CausalError.io(path: dir, reason: "--out exists and is not a directory")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } catch {
+            throw CausalError.io(path: dir, reason: "cannot create the --out directory (\((error as NSError).localizedDescription))")
+        }
+        let probe = dir + "/.causal-write-test-\(ProcessInfo.processInfo.processIdentifier)"
+        guard FileManager.default.createFile(atPath: probe, contents: Data()) else {
+            throw CausalError.io(path: dir, reason: "the --out directory is not writable")
+        }
+        try? FileManager.default.removeItem(atPath: probe)
     }
 
     func reportSkipped(_ d: SFTDataset, _ path: String) {

@@ -73,7 +73,7 @@ final class BatchInvarianceTests: XCTestCase {
         let bundle = try ModelBundle(path: TestModel.path)
         let texts = ["The capital of France is", "Once upon a time, there was a little", "def fibonacci(n):", "1, 2, 3, 4,",
                      "Water boils at", "My favourite colour is"]
-        let prompts = texts.map { bundle.tokenizer.encode($0) }
+        let prompts = try texts.map { try bundle.tokenizer.encode($0) }
         let params = prompts.indices.map { GenerateParameters(maxNewTokens: 6, temperature: $0 % 2 == 0 ? 0 : 0.8, seed: UInt64($0)) }
         try checkInvariance(bundlePath: TestModel.path, precision: .fast, prompts: prompts, params: params,
                             batchSizes: [6, 4], chunks: [7, nil], seed: 3)

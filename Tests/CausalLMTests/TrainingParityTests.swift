@@ -28,11 +28,11 @@ final class TrainingParityTests: XCTestCase {
 
     func testSmolLM2LossGradNormAndOneAdamWStep() throws {
         let (batch, ref) = try smolBatch()
-        let params = LlamaParameters(model: Self.bundle.model)
+        let params = LlamaParameters(model: try Self.bundle.llama)
         XCTAssertTrue(params.tiedEmbeddings)
         let trainer = LlamaTrainer(parameters: params)
         // HF builds the embedding with padding_idx = pad_token_id (2, which is also <|im_end|>): no lookup gradient there.
-        trainer.paddingTokenID = Self.bundle.tokenizer.padTokenID
+        trainer.paddingTokenID = try Self.bundle.tokenizer.padTokenID
         XCTAssertEqual(trainer.paddingTokenID, 2)
         let t0 = Date()
         let loss = try trainer.forwardBackward(batch)
@@ -56,17 +56,17 @@ final class TrainingParityTests: XCTestCase {
         let after = try trainer.loss(batch).meanLoss
         let refAfter = try XCTUnwrap(ref["loss_after_adamw_step"] as? Double)
         print(String(format: "smollm2 sft: loss after one AdamW step %.7f (ref %.7f, rel %.2e)", after, refAfter, relErr(after, refAfter)))
-        // Not asserted yet: the loss after one AdamW step is 2.2e-4 relative from HF's (0.311744 vs 0.311675), over
-        // the 1e-4 target, while the loss and grad norm before the step agree to 6e-6 / 3e-5. The gap is systematic
-        // (gradient-order changes or 1e-6 noise move it by < 2e-6) and is open in the training issue; the tolerance is
-        // not loosened to hide it. The step must still lower the loss by the reference's margin order:
+        // Adam's first step moves every weight by about lr·sign(g), so this loss is sensitive to the sign of small
+        // gradients: it matched only once the long fp32 sums of the backward (the head's sum over the vocabulary)
+        // were blocked like PyTorch's (train.c, ck_train_gemm). Before that it was 2.2e-4 off.
+        XCTAssertLessThan(relErr(after, refAfter), 1e-4)
         XCTAssertLessThan(after, 0.5 * loss.meanLoss)
     }
 
     /// Two micro-batches accumulate to the gradient of the one batch holding them both (mean over all scored tokens).
     func testGradientAccumulationEqualsOneBatch() throws {
         let (batch, _) = try smolBatch()
-        let params = LlamaParameters(model: Self.bundle.model)
+        let params = LlamaParameters(model: try Self.bundle.llama)
         let one = LlamaTrainer(parameters: params)
         let l1 = try one.forwardBackward(batch)
         let two = LlamaTrainer(parameters: params)
@@ -91,7 +91,7 @@ final class TrainingParityTests: XCTestCase {
                      ("What colour is grass?", "Grass is green."),
                      ("How many legs does a spider have?", "A spider has eight legs.")]
         let batch = try pairs.map { try enc.example(.pair(prompt: $0.0, response: $0.1, system: nil)) }
-        let params = LlamaParameters(model: Self.bundle.model)
+        let params = LlamaParameters(model: try Self.bundle.llama)
         let trainer = LlamaTrainer(parameters: params)
         let opt = AdamW(parameters: params, weightDecay: 0.01)
         let schedule = LearningRateSchedule(peak: 2e-5, warmupSteps: 0, totalSteps: 4)

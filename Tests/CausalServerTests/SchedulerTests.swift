@@ -22,7 +22,7 @@ final class SchedulerTests: XCTestCase {
 
     func testInvarianceUnderLoad() async throws {
         let bundle = Shared.bundle
-        let tok = bundle.tokenizer
+        let tok = try bundle.tokenizer
         let texts = ["The capital of France is", "Once upon a time, there was a little", "def fibonacci(n):",
                      "1, 2, 3, 4,", "Water boils at", "My favourite colour is",
                      String(repeating: "The history of the Roman empire is long and complicated. ", count: 12),
@@ -73,7 +73,7 @@ final class SchedulerTests: XCTestCase {
     func testCancellationAndDisconnectFreeSlots() async throws {
         let bundle = Shared.bundle
         let scheduler = try Scheduler(bundle: bundle, maxSequences: 2, contextLength: 256, maxTokensPerStep: 32, maxQueue: 4)
-        let ids = bundle.tokenizer.encode("Once upon a time")
+        let ids = try bundle.tokenizer.encode("Once upon a time")
         let long = GenerateParameters(maxNewTokens: 200, stopAtEOS: false)
         // 1: cancelled through the handle after a few tokens.
         let (e1, cancel1) = try scheduler.submit(SequenceRequest(prompt: ids, parameters: long))
@@ -132,7 +132,7 @@ final class SchedulerTests: XCTestCase {
     func testGracefulShutdownFinishesInFlight() async throws {
         let bundle = Shared.bundle
         let scheduler = try Scheduler(bundle: bundle, maxSequences: 1, contextLength: 128, maxTokensPerStep: 16, maxQueue: 4)
-        let ids = bundle.tokenizer.encode("Hello")
+        let ids = try bundle.tokenizer.encode("Hello")
         let p = GenerateParameters(maxNewTokens: 10, stopAtEOS: false)
         let a = try scheduler.submit(SequenceRequest(prompt: ids, parameters: p))
         let b = try scheduler.submit(SequenceRequest(prompt: ids, parameters: p))

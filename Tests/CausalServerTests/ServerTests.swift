@@ -107,7 +107,7 @@ final class ServerTests: XCTestCase {
 
     func testCompletionsAndStreaming() async throws {
         let prompt = "The three primary colours are"
-        let ids = Shared.bundle.tokenizer.encode(prompt)
+        let ids = try Shared.bundle.tokenizer.encode(prompt)
         let alone = try Shared.alone(ids, GenerateParameters(maxNewTokens: 12))
         try await app.test(.router) { client in
             let r = try await client.post("/v1/completions", json: ["model": self.model, "prompt": prompt, "max_tokens": 12, "temperature": 0])

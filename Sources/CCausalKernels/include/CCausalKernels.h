@@ -11,6 +11,7 @@
 #include "ck_ops.h"
 #include "ck_encoder.h"
 #include "ck_train.h"
+#include "ck_t5.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -68,13 +68,23 @@ public struct GenerationStats: Sendable {
 
 /// A request to the step loop: a prompt (token ids), its parameters, and optionally a cache to continue from
 /// (the cache's first `cache.count` positions must hold the prompt's first `cache.count` ids).
+///
+/// For an encoder-decoder model (`EncoderDecoderModel`), `encoderInput` is what the encoder reads and `prompt` is the
+/// decoder's prompt; an empty prompt means `[decoderStartTokenID]`. Only decoder tokens come back.
 public struct SequenceRequest {
     public var prompt: [Int]
     public var parameters: GenerateParameters
     public var cache: KVCache?
+    public var encoderInput: [Int]?
 
     public init(prompt: [Int], parameters: GenerateParameters, cache: KVCache? = nil) {
         self.prompt = prompt; self.parameters = parameters; self.cache = cache
+    }
+
+    /// An encoder-decoder request: the encoder reads `encoderInput`; the decoder starts from `prompt`
+    /// (empty: the model's decoder start id alone).
+    public init(encoderInput: [Int], prompt: [Int] = [], parameters: GenerateParameters) {
+        self.prompt = prompt; self.parameters = parameters; self.encoderInput = encoderInput
     }
 }
 
@@ -83,16 +93,17 @@ public struct SequenceRequest {
 /// sequence has its own cache and its own random generator, each result equals what that sequence gives alone.
 public final class Generator {
     public let model: LanguageModel
-    public let tokenizer: ByteLevelBPETokenizer
+    /// Decodes the new tokens to text; nil for a model without a tokenizer (results then carry ids and empty text).
+    public let tokenizer: ByteLevelBPETokenizer?
     /// Ids that end generation (the tokenizer's EOS and, when present, end-of-turn ids).
     public var endTokenIDs: Set<Int>
     /// Timing of the last `generate` call.
     public private(set) var lastStats = GenerationStats()
 
-    public init(model: LanguageModel, tokenizer: ByteLevelBPETokenizer, endTokenIDs: Set<Int>? = nil) {
+    public init(model: LanguageModel, tokenizer: ByteLevelBPETokenizer?, endTokenIDs: Set<Int>? = nil) {
         self.model = model
         self.tokenizer = tokenizer
-        self.endTokenIDs = endTokenIDs ?? Set([tokenizer.eosTokenID].compactMap { $0 })
+        self.endTokenIDs = endTokenIDs ?? Set([tokenizer?.eosTokenID].compactMap { $0 })
     }
 
     /// Generates for every request; results come back in request order.
@@ -110,9 +121,10 @@ public final class Generator {
     public func generate(_ requests: [SequenceRequest], chunkSize: Int? = nil,
                          observer: GenerationObserver) throws -> [GenerationResult] {
         if let c = chunkSize, c < 1 { throw CausalError.invalidArgument("chunk size must be at least 1, got \(c)") }
-        var states = try requests.enumerated().map { i, r in try SequenceState(index: i, request: r, generator: self) }
-        var stats = GenerationStats()
         let start = DispatchTime.now().uptimeNanoseconds
+        let prepared = try withEncoderCaches(requests)
+        var states = try prepared.enumerated().map { i, r in try SequenceState(index: i, request: r, generator: self) }
+        var stats = GenerationStats()
         var firstTokenAt: UInt64? = nil
         var steps = 0
         defer {
@@ -159,6 +171,36 @@ public final class Generator {
     }
 }
 
+extension Generator {
+    /// Encoder-decoder requests get their caches here: the encoder runs once over all their inputs together (rows
+    /// independent), and an empty decoder prompt becomes `[decoderStartTokenID]`. Decoder-only models accept no
+    /// encoder input.
+    func withEncoderCaches(_ requests: [SequenceRequest]) throws -> [SequenceRequest] {
+        guard let m = model as? EncoderDecoderModel else {
+            if let i = requests.firstIndex(where: { $0.encoderInput != nil }) {
+                throw CausalError.invalidArgument("request \(i): the model has no encoder; give the input as the prompt")
+            }
+            return requests
+        }
+        var out = requests
+        var waiting: [Int] = []
+        for (i, r) in requests.enumerated() {
+            if r.cache != nil { continue }
+            guard let input = r.encoderInput else {
+                throw CausalError.invalidArgument("request \(i): an encoder-decoder model needs an encoder input")
+            }
+            guard !input.isEmpty else { throw CausalError.invalidArgument("request \(i): the encoder input has no tokens") }
+            if r.prompt.isEmpty { out[i].prompt = [m.decoderStartTokenID] }
+            waiting.append(i)
+        }
+        if !waiting.isEmpty {
+            let caches = try m.makeCaches(encoderInputs: waiting.map { requests[$0].encoderInput! }, capacity: nil)
+            for (i, c) in zip(waiting, caches) { out[i].cache = c }
+        }
+        return out
+    }
+}
+
 /// Callbacks for following generation as it happens. Every callback gets the request's index first.
 public struct GenerationObserver {
     /// Text that has become final (never a partial character, never a possible stop-string prefix).
@@ -184,7 +226,7 @@ struct SequenceState {
     var pending: [Int]
     var history: [Int]
     var sampler: Sampler
-    var decoder: StreamingDecoder
+    var decoder: StreamingDecoder?   // nil without a tokenizer
     var tokens: [Int] = []
     var text = ""
     var emitted = 0           // characters of `text` already passed to onText
@@ -213,37 +255,48 @@ struct SequenceState {
         guard r.prompt.count < cache.capacity else {
             throw CausalError.invalidArgument("request \(index): the prompt has \(r.prompt.count) tokens, the context holds \(cache.capacity)")
         }
-        promptCount = r.prompt.count
+        promptCount = r.prompt.count + (r.encoderInput?.count ?? 0)
         pending = Array(r.prompt[cache.count...])
         history = r.prompt
         sampler = Sampler(parameters: r.parameters)
-        decoder = generator.tokenizer.makeStreamingDecoder()
+        if generator.tokenizer == nil && !r.parameters.stop.isEmpty {
+            throw CausalError.invalidArgument("request \(index): stop strings need a tokenizer, and the model has none")
+        }
+        decoder = generator.tokenizer?.makeStreamingDecoder()
         if parameters.maxNewTokens == 0 { finish = .length; pending = [] }
     }
 
     mutating func cancel() {
         cache.release()
-        text += decoder.flush()
+        text += decoder?.flush() ?? ""
         finish = .cancelled
         pending = []
     }
 
     mutating func accept(logits: ArraySlice<Float>, generator: Generator, observer: GenerationObserver) {
-        let id = sampler.sample(logits, history: history)
+        let id: Int
+        if tokens.count < parameters.minNewTokens && !generator.endTokenIDs.isEmpty {
+            // Hugging Face's min_new_tokens: end tokens cannot be chosen before that many new tokens.
+            var masked = Array(logits)
+            for e in generator.endTokenIDs where e >= 0 && e < masked.count { masked[e] = -.infinity }
+            id = sampler.sample(masked[...], history: history)
+        } else {
+            id = sampler.sample(logits, history: history)
+        }
         tokens.append(id)
         history.append(id)
         if parameters.logprobs { logprobs.append(TokenLogprob(id: id, logits: logits, top: parameters.topLogprobs)) }
         observer.onToken?(index, id)
         if parameters.stopAtEOS && generator.endTokenIDs.contains(id) {
-            text += decoder.flush()
+            text += decoder?.flush() ?? ""
             finish = .stop
         } else {
-            text += (try? decoder.push(id)) ?? ""
+            text += (try? decoder?.push(id)) ?? ""
             if let r = parameters.stop.compactMap({ text.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
                 text = String(text[..<r.lowerBound])
                 finish = .stop
             } else if tokens.count >= parameters.maxNewTokens || cache.count + 1 >= cache.capacity {
-                text += decoder.flush()
+                text += decoder?.flush() ?? ""
                 finish = .length
             } else {
                 pending = [id]

@@ -4,6 +4,8 @@ import Foundation
 ///
 /// Memory is reserved for the whole capacity up front but only the pages that are written become resident.
 /// Each sequence owns its cache, so attention for a token can only read its own sequence's keys.
+/// An encoder-decoder model's cache also holds `cross`: the cross-attention keys and values computed once from that
+/// sequence's encoder output.
 public final class KVCache: @unchecked Sendable {
     public let layers: Int
     public let kvDim: Int
@@ -13,11 +15,14 @@ public final class KVCache: @unchecked Sendable {
     private(set) var keys: [UnsafeMutablePointer<Float>]    // per layer: (capacity, kvDim)
     private(set) var values: [UnsafeMutablePointer<Float>]  // per layer: (capacity, kvDim)
     public private(set) var isReleased = false
+    /// The encoder side of an encoder-decoder sequence (nil for decoder-only models).
+    public private(set) var cross: CrossAttentionCache?
 
-    public init(layers: Int, kvDim: Int, capacity: Int) {
+    public init(layers: Int, kvDim: Int, capacity: Int, cross: CrossAttentionCache? = nil) {
         self.layers = layers
         self.kvDim = kvDim
         self.capacity = capacity
+        self.cross = cross
         keys = (0..<layers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: capacity * kvDim) }
         values = (0..<layers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: capacity * kvDim) }
     }
@@ -34,6 +39,7 @@ public final class KVCache: @unchecked Sendable {
         values.forEach { $0.deallocate() }
         keys = []
         values = []
+        cross = nil
         count = 0
         isReleased = true
     }
@@ -45,4 +51,28 @@ public final class KVCache: @unchecked Sendable {
     }
 
     public var remaining: Int { capacity - count }
+}
+
+/// One sequence's cross-attention keys and values: for each decoder layer, (length, kvDim) floats projected from the
+/// encoder's output for that sequence's input. Written once when the sequence starts, then only read.
+public final class CrossAttentionCache: @unchecked Sendable {
+    public let layers: Int
+    public let kvDim: Int
+    /// Encoder positions (tokens of the sequence's input).
+    public let length: Int
+    let keys: [UnsafeMutablePointer<Float>]    // per layer: (length, kvDim)
+    let values: [UnsafeMutablePointer<Float>]  // per layer: (length, kvDim)
+
+    public init(layers: Int, kvDim: Int, length: Int) {
+        self.layers = layers
+        self.kvDim = kvDim
+        self.length = length
+        keys = (0..<layers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: max(length * kvDim, 1)) }
+        values = (0..<layers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: max(length * kvDim, 1)) }
+    }
+
+    deinit {
+        keys.forEach { $0.deallocate() }
+        values.forEach { $0.deallocate() }
+    }
 }

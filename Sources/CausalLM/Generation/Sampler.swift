@@ -3,6 +3,8 @@ import Foundation
 /// Sampling parameters, with Hugging Face's names. `temperature == 0` means greedy.
 public struct GenerateParameters: Sendable, Equatable {
     public var maxNewTokens: Int
+    /// End tokens cannot be chosen before this many new tokens (Hugging Face's min_new_tokens; 0 = off).
+    public var minNewTokens: Int
     public var temperature: Float
     public var topK: Int            // 0 = off
     public var topP: Float          // 1 = off
@@ -19,8 +21,8 @@ public struct GenerateParameters: Sendable, Equatable {
 
     public init(maxNewTokens: Int = 256, temperature: Float = 0, topK: Int = 0, topP: Float = 1, minP: Float = 0,
                 repetitionPenalty: Float = 1, seed: UInt64? = nil, stop: [String] = [], stopAtEOS: Bool = true,
-                logprobs: Bool = false, topLogprobs: Int = 0) {
-        self.maxNewTokens = maxNewTokens; self.temperature = temperature; self.topK = topK; self.topP = topP
+                logprobs: Bool = false, topLogprobs: Int = 0, minNewTokens: Int = 0) {
+        self.maxNewTokens = maxNewTokens; self.minNewTokens = minNewTokens; self.temperature = temperature; self.topK = topK; self.topP = topP
         self.minP = minP; self.repetitionPenalty = repetitionPenalty; self.seed = seed; self.stop = stop
         self.stopAtEOS = stopAtEOS
         self.logprobs = logprobs
@@ -30,6 +32,7 @@ public struct GenerateParameters: Sendable, Equatable {
     public func validate() throws {
         func bad(_ s: String) -> CausalError { .invalidArgument(s) }
         guard maxNewTokens >= 0 else { throw bad("maxNewTokens must be >= 0, got \(maxNewTokens)") }
+        guard minNewTokens >= 0 else { throw bad("minNewTokens must be >= 0, got \(minNewTokens)") }
         guard temperature >= 0, temperature.isFinite else { throw bad("temperature must be a finite number >= 0, got \(temperature)") }
         guard topK >= 0 else { throw bad("topK must be >= 0, got \(topK)") }
         guard topP > 0, topP <= 1 else { throw bad("topP must be in (0, 1], got \(topP)") }

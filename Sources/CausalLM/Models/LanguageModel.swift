@@ -40,3 +40,50 @@ public protocol LanguageModel: AnyObject {
     /// Each chunk's cache advances by its token count.
     func forward(_ chunks: [SequenceChunk]) throws -> [[Float]]
 }
+
+/// An encoder-decoder model (T5): the decoder is the `LanguageModel` that generation steps, and each sequence's
+/// cache carries the cross-attention keys and values of its own encoder input, computed once when it starts.
+/// Generation then runs exactly as for a decoder-only model and returns only decoder output.
+public protocol EncoderDecoderModel: LanguageModel {
+    /// The id a decoder prompt starts with.
+    var decoderStartTokenID: Int { get }
+    /// Runs the encoder over every input (one ragged batch; each input's result does not depend on the others) and
+    /// returns, per input, an empty decoder cache holding that input's cross-attention keys and values.
+    func makeCaches(encoderInputs: [[Int]], capacity: Int?) throws -> [KVCache]
+}
+
+/// The rows of a ragged step whose logits the chunks asked for (`LogitsRequest`), in order, and each chunk's
+/// range among them. Shared by the models' output heads.
+struct LogitRows {
+    let rows: [Int]
+    let ranges: [Range<Int>]
+
+    init(_ chunks: [SequenceChunk]) {
+        var rows: [Int] = [], ranges: [Range<Int>] = [], start = 0
+        for c in chunks {
+            let lo = rows.count
+            switch c.logits {
+            case .none: break
+            case .last: rows.append(start + c.tokens.count - 1)
+            case .all: rows.append(contentsOf: start..<(start + c.tokens.count))
+            }
+            ranges.append(lo..<rows.count)
+            start += c.tokens.count
+        }
+        self.rows = rows; self.ranges = ranges
+    }
+
+    /// Normalizes each wanted row of `x` (n, C) with `norm(source, destination)`, applies `head` (V, C) to all of
+    /// them in one product and returns each chunk's logits, row-major.
+    func logits(_ x: UnsafePointer<Float>, C: Int, head: WeightMatrix, pool: ThreadPool,
+                norm: (UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void) -> [[Float]] {
+        guard !rows.isEmpty else { return ranges.map { _ in [] } }
+        let m = rows.count, V = head.rows
+        let hn = Buffer(m * C)
+        defer { hn.free() }
+        for (i, r) in rows.enumerated() { norm(x + r * C, hn.p + i * C) }
+        var logits = [Float](repeating: 0, count: m * V)
+        logits.withUnsafeMutableBufferPointer { matmul(head, hn.p, rows: m, into: $0.baseAddress!, pool: pool) }
+        return ranges.map { Array(logits[($0.lowerBound * V)..<($0.upperBound * V)]) }
+    }
+}

