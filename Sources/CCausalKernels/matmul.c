@@ -329,6 +329,19 @@ CK_INLINE CK_AVX512 __m512 hsum512x16(const __m512 v[16]) {
     return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), u);
 }
 
+// Writes the lane sums of a 4 x 4 block of (row r, token t) accumulators, given token by token (a_rt), to
+// y[t * ldy + r]: lane 4t + r of hsum512x16 is pair (r, t), so each token's 4 rows are one 128-bit store.
+CK_INLINE CK_AVX512 void store_sums4x4(__m512 a00, __m512 a10, __m512 a20, __m512 a30, __m512 a01, __m512 a11,
+                                       __m512 a21, __m512 a31, __m512 a02, __m512 a12, __m512 a22, __m512 a32,
+                                       __m512 a03, __m512 a13, __m512 a23, __m512 a33, float *y, int64_t ldy) {
+    const __m512 v[16] = {a00, a10, a20, a30, a01, a11, a21, a31, a02, a12, a22, a32, a03, a13, a23, a33};
+    const __m512 res = hsum512x16(v);
+    _mm_storeu_ps(y, _mm512_castps512_ps128(res));
+    _mm_storeu_ps(y + ldy, _mm512_extractf32x4_ps(res, 1));
+    _mm_storeu_ps(y + 2 * ldy, _mm512_extractf32x4_ps(res, 2));
+    _mm_storeu_ps(y + 3 * ldy, _mm512_extractf32x4_ps(res, 3));
+}
+
 // Block decoders. The scales of up to 16 consecutive blocks are converted together (one gather, one
 // half->float conversion) into small arrays; a block is then decoded with its scale broadcast from memory.
 // The values are exactly those of dq_scalar.
@@ -460,14 +473,8 @@ CK_INLINE CK_AVX512 void fk512_rt(const int type, const int bbytes, const int R,
         }
     }
     if (R == 4 && T == 4) {
-        __m512 v[16];
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 4; r++) v[4 * t + r] = acc[r][t];
-        const __m512 res = hsum512x16(v);
-        _mm_storeu_ps(y, _mm512_castps512_ps128(res));
-        _mm_storeu_ps(y + ldy, _mm512_extractf32x4_ps(res, 1));
-        _mm_storeu_ps(y + 2 * ldy, _mm512_extractf32x4_ps(res, 2));
-        _mm_storeu_ps(y + 3 * ldy, _mm512_extractf32x4_ps(res, 3));
+        store_sums4x4(acc[0][0], acc[1][0], acc[2][0], acc[3][0], acc[0][1], acc[1][1], acc[2][1], acc[3][1],
+                      acc[0][2], acc[1][2], acc[2][2], acc[3][2], acc[0][3], acc[1][3], acc[2][3], acc[3][3], y, ldy);
         return;
     }
     for (int t = 0; t < T; t++)
@@ -544,15 +551,9 @@ CK_INLINE CK_AVX512 void mk512_rt(const int R, const int T, const float *w, int6
         }
     }
     if (R == 4 && T >= 4) {
-        // Tokens 0-3 of the 4 rows: the 16 lane trees side by side (lane 4t + r of the result is pair (r, t)).
-        __m512 v[16];
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 4; r++) v[4 * t + r] = acc[r][t];
-        const __m512 res = hsum512x16(v);
-        _mm_storeu_ps(y, _mm512_castps512_ps128(res));
-        _mm_storeu_ps(y + ldy, _mm512_extractf32x4_ps(res, 1));
-        _mm_storeu_ps(y + 2 * ldy, _mm512_extractf32x4_ps(res, 2));
-        _mm_storeu_ps(y + 3 * ldy, _mm512_extractf32x4_ps(res, 3));
+        // Tokens 0-3 of the 4 rows: the 16 lane trees side by side.
+        store_sums4x4(acc[0][0], acc[1][0], acc[2][0], acc[3][0], acc[0][1], acc[1][1], acc[2][1], acc[3][1],
+                      acc[0][2], acc[1][2], acc[2][2], acc[3][2], acc[0][3], acc[1][3], acc[2][3], acc[3][3], y, ldy);
         for (int t = 4; t < T; t++)
             for (int r = 0; r < R; r++) y[t * ldy + r] = hsum512(acc[r][t]);
         return;

@@ -179,40 +179,46 @@ public struct TokenizerJSON: Sendable {
         }
     }
 
+    /// A TemplateProcessing post-processor (`single` pieces and their `special_tokens`), shared by every
+    /// tokenizer.json model type.
+    static func templateProcessing(_ o: HFJSONObject, _ field: String, _ r: FieldReader) throws -> PostProcessor {
+        var pieces: [TemplatePiece] = []
+        for (i, p) in try r.array(o["single"] ?? .null, field + ".single").enumerated() {
+            let f = "\(field).single[\(i)]"
+            let po = try r.object(p, f)
+            if let s = po["Sequence"] {
+                pieces.append(.sequence(try r.string(try r.object(s, f + ".Sequence"), "id", in: f + ".Sequence")))
+            } else if let s = po["SpecialToken"] {
+                pieces.append(.special(try r.string(try r.object(s, f + ".SpecialToken"), "id", in: f + ".SpecialToken")))
+            } else {
+                throw r.bad(f, "must hold 'Sequence' or 'SpecialToken'")
+            }
+        }
+        var specials: [String: [Int]] = [:]
+        if let st = o["special_tokens"], !st.isNull {
+            for (name, s) in try r.object(st, field + ".special_tokens").members {
+                let f = "\(field).special_tokens.\(name)"
+                let ids = try r.array(try r.object(s, f)["ids"] ?? .null, f + ".ids")
+                specials[name] = try ids.map {
+                    guard let i = $0.intValue, i >= 0 else { throw r.bad(f + ".ids", "must be non-negative integers, found \($0.brief)") }
+                    return i
+                }
+            }
+        }
+        for case let .special(name) in pieces where specials[name] == nil {
+            throw r.bad(field + ".special_tokens", "the template uses '\(name)', which is not defined here")
+        }
+        guard pieces.contains(.sequence("A")) else { throw r.bad(field + ".single", "has no Sequence A") }
+        return .template(single: pieces, specialTokens: specials)
+    }
+
     private static func postProcessor(_ v: HFJSON, _ r: inout FieldReader) throws -> PostProcessor {
         let field = "post_processor"
         let o = try r.object(v, field)
         let type = try r.string(o, "type", in: field)
         switch type {
         case "TemplateProcessing":
-            var pieces: [TemplatePiece] = []
-            for (i, p) in try r.array(o["single"] ?? .null, field + ".single").enumerated() {
-                let f = "\(field).single[\(i)]"
-                let po = try r.object(p, f)
-                if let s = po["Sequence"] {
-                    pieces.append(.sequence(try r.string(try r.object(s, f + ".Sequence"), "id", in: f + ".Sequence")))
-                } else if let s = po["SpecialToken"] {
-                    pieces.append(.special(try r.string(try r.object(s, f + ".SpecialToken"), "id", in: f + ".SpecialToken")))
-                } else {
-                    throw r.bad(f, "must hold 'Sequence' or 'SpecialToken'")
-                }
-            }
-            var specials: [String: [Int]] = [:]
-            if let st = o["special_tokens"], !st.isNull {
-                for (name, s) in try r.object(st, field + ".special_tokens").members {
-                    let f = "\(field).special_tokens.\(name)"
-                    let ids = try r.array(try r.object(s, f)["ids"] ?? .null, f + ".ids")
-                    specials[name] = try ids.map {
-                        guard let i = $0.intValue, i >= 0 else { throw r.bad(f + ".ids", "must be non-negative integers, found \($0.brief)") }
-                        return i
-                    }
-                }
-            }
-            for case let .special(name) in pieces where specials[name] == nil {
-                throw r.bad(field + ".special_tokens", "the template uses '\(name)', which is not defined here")
-            }
-            guard pieces.contains(.sequence("A")) else { throw r.bad(field + ".single", "has no Sequence A") }
-            return .template(single: pieces, specialTokens: specials)
+            return try templateProcessing(o, field, r)
         case "BertProcessing", "RobertaProcessing":
             // {"sep": ["[SEP]", 102], "cls": ["[CLS]", 101]}: [CLS] A [SEP].
             func pair(_ key: String) throws -> (String, Int) {
@@ -232,13 +238,14 @@ public struct TokenizerJSON: Sendable {
 }
 
 /// Typed field access for tokenizer.json; errors name the file and the dotted field path.
-private struct FieldReader {
+/// Typed access to tokenizer.json fields; every error names the file and the dotted field.
+struct FieldReader {
     let path: String
 
     func bad(_ field: String, _ reason: String) -> CausalError { .badFormat(path: path, field: field, reason: reason) }
 
     func object(_ v: HFJSON, _ field: String) throws -> HFJSONObject {
-        guard let o = v.objectValue else { throw bad(field, "expected an object, found \(v.typeName)") }
+        guard let o = v.objectValue else { throw bad(field, v.isNull ? "missing" : "expected an object, found \(v.typeName)") }
         return o
     }
     func array(_ v: HFJSON, _ field: String) throws -> [HFJSON] {

@@ -61,7 +61,7 @@ public struct UnigramTokenizerJSON: Sendable {
     /// Reads and checks a Unigram `tokenizer.json`. Errors name the file and the field.
     public init(path: String) throws {
         let root = try HFJSON.parse(contentsOf: path)
-        var r = UnigramFieldReader(path: path)
+        var r = FieldReader(path: path)
         self.path = path
         let o = try r.object(root, "JSON")
 
@@ -117,7 +117,7 @@ public struct UnigramTokenizerJSON: Sendable {
         decoder = try o["decoder"].flatMap { $0.isNull ? nil : try Self.decoder($0, "decoder", &r) }
     }
 
-    private static func normalizer(_ v: HFJSON, _ field: String, _ r: inout UnigramFieldReader) throws -> Normalizer {
+    private static func normalizer(_ v: HFJSON, _ field: String, _ r: inout FieldReader) throws -> Normalizer {
         let o = try r.object(v, field)
         let type = try r.string(o, "type", in: field)
         switch type {
@@ -150,7 +150,7 @@ public struct UnigramTokenizerJSON: Sendable {
         }
     }
 
-    private static func pattern(_ o: HFJSONObject, _ field: String, _ r: inout UnigramFieldReader) throws -> Pattern {
+    private static func pattern(_ o: HFJSONObject, _ field: String, _ r: inout FieldReader) throws -> Pattern {
         let po = try r.object(o["pattern"] ?? .null, field + ".pattern")
         if let s = po["String"] {
             guard let str = s.stringValue, !str.isEmpty else { throw r.bad(field + ".pattern.String", "expected a non-empty string") }
@@ -164,7 +164,7 @@ public struct UnigramTokenizerJSON: Sendable {
         throw r.bad(field + ".pattern", "must hold 'String' or 'Regex'")
     }
 
-    private static func replacement(_ o: HFJSONObject, _ field: String, _ r: inout UnigramFieldReader) throws -> Unicode.Scalar {
+    private static func replacement(_ o: HFJSONObject, _ field: String, _ r: inout FieldReader) throws -> Unicode.Scalar {
         let s = try r.string(o, "replacement", in: field, default: "\u{2581}")
         guard s.unicodeScalars.count == 1, let c = s.unicodeScalars.first else {
             throw r.bad(field + ".replacement", "must be one character, found '\(s)'")
@@ -173,7 +173,7 @@ public struct UnigramTokenizerJSON: Sendable {
     }
 
     /// prepend_scheme (default "always"), or the older add_prefix_space (false means never).
-    private static func prependScheme(_ o: HFJSONObject, _ field: String, _ r: inout UnigramFieldReader) throws -> PrependScheme {
+    private static func prependScheme(_ o: HFJSONObject, _ field: String, _ r: inout FieldReader) throws -> PrependScheme {
         let raw = try r.string(o, "prepend_scheme", in: field, default: "always")
         guard var scheme = PrependScheme(rawValue: raw) else {
             throw r.bad(field + ".prepend_scheme", "'\(raw)' is not one of always, first, never")
@@ -190,7 +190,7 @@ public struct UnigramTokenizerJSON: Sendable {
         return scheme
     }
 
-    private static func preTokenizer(_ v: HFJSON, _ field: String, _ r: inout UnigramFieldReader) throws -> PreTokenizer {
+    private static func preTokenizer(_ v: HFJSON, _ field: String, _ r: inout FieldReader) throws -> PreTokenizer {
         let o = try r.object(v, field)
         let type = try r.string(o, "type", in: field)
         switch type {
@@ -206,7 +206,7 @@ public struct UnigramTokenizerJSON: Sendable {
         }
     }
 
-    private static func decoder(_ v: HFJSON, _ field: String, _ r: inout UnigramFieldReader) throws -> Decoder {
+    private static func decoder(_ v: HFJSON, _ field: String, _ r: inout FieldReader) throws -> Decoder {
         let o = try r.object(v, field)
         let type = try r.string(o, "type", in: field)
         switch type {
@@ -236,77 +236,14 @@ public struct UnigramTokenizerJSON: Sendable {
         }
     }
 
-    private static func postProcessor(_ v: HFJSON, _ r: inout UnigramFieldReader) throws -> TokenizerJSON.PostProcessor {
+    private static func postProcessor(_ v: HFJSON, _ r: inout FieldReader) throws -> TokenizerJSON.PostProcessor {
         let field = "post_processor"
         let o = try r.object(v, field)
         let type = try r.string(o, "type", in: field)
         guard type == "TemplateProcessing" else {
             throw r.bad(field + ".type", "'\(type)' is not supported for a Unigram tokenizer (supported: TemplateProcessing)")
         }
-        var pieces: [TokenizerJSON.TemplatePiece] = []
-        for (i, p) in try r.array(o["single"] ?? .null, field + ".single").enumerated() {
-            let f = "\(field).single[\(i)]"
-            let po = try r.object(p, f)
-            if let s = po["Sequence"] {
-                pieces.append(.sequence(try r.string(try r.object(s, f + ".Sequence"), "id", in: f + ".Sequence")))
-            } else if let s = po["SpecialToken"] {
-                pieces.append(.special(try r.string(try r.object(s, f + ".SpecialToken"), "id", in: f + ".SpecialToken")))
-            } else {
-                throw r.bad(f, "must hold 'Sequence' or 'SpecialToken'")
-            }
-        }
-        var specials: [String: [Int]] = [:]
-        if let st = o["special_tokens"], !st.isNull {
-            for (name, s) in try r.object(st, field + ".special_tokens").members {
-                let f = "\(field).special_tokens.\(name)"
-                let ids = try r.array(try r.object(s, f)["ids"] ?? .null, f + ".ids")
-                specials[name] = try ids.map {
-                    guard let i = $0.intValue, i >= 0 else { throw r.bad(f + ".ids", "must be non-negative integers, found \($0.brief)") }
-                    return i
-                }
-            }
-        }
-        for case let .special(name) in pieces where specials[name] == nil {
-            throw r.bad(field + ".special_tokens", "the template uses '\(name)', which is not defined here")
-        }
-        guard pieces.contains(.sequence("A")) else { throw r.bad(field + ".single", "has no Sequence A") }
-        return .template(single: pieces, specialTokens: specials)
+        return try TokenizerJSON.templateProcessing(o, field, r)
     }
 }
 
-/// Typed field access; errors name the file and the dotted field path.
-struct UnigramFieldReader {
-    let path: String
-
-    func bad(_ field: String, _ reason: String) -> CausalError { .badFormat(path: path, field: field, reason: reason) }
-
-    func object(_ v: HFJSON, _ field: String) throws -> HFJSONObject {
-        guard let o = v.objectValue else { throw bad(field, v.isNull ? "missing" : "expected an object, found \(v.typeName)") }
-        return o
-    }
-    func array(_ v: HFJSON, _ field: String) throws -> [HFJSON] {
-        guard let a = v.arrayValue else { throw bad(field, v.isNull ? "missing" : "expected an array, found \(v.typeName)") }
-        return a
-    }
-    func string(_ o: HFJSONObject, _ key: String, in field: String, default d: String? = nil) throws -> String {
-        guard let v = o[key], !v.isNull else {
-            if let d { return d }
-            throw bad("\(field).\(key)", "missing")
-        }
-        guard let s = v.stringValue else { throw bad("\(field).\(key)", "expected a string, found \(v.typeName)") }
-        return s
-    }
-    func int(_ o: HFJSONObject, _ key: String, in field: String, default d: Int? = nil) throws -> Int {
-        guard let v = o[key], !v.isNull else {
-            if let d { return d }
-            throw bad("\(field).\(key)", "missing")
-        }
-        guard let i = v.intValue else { throw bad("\(field).\(key)", "expected an integer, found \(v.typeName)") }
-        return i
-    }
-    func bool(_ o: HFJSONObject, _ key: String, in field: String, default d: Bool) throws -> Bool {
-        guard let v = o[key], !v.isNull else { return d }
-        guard let b = v.boolValue else { throw bad("\(field).\(key)", "expected a bool, found \(v.typeName)") }
-        return b
-    }
-}
