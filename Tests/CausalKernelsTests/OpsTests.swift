@@ -45,7 +45,7 @@ final class OpsTests: XCTestCase {
         var out = [Float](repeating: 0, count: H * D)
         var scratch = [Float](repeating: 0, count: npos * H)
         let scale = 1 / Float(D).squareRoot()
-        ck_attention_row(q, K, V, Int64(stride), Int64(npos), Int64(H), Int64(Hkv), Int64(D), scale, &out, &scratch, 0, Int64(H))
+        ck_attention_row(q, K, V, Int64(stride), Int64(D), Int64(npos), Int64(H), Int64(Hkv), Int64(D), scale, &out, &scratch, 0, Int64(H))
         for h in 0..<H {
             let g = h / (H / Hkv)
             var scores = (0..<npos).map { j in (0..<D).reduce(0.0) { $0 + Double(q[h * D + $1]) * Double(K[j * stride + g * D + $1]) } * Double(scale) }
@@ -59,23 +59,38 @@ final class OpsTests: XCTestCase {
         }
     }
 
-    /// The AVX-512 attention gives the same bits as the portable one, at every length, and a head's result does
-    /// not depend on which heads share its call (one per call, a whole key/value group, all heads, odd ranges).
-    func testAttentionSameBitsOnEveryISALevelAndHeadRange() {
+    /// The AVX-512 attention gives the same bits as the portable one, at every length, in the position-major and
+    /// the head-major key/value layouts, and a head's result does not depend on which heads share its call (one per
+    /// call, a whole key/value group, all heads, odd ranges).
+    func testAttentionSameBitsOnEveryISALevelLayoutAndHeadRange() {
         let H = 9, Hkv = 3, D = 64, stride = Hkv * D
         for npos in [1, 2, 3, 15, 16, 17, 31, 32, 33, 100, 203] {
             let q = randoms(H * D), K = randoms(npos * stride, 2), V = randoms(npos * stride)
+            // The same keys/values head-major, in a cache of capacity npos + 5: (Hkv, capacity, D).
+            let cap = npos + 5
+            var Kh = [Float](repeating: .nan, count: Hkv * cap * D), Vh = Kh
+            for j in 0..<npos { for g in 0..<Hkv { for d in 0..<D {
+                Kh[g * cap * D + j * D + d] = K[j * stride + g * D + d]
+                Vh[g * cap * D + j * D + d] = V[j * stride + g * D + d]
+            } } }
             var outs: [[Float]] = []
             for level in [Int32(2), 0] {
                 _ = ck_set_isa(level)
-                for ranges in [[0..<H], (0..<H).map { $0..<($0 + 1) }, [0..<3, 3..<6, 6..<9], [0..<2, 2..<7, 7..<9]] {
-                    var out = [Float](repeating: 0, count: H * D)
-                    for r in ranges {
-                        var scratch = [Float](repeating: .nan, count: npos * r.count)
-                        ck_attention_row(q, K, V, Int64(stride), Int64(npos), Int64(H), Int64(Hkv), Int64(D), 0.125,
-                                         &out, &scratch, Int64(r.lowerBound), Int64(r.upperBound))
+                for headMajor in [false, true] {
+                    for ranges in [[0..<H], (0..<H).map { $0..<($0 + 1) }, [0..<3, 3..<6, 6..<9], [0..<2, 2..<7, 7..<9]] {
+                        var out = [Float](repeating: 0, count: H * D)
+                        for r in ranges {
+                            var scratch = [Float](repeating: .nan, count: npos * r.count)
+                            if headMajor {
+                                ck_attention_row(q, Kh, Vh, Int64(D), Int64(cap * D), Int64(npos), Int64(H), Int64(Hkv), Int64(D),
+                                                 0.125, &out, &scratch, Int64(r.lowerBound), Int64(r.upperBound))
+                            } else {
+                                ck_attention_row(q, K, V, Int64(stride), Int64(D), Int64(npos), Int64(H), Int64(Hkv), Int64(D),
+                                                 0.125, &out, &scratch, Int64(r.lowerBound), Int64(r.upperBound))
+                            }
+                        }
+                        outs.append(out)
                     }
-                    outs.append(out)
                 }
             }
             _ = ck_set_isa(-1)

@@ -22,12 +22,15 @@ void ck_rope_half(float *v, int64_t n_heads, int64_t head_dim, int64_t rope_dim,
                   const float *cos_t, const float *sin_t);
 
 /// Causal attention of one query row against keys/values 0..<n_pos of its own sequence.
-/// q: (n_heads, head_dim). K, V: n_pos rows of `kv_stride` floats, head g at offset g*head_dim.
+/// q: (n_heads, head_dim). K, V: key/value head g at position j starts at j*kv_stride + g*head_stride: position-major
+/// (kv_stride = n_kv_heads*head_dim, head_stride = head_dim) or head-major (kv_stride = head_dim, head_stride =
+/// capacity*head_dim; each head's keys are one contiguous run, which streams from memory faster). The layout only
+/// changes where values are read from, never the arithmetic.
 /// out: (n_heads, head_dim). Heads [head_begin, head_end) only.
 /// scratch: (head_end - head_begin) * n_pos floats (head h uses the n_pos floats at (h - head_begin) * n_pos).
 /// Query head h reads KV head h / (n_heads / n_kv_heads); passing all heads of a KV group in one call lets them
 /// share each block of keys and values (faster; a head's result does not depend on the range it came in).
-void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t n_pos,
+void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
                       float *out, float *scratch, int64_t head_begin, int64_t head_end);
 

@@ -12,8 +12,8 @@ public final class KVCache: @unchecked Sendable {
     public let capacity: Int
     /// Number of positions written so far (the next token's position).
     public internal(set) var count: Int = 0
-    private(set) var keys: [UnsafeMutablePointer<Float>]    // per layer: (capacity, kvDim)
-    private(set) var values: [UnsafeMutablePointer<Float>]  // per layer: (capacity, kvDim)
+    private(set) var keys: [UnsafeMutablePointer<Float>]    // per layer: capacity * kvDim floats, laid out by the model
+    private(set) var values: [UnsafeMutablePointer<Float>]  // (LLaMA: head-major (kvHeads, capacity, headDim); GPT-2, T5: (capacity, kvDim))
     public private(set) var isReleased = false
     /// The encoder side of an encoder-decoder sequence (nil for decoder-only models).
     public private(set) var cross: CrossAttentionCache?

@@ -274,7 +274,7 @@ public final class GPT2Model: LanguageModel, @unchecked Sendable {
             pool.parallelFor(n * H) { item in
                 let r = item / H, head = item % H
                 let cache = chunks[rowChunk[r]].cache
-                ck_attention_row(q.p + r * C, cache.keys[l], cache.values[l], Int64(C), Int64(rowPos[r] + 1),
+                ck_attention_row(q.p + r * C, cache.keys[l], cache.values[l], Int64(C), Int64(D), Int64(rowPos[r] + 1),
                                  Int64(H), Int64(H), Int64(D), scale, att.p + r * C,
                                  scores.p + scratchOffset[r] * H + head * (rowPos[r] + 1), Int64(head), Int64(head + 1))
             }

@@ -240,9 +240,13 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
             for r in 0..<n {
                 ck_rope_adjacent(q.p + r * qDim, Int64(H), Int64(D), Int64(cfg.ropeDim), cosT.p + r * half, sinT.p + r * half)
                 ck_rope_adjacent(k.p + r * kvDim, Int64(Hkv), Int64(D), Int64(cfg.ropeDim), cosT.p + r * half, sinT.p + r * half)
+                // The cache is head-major, (Hkv, capacity, D): each head's keys are one contiguous run.
                 let cache = chunks[rowChunk[r]].cache
-                (cache.keys[l] + rowPos[r] * kvDim).update(from: k.p + r * kvDim, count: kvDim)
-                (cache.values[l] + rowPos[r] * kvDim).update(from: v.p + r * kvDim, count: kvDim)
+                for g in 0..<Hkv {
+                    let at = g * cache.capacity * D + rowPos[r] * D
+                    (cache.keys[l] + at).update(from: k.p + r * kvDim + g * D, count: D)
+                    (cache.values[l] + at).update(from: v.p + r * kvDim + g * D, count: D)
+                }
             }
             // One work item per (row, key/value head), so the query heads of a group share each block of keys and
             // values; per (row, head) when that would leave threads idle (few rows). Same results either way.
@@ -251,7 +255,7 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
             pool.parallelFor(n * items) { item in
                 let r = item / items, h = (item % items) * group
                 let cache = chunks[rowChunk[r]].cache
-                ck_attention_row(q.p + r * qDim, cache.keys[l], cache.values[l], Int64(kvDim), Int64(rowPos[r] + 1),
+                ck_attention_row(q.p + r * qDim, cache.keys[l], cache.values[l], Int64(D), Int64(cache.capacity * D), Int64(rowPos[r] + 1),
                                  Int64(H), Int64(Hkv), Int64(D), scale, att.p + r * qDim,
                                  scores.p + scratchOffset[r] * H + h * (rowPos[r] + 1), Int64(h), Int64(h + group))
             }
