@@ -54,6 +54,7 @@ final class UnigramTests: XCTestCase {
     func makeTokenizer(_ body: String) throws -> (UnigramTokenizer?, URL, Error?) {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("unigram-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
         let url = dir.appendingPathComponent("tokenizer.json")
         try body.write(to: url, atomically: true, encoding: .utf8)
         do { return (try UnigramTokenizer(path: url.path), url, nil) } catch { return (nil, url, error) }

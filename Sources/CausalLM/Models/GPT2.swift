@@ -222,21 +222,10 @@ public final class GPT2Model: LanguageModel, @unchecked Sendable {
         let cfg = config
         let (C, F, V, H, D) = (cfg.hiddenSize, cfg.intermediateSize, cfg.vocabularySize, cfg.headCount, cfg.headDim)
 
-        // Rows: every token of every chunk, with its sequence and position. No padding anywhere.
-        var rowChunk: [Int] = [], rowPos: [Int] = []
-        for (ci, c) in chunks.enumerated() {
-            guard !c.cache.isReleased else { throw CausalError.invalidArgument("chunk \(ci): its cache was released") }
-            guard c.cache.count + c.tokens.count <= min(c.cache.capacity, cfg.maxPositions) else {
-                throw CausalError.invalidArgument("sequence of \(c.cache.count + c.tokens.count) tokens exceeds its context of \(min(c.cache.capacity, cfg.maxPositions))")
-            }
-            for (i, t) in c.tokens.enumerated() {
-                guard t >= 0 && t < V else { throw CausalError.badTokenID(id: t, vocabularySize: V) }
-                rowChunk.append(ci); rowPos.append(c.cache.count + i)
-            }
-        }
-        let n = rowChunk.count
+        // Learned positions: a sequence cannot outgrow the position table, whatever its cache holds.
+        let rows = try RaggedRows(chunks, vocabularySize: V, context: { min($0.capacity, cfg.maxPositions) })
+        let (rowChunk, rowPos, tokens, n) = (rows.chunk, rows.position, rows.tokens, rows.count)
         guard n > 0 else { return chunks.map { _ in [] } }
-        let tokens = chunks.flatMap(\.tokens)
         let eps = Float(cfg.layerNormEps)
 
         let x = Buffer(n * C), xb = Buffer(n * C), pe = Buffer(C)  // (n, C) residual stream, normed copy; (C) a position row

@@ -54,6 +54,35 @@ public protocol EncoderDecoderModel: LanguageModel {
 
 /// The rows of a ragged step whose logits the chunks asked for (`LogitsRequest`), in order, and each chunk's
 /// range among them. Shared by the models' output heads.
+/// The rows of one ragged step: every token of every chunk, with its chunk and its position in that chunk's
+/// sequence. No padding anywhere.
+struct RaggedRows {
+    let chunk: [Int]
+    let position: [Int]
+    let tokens: [Int]
+    var count: Int { chunk.count }
+
+    /// Checks every chunk (its cache is live and holds `context(cache)` positions or fewer after this step, its
+    /// tokens are inside the vocabulary, plus the model's own `check`) and lays out the rows.
+    init(_ chunks: [SequenceChunk], vocabularySize V: Int, context: (KVCache) -> Int = { $0.capacity },
+         check: (Int, SequenceChunk) throws -> Void = { _, _ in }) throws {
+        var chunk: [Int] = [], position: [Int] = []
+        for (ci, c) in chunks.enumerated() {
+            guard !c.cache.isReleased else { throw CausalError.invalidArgument("chunk \(ci): its cache was released") }
+            try check(ci, c)
+            let limit = context(c.cache)
+            guard c.cache.count + c.tokens.count <= limit else {
+                throw CausalError.invalidArgument("sequence of \(c.cache.count + c.tokens.count) tokens exceeds its context of \(limit)")
+            }
+            for (i, t) in c.tokens.enumerated() {
+                guard t >= 0 && t < V else { throw CausalError.badTokenID(id: t, vocabularySize: V) }
+                chunk.append(ci); position.append(c.cache.count + i)
+            }
+        }
+        self.chunk = chunk; self.position = position; self.tokens = chunks.flatMap(\.tokens)
+    }
+}
+
 struct LogitRows {
     let rows: [Int]
     let ranges: [Range<Int>]

@@ -184,21 +184,9 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         let (H, Hkv, D) = (cfg.headCount, cfg.kvHeadCount, cfg.headDim)
         let qDim = H * D, kvDim = Hkv * D
 
-        // Rows: every token of every chunk, with its sequence and position. No padding anywhere.
-        var rowChunk: [Int] = [], rowPos: [Int] = []
-        for (ci, c) in chunks.enumerated() {
-            guard !c.cache.isReleased else { throw CausalError.invalidArgument("chunk \(ci): its cache was released") }
-            guard c.cache.count + c.tokens.count <= c.cache.capacity else {
-                throw CausalError.invalidArgument("sequence of \(c.cache.count + c.tokens.count) tokens exceeds its context of \(c.cache.capacity)")
-            }
-            for (i, t) in c.tokens.enumerated() {
-                guard t >= 0 && t < V else { throw CausalError.badTokenID(id: t, vocabularySize: V) }
-                rowChunk.append(ci); rowPos.append(c.cache.count + i)
-            }
-        }
-        let n = rowChunk.count
+        let rows = try RaggedRows(chunks, vocabularySize: V)
+        let (rowChunk, rowPos, tokens, n) = (rows.chunk, rows.position, rows.tokens, rows.count)
         guard n > 0 else { return chunks.map { _ in [] } }
-        let tokens = chunks.flatMap(\.tokens)
 
         let x = Buffer(n * C), xb = Buffer(n * C)              // (n, C) residual stream, normed copy
         let q = Buffer(n * qDim), k = Buffer(n * kvDim), v = Buffer(n * kvDim)

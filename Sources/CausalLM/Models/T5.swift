@@ -417,24 +417,14 @@ public final class T5Model: EncoderDecoderModel, @unchecked Sendable {
         let (C, F, V, H, D, I) = (cfg.modelDim, cfg.feedForwardDim, cfg.vocabularySize, cfg.headCount, cfg.headDim, cfg.innerDim)
 
         // Rows: every token of every chunk, with its sequence and position. No padding anywhere.
-        var rowChunk: [Int] = [], rowPos: [Int] = []
-        for (ci, c) in chunks.enumerated() {
-            guard !c.cache.isReleased else { throw CausalError.invalidArgument("chunk \(ci): its cache was released") }
+        let rows = try RaggedRows(chunks, vocabularySize: V) { ci, c in
             guard let cross = c.cache.cross, cross.layers == cfg.decoderLayerCount, cross.kvDim == I,
                   c.cache.layers == cfg.decoderLayerCount, c.cache.kvDim == I else {
                 throw CausalError.invalidArgument("chunk \(ci): a T5 decoder cache must hold its encoder output (make it with makeCaches(encoderInputs:))")
             }
-            guard c.cache.count + c.tokens.count <= c.cache.capacity else {
-                throw CausalError.invalidArgument("sequence of \(c.cache.count + c.tokens.count) tokens exceeds its context of \(c.cache.capacity)")
-            }
-            for (i, t) in c.tokens.enumerated() {
-                guard t >= 0 && t < V else { throw CausalError.badTokenID(id: t, vocabularySize: V) }
-                rowChunk.append(ci); rowPos.append(c.cache.count + i)
-            }
         }
-        let n = rowChunk.count
+        let (rowChunk, rowPos, tokens, n) = (rows.chunk, rows.position, rows.tokens, rows.count)
         guard n > 0 else { return chunks.map { _ in [] } }
-        let tokens = chunks.flatMap(\.tokens)
         let eps = Float(cfg.layerNormEps)
         // Position bias, shared by every layer, by relative position: (H, P+1), bias[h][rel + P] = table[bucket(rel)][h]
         // for rel = -P ... 0. A query at position i reads keys j = 0...i at rel = j - i: the row starting at P - i.

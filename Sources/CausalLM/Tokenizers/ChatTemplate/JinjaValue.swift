@@ -438,7 +438,7 @@ func pyJSON(_ v: Value, _ opts: JSONOptions, into out: inout String, level: Int 
         for (i, (k, x)) in items.enumerated() {
             if i > 0 { out += opts.itemSeparator }
             newline(level + 1)
-            out += jsonString(k, ascii: opts.ensureASCII) + opts.keySeparator
+            out += JSONText.quoted(k, asciiOnly: opts.ensureASCII) + opts.keySeparator
             try pyJSON(x, opts, into: &out, level: level + 1, w, pos: pos)
         }
         newline(level)
@@ -450,7 +450,7 @@ func pyJSON(_ v: Value, _ opts: JSONOptions, into out: inout String, level: Int 
     case let .int(i): out += String(i)
     case let .double(d):
         if d.isNaN { out += "NaN" } else if d.isInfinite { out += d < 0 ? "-Infinity" : "Infinity" } else { out += d.description }
-    case let .string(s): out += jsonString(s, ascii: opts.ensureASCII)
+    case let .string(s): out += JSONText.quoted(s, asciiOnly: opts.ensureASCII)
     case let .list(a), let .tuple(a):
         if a.isEmpty { out += "[]"; return }
         out += "["
@@ -468,30 +468,6 @@ func pyJSON(_ v: Value, _ opts: JSONOptions, into out: inout String, level: Int 
     case .function, .macro, .loop:
         throw templateError("tojson: object of type '\(v.typeName)' is not JSON serializable", at: pos)
     }
-}
-
-private func jsonString(_ s: String, ascii: Bool) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case "\u{08}": out += "\\b"
-        case "\u{0C}": out += "\\f"
-        default:
-            if u.value < 0x20 || (ascii && u.value == 0x7F) {
-                out += "\\u" + hex(u.value, width: 4)
-            } else if ascii && u.value > 0x7F {
-                for unit in String(u).utf16 { out += "\\u" + hex(UInt32(unit), width: 4) }
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    return out + "\""
 }
 
 // MARK: - String helpers (Python semantics: strings are sequences of code points)
