@@ -180,22 +180,30 @@ CKT_INLINE void axpyf(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-CKT_INLINE int64_t keys_for(int64_t i, int64_t prefix) { return i + 1 > prefix ? i + 1 : prefix; }
+// The keys row i reads: [*lo, *hi). Forward-reading (reverse = 0): 0 ..< max(i + 1, prefix), i.e. causal, with the
+// first `prefix` rows bidirectional among themselves. Reverse (reverse = 1): a row inside the prefix reads the rest of
+// the prefix from itself on, i ..< prefix (the prompt right to left); a row after it is causal, 0 ..< i + 1.
+CKT_INLINE void keys_for(int64_t i, int64_t prefix, int reverse, int64_t *lo, int64_t *hi) {
+    if (reverse && i < prefix) { *lo = i; *hi = prefix; return; }
+    *lo = 0;
+    *hi = (!reverse && prefix > i + 1) ? prefix : i + 1;
+}
 
 CKT_INLINE void attn_forward_impl(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
-                                  int64_t qs, int64_t kvs, int64_t D, float scale, float *out, float *lse,
+                                  int reverse, int64_t qs, int64_t kvs, int64_t D, float scale, float *out, float *lse,
                                   int64_t lse_stride, float *scores) {
     for (int64_t i = 0; i < len; i++) {
         const float *qi = q + i * qs;
-        const int64_t nk = keys_for(i, prefix);
+        int64_t lo, nk;
+        keys_for(i, prefix, reverse, &lo, &nk);
         float mx = -INFINITY;
-        for (int64_t j = 0; j < nk; j++) {
+        for (int64_t j = lo; j < nk; j++) {
             const float s = dotf(qi, k + j * kvs, D) * scale;
             scores[j] = s;
             if (s > mx) mx = s;
         }
         double sum = 0.0;
-        for (int64_t j = 0; j < nk; j++) {
+        for (int64_t j = lo; j < nk; j++) {
             const float e = expf(scores[j] - mx);
             scores[j] = e;
             sum += e;
@@ -203,28 +211,29 @@ CKT_INLINE void attn_forward_impl(const float *q, const float *k, const float *v
         const float inv = (float)(1.0 / sum);
         float *oi = out + i * qs;
         memset(oi, 0, (size_t)D * sizeof(float));
-        for (int64_t j = 0; j < nk; j++) axpyf(oi, scores[j] * inv, v + j * kvs, D);
+        for (int64_t j = lo; j < nk; j++) axpyf(oi, scores[j] * inv, v + j * kvs, D);
         lse[i * lse_stride] = mx + (float)log(sum);
     }
 }
 
 CKT_INLINE void attn_backward_impl(const float *q, const float *k, const float *v, const float *out,
                                    const float *dout, const float *lse, int64_t lse_stride, int64_t len,
-                                   int64_t prefix, int64_t qs, int64_t kvs, int64_t D, float scale, float *dq,
-                                   float *dk, float *dv, float *scratch) {
+                                   int64_t prefix, int reverse, int64_t qs, int64_t kvs, int64_t D, float scale,
+                                   float *dq, float *dk, float *dv, float *scratch) {
     float *p = scratch, *ds = scratch + len;
     for (int64_t i = 0; i < len; i++) {
         const float *qi = q + i * qs, *doi = dout + i * qs;
-        const int64_t nk = keys_for(i, prefix);
+        int64_t lo, nk;
+        keys_for(i, prefix, reverse, &lo, &nk);
         const float l = lse[i * lse_stride];
         const float di = dotf(doi, out + i * qs, D);
-        for (int64_t j = 0; j < nk; j++) {
+        for (int64_t j = lo; j < nk; j++) {
             p[j] = expf(dotf(qi, k + j * kvs, D) * scale - l);
             const float dp = dotf(doi, v + j * kvs, D);
             ds[j] = p[j] * (dp - di) * scale;
         }
         float *dqi = dq + i * qs;
-        for (int64_t j = 0; j < nk; j++) {
+        for (int64_t j = lo; j < nk; j++) {
             axpyf(dqi, ds[j], k + j * kvs, D);
             axpyf(dk + j * kvs, ds[j], qi, D);
             axpyf(dv + j * kvs, p[j], doi, D);
@@ -233,57 +242,63 @@ CKT_INLINE void attn_backward_impl(const float *q, const float *k, const float *
 }
 
 static void attn_forward_generic(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
-                                 int64_t qs, int64_t kvs, int64_t D, float scale, float *out, float *lse,
+                                 int reverse, int64_t qs, int64_t kvs, int64_t D, float scale, float *out, float *lse,
                                  int64_t lse_stride, float *scores) {
-    attn_forward_impl(q, k, v, len, prefix, qs, kvs, D, scale, out, lse, lse_stride, scores);
+    attn_forward_impl(q, k, v, len, prefix, reverse, qs, kvs, D, scale, out, lse, lse_stride, scores);
 }
 static void attn_backward_generic(const float *q, const float *k, const float *v, const float *out,
                                   const float *dout, const float *lse, int64_t lse_stride, int64_t len,
-                                  int64_t prefix, int64_t qs, int64_t kvs, int64_t D, float scale, float *dq,
-                                  float *dk, float *dv, float *scratch) {
-    attn_backward_impl(q, k, v, out, dout, lse, lse_stride, len, prefix, qs, kvs, D, scale, dq, dk, dv, scratch);
+                                  int64_t prefix, int reverse, int64_t qs, int64_t kvs, int64_t D, float scale,
+                                  float *dq, float *dk, float *dv, float *scratch) {
+    attn_backward_impl(q, k, v, out, dout, lse, lse_stride, len, prefix, reverse, qs, kvs, D, scale, dq, dk, dv,
+                       scratch);
 }
 #if CKT_X86
 CKT_AVX512 static void attn_forward_avx512(const float *q, const float *k, const float *v, int64_t len,
-                                           int64_t prefix, int64_t qs, int64_t kvs, int64_t D, float scale,
-                                           float *out, float *lse, int64_t lse_stride, float *scores) {
-    attn_forward_impl(q, k, v, len, prefix, qs, kvs, D, scale, out, lse, lse_stride, scores);
+                                           int64_t prefix, int reverse, int64_t qs, int64_t kvs, int64_t D,
+                                           float scale, float *out, float *lse, int64_t lse_stride, float *scores) {
+    attn_forward_impl(q, k, v, len, prefix, reverse, qs, kvs, D, scale, out, lse, lse_stride, scores);
 }
 CKT_AVX512 static void attn_backward_avx512(const float *q, const float *k, const float *v, const float *out,
                                             const float *dout, const float *lse, int64_t lse_stride, int64_t len,
-                                            int64_t prefix, int64_t qs, int64_t kvs, int64_t D, float scale,
-                                            float *dq, float *dk, float *dv, float *scratch) {
-    attn_backward_impl(q, k, v, out, dout, lse, lse_stride, len, prefix, qs, kvs, D, scale, dq, dk, dv, scratch);
+                                            int64_t prefix, int reverse, int64_t qs, int64_t kvs, int64_t D,
+                                            float scale, float *dq, float *dk, float *dv, float *scratch) {
+    attn_backward_impl(q, k, v, out, dout, lse, lse_stride, len, prefix, reverse, qs, kvs, D, scale, dq, dk, dv,
+                       scratch);
 }
 #endif
 
 void ck_train_attention_forward(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
-                                int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale, float *out,
-                                float *lse, int64_t lse_stride, float *scratch) {
+                                int reverse, int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale,
+                                float *out, float *lse, int64_t lse_stride, float *scratch) {
     if (prefix > len) prefix = len;
+    if (prefix < 0) prefix = 0;
 #if CKT_X86
     if (ck_get_isa() >= CK_ISA_AVX512) {
-        attn_forward_avx512(q, k, v, len, prefix, q_stride, kv_stride, head_dim, scale, out, lse, lse_stride, scratch);
+        attn_forward_avx512(q, k, v, len, prefix, reverse, q_stride, kv_stride, head_dim, scale, out, lse, lse_stride,
+                            scratch);
         return;
     }
 #endif
-    attn_forward_generic(q, k, v, len, prefix, q_stride, kv_stride, head_dim, scale, out, lse, lse_stride, scratch);
+    attn_forward_generic(q, k, v, len, prefix, reverse, q_stride, kv_stride, head_dim, scale, out, lse, lse_stride,
+                         scratch);
 }
 
 void ck_train_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                  const float *dout, const float *lse, int64_t lse_stride, int64_t len,
-                                 int64_t prefix, int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale,
-                                 float *dq, float *dk, float *dv, float *scratch) {
+                                 int64_t prefix, int reverse, int64_t q_stride, int64_t kv_stride, int64_t head_dim,
+                                 float scale, float *dq, float *dk, float *dv, float *scratch) {
     if (prefix > len) prefix = len;
+    if (prefix < 0) prefix = 0;
 #if CKT_X86
     if (ck_get_isa() >= CK_ISA_AVX512) {
-        attn_backward_avx512(q, k, v, out, dout, lse, lse_stride, len, prefix, q_stride, kv_stride, head_dim, scale,
-                             dq, dk, dv, scratch);
+        attn_backward_avx512(q, k, v, out, dout, lse, lse_stride, len, prefix, reverse, q_stride, kv_stride,
+                             head_dim, scale, dq, dk, dv, scratch);
         return;
     }
 #endif
-    attn_backward_generic(q, k, v, out, dout, lse, lse_stride, len, prefix, q_stride, kv_stride, head_dim, scale,
-                          dq, dk, dv, scratch);
+    attn_backward_generic(q, k, v, out, dout, lse, lse_stride, len, prefix, reverse, q_stride, kv_stride, head_dim,
+                          scale, dq, dk, dv, scratch);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

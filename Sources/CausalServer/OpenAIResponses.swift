@@ -7,9 +7,9 @@ struct ResponseBuilder {
     let id: String
     let created: Int
     let model: String
-    let tokenizer: ByteLevelBPETokenizer
+    let tokenizer: any TextTokenizer
 
-    init(endpoint: Endpoint, model: String, tokenizer: ByteLevelBPETokenizer) {
+    init(endpoint: Endpoint, model: String, tokenizer: any TextTokenizer) {
         self.endpoint = endpoint
         self.model = model
         self.tokenizer = tokenizer
@@ -85,7 +85,7 @@ struct ResponseBuilder {
         switch endpoint {
         case .chat:
             func entry(_ id: Int, _ lp: Float) -> [(String, JSONValue)] {
-                let bytes = TokenText.bytes(tokenizer, id)
+                let bytes = tokenizer.tokenBytes(id)
                 return [("token", .string(String(decoding: bytes, as: UTF8.self))), ("logprob", .float(lp)),
                         ("bytes", .array(bytes.map { .int(Int($0)) }))]
             }
@@ -97,47 +97,16 @@ struct ResponseBuilder {
             var offset = 0
             var tokens: [JSONValue] = [], values: [JSONValue] = [], tops: [JSONValue] = [], offsets: [JSONValue] = []
             for t in lps {
-                let s = TokenText.string(tokenizer, t.id)
+                let s = tokenizer.tokenText(t.id)
                 tokens.append(.string(s))
                 values.append(.float(t.logprob))
-                tops.append(.object(t.top.map { (TokenText.string(tokenizer, $0.id), .float($0.logprob)) }))
+                tops.append(.object(t.top.map { (tokenizer.tokenText($0.id), .float($0.logprob)) }))
                 offsets.append(.int(offset))
                 offset += s.count
             }
             return .object([("tokens", .array(tokens)), ("token_logprobs", .array(values)), ("top_logprobs", .array(tops)),
                              ("text_offset", .array(offsets))])
         }
-    }
-}
-
-/// A token's bytes: the inverse of GPT-2's byte-to-unicode spelling of byte-level BPE vocabularies.
-enum TokenText {
-    static let byteOfScalar: [UInt32: UInt8] = {
-        var printable: [Int] = Array(33...126) + Array(161...172) + Array(174...255)
-        var scalars = printable
-        var n = 0
-        for b in 0..<256 where !printable.contains(b) {
-            printable.append(b)
-            scalars.append(256 + n)
-            n += 1
-        }
-        var map: [UInt32: UInt8] = [:]
-        for (b, s) in zip(printable, scalars) { map[UInt32(s)] = UInt8(b) }
-        return map
-    }()
-
-    static func bytes(_ tokenizer: ByteLevelBPETokenizer, _ id: Int) -> [UInt8] {
-        guard let s = tokenizer.tokenString(id) else { return [] }
-        if tokenizer.isSpecial(id) { return Array(s.utf8) }
-        var out: [UInt8] = []
-        for u in s.unicodeScalars {
-            if let b = byteOfScalar[u.value] { out.append(b) } else { out += Array(String(u).utf8) }
-        }
-        return out
-    }
-
-    static func string(_ tokenizer: ByteLevelBPETokenizer, _ id: Int) -> String {
-        String(decoding: bytes(tokenizer, id), as: UTF8.self)
     }
 }
 

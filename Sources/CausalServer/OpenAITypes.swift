@@ -145,6 +145,10 @@ struct RequestParser {
         case .chat:
             promptParam = "messages"
             let messages = try parseMessages(f)
+            guard bundle.chatTemplate != nil else {
+                throw APIError.invalid("The model '\(modelID)' has no chat template, so 'messages' cannot be turned into its input\(bundle.isEncoderDecoder ? " (it is an encoder-decoder model)" : ""). Use POST /v1/completions with 'prompt' instead.",
+                                       param: "messages", code: "chat_template_missing")
+            }
             do { promptIDs = try bundle.chatPromptIDs(messages) } catch {
                 throw APIError.invalid("The messages could not be rendered with the model's chat template: \(error)", param: "messages")
             }
@@ -176,13 +180,20 @@ struct RequestParser {
                 maxTokens = m
             }
         }
-        let P = promptIDs.count
+        // An encoder-decoder model reads the prompt with its encoder (at most the context length); its decoder starts
+        // from the decoder start id alone, so the completion may use the rest of the context.
+        let encoderDecoder = bundle.isEncoderDecoder
+        if encoderDecoder && promptIDs.count > contextLength {
+            throw APIError.invalid("This model's maximum input length is \(contextLength) tokens. However, your \(promptParam) resulted in \(promptIDs.count) tokens. Please reduce the length of the \(promptParam).",
+                                   param: promptParam, code: "context_length_exceeded")
+        }
+        let P = encoderDecoder ? 1 : promptIDs.count
         if P >= contextLength {
             throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, your \(promptParam) resulted in \(P) tokens. Please reduce the length of the \(promptParam).",
                                    param: promptParam, code: "context_length_exceeded")
         }
         if let m = maxTokens, P + m > contextLength {
-            throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, you requested \(P + m) tokens (\(P) in the \(promptParam), \(m) in the completion). Please reduce the length of the \(promptParam) or completion.",
+            throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, you requested \(P + m) tokens (\(P) in the \(encoderDecoder ? "decoder's start" : promptParam), \(m) in the completion). Please reduce the length of the \(promptParam) or completion.",
                                    param: f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
                                    code: "context_length_exceeded")
         }

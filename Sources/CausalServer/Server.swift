@@ -9,7 +9,8 @@ import ServiceLifecycle
 public struct ServerConfiguration: Sendable {
     public var host: String
     public var port: Int
-    /// A GGUF file; nil: the default model (fetched into the cache if missing).
+    /// A GGUF file or a Hugging Face model directory with its tokenizer.json (decoder-only, or encoder-decoder such as
+    /// T5); nil: the default model (fetched into the cache if missing).
     public var modelPath: String?
     /// The model id reported by `/v1/models` and required in requests (default: the file name without `.gguf`).
     public var modelName: String?
@@ -199,7 +200,10 @@ public final class OpenAIService: @unchecked Sendable {
         let req = try parser.parse(body, endpoint: endpoint)
         let submitted: (events: AsyncStream<GenerationEvent>, cancel: @Sendable () -> Void)
         do {
-            submitted = try scheduler.submit(SequenceRequest(prompt: req.promptIDs, parameters: req.parameters))
+            // An encoder-decoder model (T5) reads the prompt with its encoder; only the decoder's tokens come back.
+            let sequence = bundle.isEncoderDecoder ? SequenceRequest(encoderInput: req.promptIDs, parameters: req.parameters)
+                                                   : SequenceRequest(prompt: req.promptIDs, parameters: req.parameters)
+            submitted = try scheduler.submit(sequence)
         } catch let e as SchedulerError {
             switch e {
             case let .queueFull(_, retry):
@@ -214,7 +218,8 @@ public final class OpenAIService: @unchecked Sendable {
         } catch {
             throw APIError.invalid("\(error)")
         }
-        context.info.set(prompt: req.promptIDs.count)
+        // As the result's usage counts it: an encoder-decoder model's decoder start token is part of the prompt.
+        context.info.set(prompt: req.promptIDs.count + (bundle.isEncoderDecoder ? 1 : 0))
         let builder = ResponseBuilder(endpoint: endpoint, model: req.model, tokenizer: try bundle.tokenizer)
         let cancel = submitted.cancel
         watch.onDisconnect(cancel)
@@ -459,7 +464,10 @@ public func runServer(_ config: ServerConfiguration) async throws {
     logger.logLevel = config.logLevel
     logger.info("loading model \(config.modelPath ?? "(default)")")
     let bundle = try ModelBundle(path: config.modelPath, threads: config.threads)
-    _ = try bundle.tokenizer   // the server takes text: a model directory needs its tokenizer.json
+    // The server takes text: a model directory needs its tokenizer.json.
+    guard bundle.textTokenizer != nil else {
+        throw CausalError.io(path: bundle.path, reason: "no tokenizer.json in this model directory: the server takes text, so it needs the model's tokenizer")
+    }
     var embedder: EmbeddingModel? = nil
     if let e = config.embeddingModel {
         logger.info("loading embedding model \(e)")

@@ -30,7 +30,7 @@ struct ModelOptions: ParsableArguments {
     }
 
     /// The tokenizer alone: a GGUF file's, or a model directory's tokenizer.json.
-    func tokenizer() throws -> ByteLevelBPETokenizer {
+    func tokenizer() throws -> any TextTokenizer {
         let path = try model ?? ModelFetcher.ensure()
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {

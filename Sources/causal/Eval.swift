@@ -17,7 +17,7 @@ struct Eval: ParsableCommand {
     @Flag(name: .long, help: #"Print one JSON object: {"loss", "perplexity", "scored_tokens", "examples", "skipped"}."#) var json = false
     @Option(name: .long, help: "Tokens per forward pass.") var batchTokens: Int = 4096
     @Option(name: .long, help: "Truncate examples to this many tokens (default: the model's context length).") var maxLength: Int?
-    @Option(name: .long, help: "causal, or prefix (the prompt attends to itself bidirectionally).") var attention: AttentionArgument = .causal
+    @Option(name: .long, help: ArgumentHelp(AttentionArgument.help)) var attention: AttentionArgument = .causal
     @Flag(name: .long, help: "Score the prompt tokens too.") var trainOnPrompt = false
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
 
@@ -25,16 +25,19 @@ struct Eval: ParsableCommand {
         if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
         if let m = maxLength, m < 2 { throw ValidationError("--max-length must be at least 2") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+        try attention.check(trainOnPrompt: trainOnPrompt)
     }
 
     func run() throws {
         try reportingErrors {
+            // An encoder-decoder model (T5 directory or its checkpoint) scores (input, labels) pairs: TrainT5.swift.
+            if let m = model, try ModelBundle.isEncoderDecoder(path: m) { return try runT5(modelDirectory: m) }
             var isDir: ObjCBool = false
             let params: LlamaParameters
             let bundle: ModelBundle
             if let m = model, FileManager.default.fileExists(atPath: m, isDirectory: &isDir), isDir.boolValue {
                 params = try LlamaCheckpoint.load(directory: m)
-                guard let base = tokenizer ?? Self.baseModel(of: m) else {
+                guard let base = try tokenizer ?? LlamaCheckpoint.tokenizerSource(ofCheckpoint: m) else {
                     throw CausalError.invalidArgument("\(m): no base model recorded; give --tokenizer GGUF")
                 }
                 bundle = try ModelBundle(path: base, precision: .fast, threads: threads)
@@ -58,11 +61,5 @@ struct Eval: ParsableCommand {
                 writeOut(String(format: "loss %.6f  perplexity %.4f  (%d scored tokens, %d examples)\n", l.meanLoss, exp(l.meanLoss), l.scoredTokens, ds.examples.count))
             }
         }
-    }
-
-    static func baseModel(of dir: String) -> String? {
-        guard let d = FileManager.default.contents(atPath: dir + "/trainer_state.json"),
-              let j = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else { return nil }
-        return j["base_model"] as? String
     }
 }

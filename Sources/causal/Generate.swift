@@ -10,7 +10,9 @@ struct Generate: ParsableCommand {
         {"raw": "..."} (plain text) or {"input_ids": [...]}, with optional "max_tokens", "min_tokens", "temperature", "seed". \
         Requests run in batches of --batch-size as one ragged batch each; one JSON line per request is printed, in \
         input order. Each answer equals what that request gives alone. For an encoder-decoder model (T5) the ids are the \
-        encoder's input, the decoder starts from its decoder_start_token_id, and only decoder tokens are printed.
+        encoder's input, the decoder starts from its decoder_start_token_id, and only decoder tokens are printed; such a \
+        model without a chat template reads a PROMPT (or "prompt") as plain text, tokenized as its tokenizer.json does \
+        (T5: the text's pieces and </s>).
         """)
 
     @OptionGroup var modelOptions: ModelOptions
@@ -57,10 +59,7 @@ struct Generate: ParsableCommand {
             if raw {
                 ids = try bundle.tokenizer.encode(prompt!)
             } else {
-                var messages: [ChatMessage] = []
-                if let s = system { messages.append(ChatMessage(role: "system", content: s)) }
-                messages.append(ChatMessage(role: "user", content: prompt!))
-                ids = try bundle.chatPromptIDs(messages)
+                ids = try bundle.userMessageIDs(prompt!, system: system)
             }
             let generator = bundle.makeGenerator()
             let request = bundle.request(ids, parameters: sampling.parameters)
@@ -178,10 +177,7 @@ enum BatchLine {
         switch given[0] {
         case "prompt":
             guard let s = obj["prompt"] as? String else { throw CausalError.invalidArgument("'prompt' must be a string") }
-            var messages: [ChatMessage] = []
-            if let system { messages.append(ChatMessage(role: "system", content: system)) }
-            messages.append(ChatMessage(role: "user", content: s))
-            ids = try bundle.chatPromptIDs(messages)
+            ids = try bundle.userMessageIDs(s, system: system)
         case "raw":
             guard let s = obj["raw"] as? String else { throw CausalError.invalidArgument("'raw' must be a string") }
             ids = try bundle.tokenizer.encode(s)
@@ -204,6 +200,23 @@ enum BatchLine {
 }
 
 extension ModelBundle {
+    /// The input ids of a user message: rendered through the model's chat template (after the system message, if any).
+    /// An encoder-decoder model without a chat template (T5) reads the text itself: its tokens and what the tokenizer
+    /// adds (T5: `</s>`), as Hugging Face's `tokenizer(text)` gives.
+    func userMessageIDs(_ text: String, system: String?) throws -> [Int] {
+        if isEncoderDecoder && chatTemplate == nil {
+            let ids = try tokenizer.encode(text)
+            if system != nil {
+                throw CausalError.invalidArgument("--system needs a chat template, and this encoder-decoder model has none: its input is the text alone")
+            }
+            return ids
+        }
+        var messages: [ChatMessage] = []
+        if let system { messages.append(ChatMessage(role: "system", content: system)) }
+        messages.append(ChatMessage(role: "user", content: text))
+        return try chatPromptIDs(messages)
+    }
+
     /// A request for the model's input ids: the prompt of a decoder-only model, or the encoder input of an
     /// encoder-decoder one (whose decoder then starts from its decoder start id).
     func request(_ ids: [Int], parameters: GenerateParameters) -> SequenceRequest {

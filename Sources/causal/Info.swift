@@ -80,8 +80,12 @@ struct Info: ParsableCommand {
                       "decoder start: \(c.decoderStartTokenID)"]
         }
         lines.append("vocabulary: \(bundle.model.vocabularySize), context length: \(bundle.model.contextLength)")
-        if let tok = bundle.textTokenizer {
+        if let tok = bundle.textTokenizer as? ByteLevelBPETokenizer {
             lines.append("tokenizer: tokenizer.json, byte-level BPE (pre: \(tok.preTokenizerName)), \(tok.vocabularySize) tokens")
+        } else if let tok = bundle.textTokenizer as? UnigramTokenizer {
+            lines.append("tokenizer: tokenizer.json, SentencePiece Unigram\(tok.config.byteFallback ? " with byte fallback" : ""), \(tok.vocabularySize) tokens")
+        } else if let tok = bundle.textTokenizer {
+            lines.append("tokenizer: tokenizer.json, \(tok.vocabularySize) tokens")
         } else {
             lines.append(bundle.isEncoderDecoder ? "tokenizer: none (token ids only)" : "tokenizer: none (no tokenizer.json: token ids only)")
         }

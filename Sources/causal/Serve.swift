@@ -12,10 +12,11 @@ struct Serve: AsyncParsableCommand {
         GET /v1/models, GET /health, GET /metrics (Prometheus). Requests are batched continuously: a greedy or seeded \
         request gets exactly the tokens it gets alone. As in the OpenAI API, 'temperature' defaults to 1 (sampling; \
         'causal generate' defaults to 0): send "temperature": 0 for greedy answers. SIGINT/SIGTERM stop the server \
-        gracefully. See docs/server-api.md.
+        gracefully. An encoder-decoder model (T5) reads the prompt of /v1/completions with its encoder and returns only \
+        the decoder's text; without a chat template it answers /v1/chat/completions with 400. See docs/server-api.md.
         """)
 
-    @Option(name: .long, help: "A GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing).")
+    @Option(name: .long, help: "A GGUF model file or a Hugging Face model directory with its tokenizer.json (decoder-only, or encoder-decoder such as T5: the prompt goes to the encoder) (default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing).")
     var model: String?
 
     @Option(name: .long, help: "The model id clients send in 'model' (default: the file name without .gguf).")
@@ -61,10 +62,6 @@ struct Serve: AsyncParsableCommand {
             maxBodyBytes: maxBodyBytes, shutdownGracePeriod: shutdownGrace, threads: threads, embeddingModel: embeddingModel,
             logLevel: Logger.Level(rawValue: logLevel) ?? .info)
         do {
-            // The server's scheduler steps decoder-only models; a T5 directory would reach it without encoder input.
-            if let m = model, try ModelBundle.isEncoderDecoder(path: m) {
-                throw CausalError.invalidArgument("\(m): 'causal serve' serves decoder-only models; this is an encoder-decoder (T5) model: use 'causal generate --model \(m) --input FILE.jsonl'")
-            }
             try await runServer(config)
         } catch let e as CausalError {
             FileHandle.standardError.write("causal: error: \(e)\n".data(using: .utf8)!)

@@ -9,7 +9,13 @@ struct Train: ParsableCommand {
         --data (and --eval-data) is JSONL, one example per line: {"prompt": "...", "response": "..."} (optional \
         "system") or {"messages": [{"role": "...", "content": "..."}, ...]}. Prompts go through the model's chat \
         template; only the responses are scored (each assistant turn through its end-of-turn token), unless \
-        --train-on-prompt. Examples longer than --max-length are truncated; one with nothing left to score is skipped.
+        --train-on-prompt. Already tokenized lines are {"input_ids": [...], "labels": [...]} (-100: not scored). \
+        Examples longer than --max-length are truncated; one with nothing left to score is skipped.
+
+        --attention picks the mask: causal; prefix (the prompt sees the whole prompt); mixed (half the heads causal, \
+        half read the prompt from each token to its end; never a token after the prompt). --init random --config \
+        ARCH.json trains a new model of that architecture from scratch (initialised as transformers does, seeded by \
+        --seed), with --model's tokenizer and chat template.
 
         Each optimizer step takes the next examples (shuffled each epoch with --seed) up to --batch-tokens tokens and \
         runs them as ragged micro-batches of at most --micro-batch tokens (no padding), accumulating gradients: the \
@@ -18,10 +24,16 @@ struct Train: ParsableCommand {
 
         --out receives model.safetensors + config.json (Hugging Face LlamaForCausalLM, F32), the optimizer state \
         (optimizer.safetensors, trainer_state.json) for --resume, metrics.jsonl (one JSON line per step, and per \
-        evaluation) and loss.svg (training and eval loss by step). Memory: about 16 bytes per parameter plus the activations of one micro-batch.
+        evaluation) and loss.svg (training and eval loss by step). Memory: about 16 bytes per parameter plus the activations of one micro-batch. \
+        The directory is a model for generate, chat and serve (tokenizer from the base model in trainer_state.json).
+
+        A T5 directory (encoder-decoder) trains on pairs instead: {"prompt": ..., "response": ...} (its tokenizer.json; \
+        the encoder reads the prompt + </s>, the decoder learns the response + </s>) or {"input_ids": [...], \
+        "labels": [...]} (ids; -100 not scored); --out is then a Hugging Face T5ForConditionalGeneration directory \
+        with the base model's tokenizer files (docs/training.md).
         """)
 
-    @Option(name: .long, help: "The GGUF model to start from and whose tokenizer and chat template format the data (default: SmolLM2-135M-Instruct).")
+    @Option(name: .long, help: "The model to start from (a GGUF file or a LLaMA directory) and whose tokenizer and chat template format the data (default: SmolLM2-135M-Instruct).")
     var model: String?
     @Option(name: .long, help: "Training data (JSONL).") var data: String
     @Option(name: .long, help: "Evaluation data (JSONL), evaluated at the end and every --eval-every steps.") var evalData: String?
@@ -33,8 +45,10 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "Warmup steps (linear from 0).") var warmup: Int = 0
     @Option(name: .long, help: "AdamW weight decay (matrices only).") var weightDecay: Double = 0
     @Option(name: .long, help: "Clip gradients to this global L2 norm (0: off).") var clip: Double = 1
-    @Option(name: .long, help: "Seed of the data order.") var seed: UInt64 = 0
-    @Option(name: .long, help: "causal, or prefix (the prompt attends to itself bidirectionally).") var attention: AttentionArgument = .causal
+    @Option(name: .long, help: "Seed of the data order (and with --init random, of the initial weights).") var seed: UInt64 = 0
+    @Option(name: .customLong("init"), help: "pretrained: start from --model's weights; random: a new model of --config's architecture, initialised as transformers' LlamaForCausalLM (normal(0, initializer_range), norms 1), seeded by --seed; --model then gives only the tokenizer and chat template.") var initialization: InitArgument = .pretrained
+    @Option(name: .long, help: "With --init random: a Hugging Face style config.json with the LLaMA architecture (hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta, max_position_embeddings, tie_word_embeddings, initializer_range; vocab_size may be left out).") var config: String?
+    @Option(name: .long, help: ArgumentHelp(AttentionArgument.help)) var attention: AttentionArgument = .causal
     @Flag(name: .long, help: "Score the prompt tokens too.") var trainOnPrompt = false
     @Option(name: .long, help: "Truncate examples to this many tokens (default: the model's context length).") var maxLength: Int?
     @Option(name: .long, help: "Output directory (checkpoint and metrics.jsonl).") var out: String
@@ -58,17 +72,21 @@ struct Train: ParsableCommand {
         if let s = saveEvery, s < 1 { throw ValidationError("--save-every must be at least 1") }
         if let s = evalEvery, s < 1 { throw ValidationError("--eval-every must be at least 1") }
         if evalEvery != nil && evalData == nil { throw ValidationError("--eval-every needs --eval-data") }
-        if trainOnPrompt && attention == .prefix {
-            throw ValidationError("--train-on-prompt with --attention prefix would let prompt tokens see the tokens they predict")
-        }
+        try attention.check(trainOnPrompt: trainOnPrompt)
+        if initialization == .random && config == nil { throw ValidationError("--init random needs --config FILE.json (the architecture)") }
+        if initialization == .pretrained && config != nil { throw ValidationError("--config is for --init random (a pretrained model brings its own architecture)") }
     }
 
     func run() throws {
         try reportingErrors {
+            // An encoder-decoder model (T5 directory) trains on (input, labels) pairs: TrainT5.swift.
+            if let m = model, try ModelBundle.isEncoderDecoder(path: m) { return try runT5(modelDirectory: m) }
             try Self.checkWritableDirectory(out)
             let bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
-            let llama = try bundle.llama   // training runs LLaMA models only
-            let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? bundle.model.contextLength, trainOnPrompt: trainOnPrompt)
+            // From scratch, the bundle gives only the tokenizer and chat template; otherwise its LLaMA weights too.
+            let arch = try config.map { try LlamaArchitecture(path: $0, vocabularySize: bundle.tokenizer.vocabularySize) }
+            let shape = try arch?.config ?? bundle.llama.config
+            let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? shape.contextLength, trainOnPrompt: trainOnPrompt)
             let train = try enc.load(path: data)
             reportSkipped(train, data)
             let evalSet = try evalData.map { p -> SFTDataset in let d = try enc.load(path: p); reportSkipped(d, p); return d }
@@ -76,11 +94,13 @@ struct Train: ParsableCommand {
             let params: LlamaParameters
             if let resume {
                 params = try LlamaCheckpoint.load(directory: resume)
-                guard params.config == llama.config else {
-                    throw CausalError.invalidArgument("\(resume): the checkpoint's shape does not match \(bundle.path)")
+                guard params.config == shape else {
+                    throw CausalError.invalidArgument("\(resume): the checkpoint's shape does not match \(config ?? bundle.path)")
                 }
+            } else if let arch {
+                params = LlamaParameters(initializing: arch, seed: seed, paddingTokenID: try bundle.tokenizer.padTokenID)
             } else {
-                params = LlamaParameters(model: llama)
+                params = LlamaParameters(model: try bundle.llama)
             }
             let pool = bundle.pool
             let trainer = LlamaTrainer(parameters: params, attention: attention.value, pool: pool)
@@ -115,13 +135,20 @@ struct Train: ParsableCommand {
             FileHandle.standardError.write(Data(("causal train: \(train.examples.count) examples (\(train.scoredTokenCount) scored tokens), " +
                 "\(plan.count) steps\(start > 0 ? ", resuming at step \(start)" : ""), \(params.count) parameters\n").utf8))
 
+            // The base model (absolute, so that eval and generate find its tokenizer from any directory).
+            var info = ["base_model": URL(fileURLWithPath: bundle.path).standardizedFileURL.path, "attention": attention.rawValue]
+            if let config, let arch {
+                info["init"] = "random"
+                info["architecture_config"] = URL(fileURLWithPath: config).standardizedFileURL.path
+                info["initializer_range"] = String(arch.initializerRange)
+            }
             func save() throws {
                 var extra: [String: Any] = [:]
                 if let b = try bundle.tokenizer.bosTokenID { extra["bos_token_id"] = b }
                 if let e = try bundle.tokenizer.eosTokenID { extra["eos_token_id"] = e }
                 if let p = try bundle.tokenizer.padTokenID { extra["pad_token_id"] = p }
                 try LlamaCheckpoint.save(params, optimizer: opt, state: TrainingState(
-                    step: opt.step, totalSteps: plan.count, seed: order, info: ["base_model": bundle.path]), to: out, extraConfig: extra)
+                    step: opt.step, totalSteps: plan.count, seed: order, info: info), to: out, extraConfig: extra)
             }
             func evaluate(_ step: Int) throws {
                 guard let evalSet else { return }
@@ -186,9 +213,25 @@ struct Train: ParsableCommand {
     }
 }
 
+enum InitArgument: String, ExpressibleByArgument, CaseIterable {
+    case pretrained, random
+}
+
 enum AttentionArgument: String, ExpressibleByArgument, CaseIterable {
-    case causal, prefix
-    var value: AttentionMask { self == .causal ? .causal : .prefix }
+    case causal, prefix, mixed, bidirectional
+    var value: AttentionMask { AttentionMask(rawValue: rawValue)! }
+
+    static let help = "causal; prefix (the prompt attends to itself bidirectionally); mixed (half the heads causal, half read the prompt right to left). bidirectional is refused: every token would see its target."
+
+    /// Refuses masks that would let a scored token see its target.
+    func check(trainOnPrompt: Bool) throws {
+        if !value.isCausalOverResponse {
+            throw ValidationError("--attention \(rawValue) lets every token see the token it is trained to predict; a causal language model cannot be trained or scored with it (use causal, prefix or mixed)")
+        }
+        if trainOnPrompt && value.readsPromptAhead {
+            throw ValidationError("--train-on-prompt with --attention \(rawValue) would let prompt tokens see the tokens they predict")
+        }
+    }
 }
 
 /// metrics.jsonl, appended line by line.

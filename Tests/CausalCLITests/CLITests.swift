@@ -17,20 +17,7 @@ final class CLITests: XCTestCase {
     struct Output { let status: Int32; let stdout: String; let stderr: String }
 
     func causal(_ args: [String], stdin: String? = nil) throws -> Output {
-        let p = Process()
-        p.executableURL = Self.productsDirectory.appendingPathComponent("causal")
-        p.arguments = args
-        let out = Pipe(), err = Pipe(), inp = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = inp
-        try p.run()
-        if let s = stdin { inp.fileHandleForWriting.write(s.data(using: .utf8)!) }
-        try inp.fileHandleForWriting.close()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Output(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        try runCausal(args, stdin: stdin)
     }
 
     /// The default model, fetched once into the cache by the first command that needs it.

@@ -7,21 +7,10 @@ final class HFDirectoryCLITests: XCTestCase {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
 
-    struct Output { let status: Int32; let stdout: String; let stderr: String }
+    typealias Output = CLITests.Output
 
     func causal(_ args: [String]) throws -> Output {
-        let p = Process()
-        p.executableURL = CLITests.productsDirectory.appendingPathComponent("causal")
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Output(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        try runCausal(args)
     }
 
     func refs(_ model: String) throws -> (rows: [[Int]], greedy: [[Int]]) {

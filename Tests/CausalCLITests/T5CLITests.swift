@@ -7,23 +7,11 @@ final class T5CLITests: XCTestCase {
     static let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/tiny/t5").path
 
-    struct Output { let status: Int32; let stdout: String; let stderr: String }
+    typealias Output = CLITests.Output
 
     /// Runs `causal`; after `timeout` seconds it is terminated (so a server that wrongly starts cannot hang the test).
     func causal(_ args: [String], timeout: Double = 300) throws -> Output {
-        let p = Process()
-        p.executableURL = CLITests.productsDirectory.appendingPathComponent("causal")
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { if p.isRunning { p.terminate() } }
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Output(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        try runCausal(args, timeout: timeout)
     }
 
     func refs() throws -> (rows: [[Int]], greedy: [[Int]]) {
@@ -109,9 +97,9 @@ final class T5CLITests: XCTestCase {
         XCTAssertTrue(info.stdout.contains("end tokens: 1"), info.stdout)
         XCTAssertTrue(info.stdout.contains("tokenizer: none"), info.stdout)
 
-        // The server steps decoder-only models: it refuses a T5 directory before listening.
+        // The server takes text: without tokenizer.json it refuses the directory before listening.
         let serve = try causal(["serve", "--model", Self.model, "--port", "0"], timeout: 30)
         XCTAssertEqual(serve.status, 1, serve.stdout)
-        XCTAssertTrue(serve.stderr.contains("encoder-decoder"), serve.stderr)
+        XCTAssertTrue(serve.stderr.contains("tokenizer.json"), serve.stderr)
     }
 }

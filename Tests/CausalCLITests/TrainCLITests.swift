@@ -8,23 +8,7 @@ final class TrainCLITests: XCTestCase {
 
     /// Runs the built `causal` (as CLITests does), stdin closed.
     func causal(_ args: [String]) throws -> CLITests.Output {
-        let p = Process()
-        p.executableURL = CLITests.productsDirectory.appendingPathComponent("causal")
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        // Drain stderr on another thread so that neither pipe fills up and blocks the child.
-        var e = Data()
-        let g = DispatchGroup()
-        g.enter()
-        DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); g.leave() }
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        g.wait()
-        p.waitUntilExit()
-        return CLITests.Output(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        try runCausal(args)
     }
 
     override func setUpWithError() throws {
@@ -156,5 +140,95 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(second.keys.sorted(), [3, 4])
         XCTAssertEqual(second[3], losses[3], "resumed step 3")
         XCTAssertEqual(second[4], losses[4], "resumed step 4")
+    }
+
+    /// A checkpoint directory generates text with its base model's tokenizer and chat template (recorded in
+    /// trainer_state.json). One step at lr 0 (the first warmup step) leaves the weights as the base model's, so the
+    /// checkpoint's greedy answer must be the base model's (fp32 reference) answer.
+    func testGenerateFromCheckpoint() throws {
+        let data = try writeData("pairs.jsonl", pairLines())
+        let ck = dir + "/ck"
+        let t = try causal(["train", "--model", CLITests.modelPath, "--data", data, "--steps", "1", "--warmup", "1", "--threads", "2", "--out", ck])
+        XCTAssertEqual(t.status, 0, t.stderr)
+        let prompt = "What is the capital of France?"
+        let g = try causal(["generate", "--model", ck, "--max-tokens", "12", "--json", "--threads", "2", prompt])
+        XCTAssertEqual(g.status, 0, g.stderr)
+        let b = try causal(["generate", "--model", CLITests.modelPath, "--precision", "reference", "--max-tokens", "12", "--json", "--threads", "2", prompt])
+        XCTAssertEqual(b.status, 0, b.stderr)
+        let gj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(g.stdout.utf8)) as? [String: Any])
+        let bj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(b.stdout.utf8)) as? [String: Any])
+        print("checkpoint: \(gj["text"] ?? "-")")
+        XCTAssertEqual(gj["tokens"] as? [Int], bj["tokens"] as? [Int])
+        XCTAssertEqual(gj["prompt_tokens"] as? Int, bj["prompt_tokens"] as? Int)
+        XCTAssertEqual(gj["text"] as? String, bj["text"] as? String)
+        XCTAssertTrue((gj["text"] as? String ?? "").contains("Paris"), g.stdout)
+        // A checkpoint whose recorded base model is gone says so.
+        let moved = dir + "/moved"
+        try FileManager.default.createDirectory(atPath: moved, withIntermediateDirectories: true)
+        for f in ["model.safetensors", "config.json"] { try FileManager.default.copyItem(atPath: ck + "/" + f, toPath: moved + "/" + f) }
+        try #"{"step": 1, "total_steps": 1, "seed": "0", "base_model": "/nonexistent/base.gguf"}"#.write(toFile: moved + "/trainer_state.json", atomically: true, encoding: .utf8)
+        let m = try causal(["generate", "--model", moved, "--max-tokens", "4", prompt])
+        XCTAssertNotEqual(m.status, 0)
+        XCTAssertTrue(m.stderr.contains("trainer_state.json") && m.stderr.contains("/nonexistent/base.gguf"), m.stderr)
+    }
+
+    /// `--init random --config`: a new model of the config's shape with the default model's tokenizer; the same
+    /// seed gives the same checkpoint byte for byte, another seed another; the first loss is that of a uniform
+    /// guess over the vocabulary (ln 49152, nearly: the initial logits are small).
+    func testFromScratchIsSeeded() throws {
+        let data = try writeData("pairs.jsonl", pairLines())
+        let cfg = try writeData("tiny.json", [#"{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": true}"#])
+        func run(_ seed: Int, _ out: String) throws -> [Int: Double] {
+            let r = try causal(["train", "--model", CLITests.modelPath, "--init", "random", "--config", cfg, "--attention", "mixed",
+                                "--data", data, "--steps", "2", "--lr", "1e-3", "--seed", String(seed), "--threads", "2", "--out", out])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            return trainLosses(try metrics(out))
+        }
+        let (a, b, c) = (dir + "/a", dir + "/b", dir + "/c")
+        let la = try run(3, a), lb = try run(3, b), lc = try run(4, c)
+        XCTAssertEqual(la, lb)
+        XCTAssertNotEqual(la[1], lc[1])
+        XCTAssertEqual(la[1]!, log(49152.0), accuracy: 0.05)
+        let fa = try Data(contentsOf: URL(fileURLWithPath: a + "/model.safetensors"))
+        XCTAssertEqual(fa, try Data(contentsOf: URL(fileURLWithPath: b + "/model.safetensors")))
+        XCTAssertNotEqual(fa, try Data(contentsOf: URL(fileURLWithPath: c + "/model.safetensors")))
+        let config = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: a + "/config.json"))) as? [String: Any])
+        XCTAssertEqual(config["vocab_size"] as? Int, 49152)
+        XCTAssertEqual(config["hidden_size"] as? Int, 32)
+        XCTAssertEqual(config["num_key_value_heads"] as? Int, 2)
+        XCTAssertEqual(config["tie_word_embeddings"] as? Bool, true)
+        let state = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: a + "/trainer_state.json"))) as? [String: Any])
+        XCTAssertEqual(state["init"] as? String, "random")
+        XCTAssertEqual(state["attention"] as? String, "mixed")
+        // eval of the checkpoint with the mask it was trained with.
+        let e = try causal(["eval", "--model", a, "--data", data, "--attention", "mixed", "--json", "--threads", "2"])
+        XCTAssertEqual(e.status, 0, e.stderr)
+    }
+
+    /// Masks that would let a token see its target are refused before any work; so are bad from-scratch options.
+    func testRefusedOptions() throws {
+        let data = try writeData("pairs.jsonl", pairLines())
+        let badVocab = try writeData("bad.json", [#"{"vocab_size": 7, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}"#])
+        let cases: [([String], [String])] = [
+            (["--attention", "bidirectional"], ["bidirectional", "predict"]),
+            (["--attention", "mixed", "--train-on-prompt"], ["--train-on-prompt", "mixed"]),
+            (["--attention", "prefix", "--train-on-prompt"], ["--train-on-prompt", "prefix"]),
+            (["--init", "random"], ["--config"]),
+            (["--config", badVocab], ["--init random"]),
+            (["--init", "random", "--config", badVocab], ["vocab_size", "bad.json", "49152"]),
+            (["--init", "random", "--config", dir + "/none.json"], ["none.json"]),
+        ]
+        for (i, (args, words)) in cases.enumerated() {
+            let out = dir + "/r\(i)"
+            let r = try causal(["train", "--model", CLITests.modelPath, "--data", data, "--steps", "1", "--out", out] + args)
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            for w in words {
+                XCTAssertTrue(r.stderr.contains(w), "\(args): \(w) in \(r.stderr)")
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/model.safetensors"), "\(args)")
+        }
+        let e = try causal(["eval", "--model", CLITests.modelPath, "--data", data, "--attention", "bidirectional"])
+        XCTAssertNotEqual(e.status, 0)
+        XCTAssertTrue(e.stderr.contains("bidirectional"), e.stderr)
     }
 }

@@ -233,7 +233,7 @@ final class HFDecoderTests: XCTestCase {
         let json = #"{"added_tokens": [], "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}, "model": {"type": "BPE", "vocab": {\#(vocab)}, "merges": []}}"#
         try json.write(to: dir.appendingPathComponent("tokenizer.json"), atomically: true, encoding: .utf8)
         let bundle = try ModelBundle(path: dir.path)
-        let tok = try bundle.tokenizer
+        let tok = try XCTUnwrap(bundle.textTokenizer as? ByteLevelBPETokenizer)   // model.type BPE
         XCTAssertEqual(tok.encode("Hi é"), [72, 105, 32, 195, 169])
         XCTAssertEqual(tok.eosTokenID, 1)   // from generation_config.json
         let ids = tok.encode("Hi")

@@ -118,6 +118,39 @@ final class SFTExampleTests: XCTestCase {
 
     /// With SmolLM2's tokenizer and template: the pair format equals a two-message conversation, and a pair
     /// reproduces the reference ids of Tests/Fixtures/smollm2/sft.json.
+    /// Already-tokenized lines: the mask is the given labels; the prompt ends at the first scored token; errors name
+    /// the line and the field.
+    func testTokenIDLines() throws {
+        var enc = encoder()
+        enc.vocabularySize = 50
+        let ds = try enc.load(jsonl: """
+        {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, 8, 9, 10]}
+        {"input_ids": [1, 2, 3], "labels": [1, 2, 3]}
+        """, source: "ids.jsonl")
+        XCTAssertEqual(ds.examples.count, 2)
+        XCTAssertEqual(ds.examples[0], SFTExample(tokens: [5, 6, 7, 8, 9, 10], labels: [-100, -100, -100, 8, 9, 10], promptLength: 3, line: 1))
+        XCTAssertEqual(ds.examples[0].targets, [-100, -100, 8, 9, 10, -100])
+        XCTAssertEqual(ds.examples[1].promptLength, 0)
+        XCTAssertEqual(ds.examples[1].scoredTokenCount, 2)
+        XCTAssertEqual(try encoder(trainOnPrompt: true).example(.tokenIDs(inputIDs: [4, 5, 6], labels: [-100, -100, 6])).labels, [4, 5, 6])
+        let bad: [(String, String)] = [
+            (#"{"input_ids": [1, 2, 3]}"#, "labels"),
+            (#"{"input_ids": [1, 2, 3], "labels": [-100, 2]}"#, "labels"),
+            (#"{"input_ids": [1, 2.5, 3], "labels": [-100, -100, 3]}"#, "input_ids[1]"),
+            (#"{"input_ids": [1, 2, 3], "labels": [-100, 7, 3]}"#, "labels[1]"),
+            (#"{"input_ids": [1, -4, 3], "labels": [-100, -100, 3]}"#, "input_ids[1]"),
+            (#"{"input_ids": [1, 60, 3], "labels": [-100, -100, 3]}"#, "input_ids[1] = 60"),
+            (#"{"input_ids": "1 2 3", "labels": [-100, -100, 3]}"#, "input_ids"),
+            (#"{"input_ids": [], "labels": []}"#, "input_ids"),
+        ]
+        for (line, field) in bad {
+            XCTAssertThrowsError(try enc.load(jsonl: #"{"input_ids": [1, 2], "labels": [-100, 2]}"# + "\n" + line, source: "ids.jsonl"), line) { e in
+                let text = "\(e)"
+                XCTAssertTrue(text.contains("ids.jsonl") && text.contains("line 2") && text.contains(field), "\(line): \(text)")
+            }
+        }
+    }
+
     func testSmolLM2PairEqualsMessages() throws {
         let bundle = TrainingParityTests.bundle
         let enc = try SFTEncoder(bundle: bundle)

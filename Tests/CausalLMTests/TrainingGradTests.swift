@@ -5,7 +5,7 @@ import CausalKernels
 
 /// Gradient checks of every training layer against central finite differences (fp32 forward, the objective summed
 /// in Double): L = Σ out · r for a fixed random r, so the analytic gradient is the layer's backward of r.
-/// Then the whole tiny model, loss against parameters, with the causal and the prefix-LM mask.
+/// Then the whole tiny model, loss against parameters, with the causal, the prefix-LM and the mixed mask.
 final class TrainingGradTests: XCTestCase {
     struct RNG {
         var s: UInt64
@@ -108,36 +108,63 @@ final class TrainingGradTests: XCTestCase {
         check("rope dx", &x, analytic: dx) { Self.dot(f($0), r) }
     }
 
+    /// Whether query i of head h may read key j under `mask` (P: the prompt's length): the masks' definitions,
+    /// written out independently of the kernels.
+    static func allowed(_ mask: AttentionMask, i: Int, j: Int, h: Int, heads: Int, P: Int) -> Bool {
+        switch mask {
+        case .causal: return j <= i
+        case .prefix: return i < P ? j < P : j <= i
+        case .mixed: return h < heads / 2 || i >= P ? j <= i : (i <= j && j < P)
+        case .bidirectional: return true
+        }
+    }
+
     func testAttention() {
-        for prefix in [0, 3] {
+        for mask in AttentionMask.allCases {
             var rng = RNG(s: 4)
             let (H, Hkv, D) = (4, 2, 8)
-            let spans = [SequenceSpan(start: 0, length: 5, prefix: prefix), SequenceSpan(start: 5, length: 4, prefix: prefix)]
+            let spans = [SequenceSpan(start: 0, length: 5, prefix: 3), SequenceSpan(start: 5, length: 4, prefix: 2)]
             let n = 9
             var q = rng.array(n * H * D), k = rng.array(n * Hkv * D), v = rng.array(n * Hkv * D)
             let r = rng.array(n * H * D)
             func f(_ q: [Float], _ k: [Float], _ v: [Float]) -> [Float] {
                 var out = [Float](repeating: 0, count: n * H * D), lse = [Float](repeating: 0, count: n * H)
-                TrainingOps.attentionForward(q: q, k: k, v: v, sequences: spans, heads: H, kvHeads: Hkv, headDim: D, out: &out, lse: &lse, pool: pool)
+                TrainingOps.attentionForward(q: q, k: k, v: v, sequences: spans, mask: mask, heads: H, kvHeads: Hkv, headDim: D,
+                                             out: &out, lse: &lse, pool: pool)
                 return out
             }
             var out = [Float](repeating: 0, count: n * H * D), lse = [Float](repeating: 0, count: n * H)
-            TrainingOps.attentionForward(q: q, k: k, v: v, sequences: spans, heads: H, kvHeads: Hkv, headDim: D, out: &out, lse: &lse, pool: pool)
+            TrainingOps.attentionForward(q: q, k: k, v: v, sequences: spans, mask: mask, heads: H, kvHeads: Hkv, headDim: D,
+                                         out: &out, lse: &lse, pool: pool)
             var dq = [Float](repeating: 0, count: n * H * D), dk = [Float](repeating: 0, count: n * Hkv * D), dv = dk
-            TrainingOps.attentionBackward(q: q, k: k, v: v, out: out, lse: lse, dOut: r, sequences: spans, heads: H, kvHeads: Hkv,
-                                          headDim: D, dq: &dq, dk: &dk, dv: &dv, pool: pool)
+            TrainingOps.attentionBackward(q: q, k: k, v: v, out: out, lse: lse, dOut: r, sequences: spans, mask: mask, heads: H,
+                                          kvHeads: Hkv, headDim: D, dq: &dq, dk: &dk, dv: &dv, pool: pool)
             let (q0, k0, v0) = (q, k, v)
-            check("attention dq (prefix \(prefix))", &q, analytic: dq) { Self.dot(f($0, k0, v0), r) }
-            check("attention dk (prefix \(prefix))", &k, analytic: dk) { Self.dot(f(q0, $0, v0), r) }
-            check("attention dv (prefix \(prefix))", &v, analytic: dv) { Self.dot(f(q0, k0, $0), r) }
-            // The first row of a sequence sees only itself (causal) or the whole prefix.
-            let qDim = H * D
-            if prefix == 0 {
-                for h in 0..<H { for d in 0..<D { XCTAssertEqual(out[h * D + d], v[(h / 2) * D + d], accuracy: 1e-6) } }
-            } else {
-                XCTAssertNotEqual(out[0], v[0])
-                _ = qDim
+            check("attention dq (\(mask))", &q, analytic: dq) { Self.dot(f($0, k0, v0), r) }
+            check("attention dk (\(mask))", &k, analytic: dk) { Self.dot(f(q0, $0, v0), r) }
+            check("attention dv (\(mask))", &v, analytic: dv) { Self.dot(f(q0, k0, $0), r) }
+            // The output against softmax attention over exactly the allowed keys, in Double.
+            let (qDim, kvDim) = (H * D, Hkv * D)
+            var worst = 0.0
+            for s in spans {
+                for i in 0..<s.length {
+                    for h in 0..<H {
+                        let g = h / (H / Hkv)
+                        let keys = (0..<s.length).filter { Self.allowed(mask, i: i, j: $0, h: h, heads: H, P: s.prefix) }
+                        let scores = keys.map { j in
+                            (0..<D).reduce(0.0) { $0 + Double(q[(s.start + i) * qDim + h * D + $1]) * Double(k[(s.start + j) * kvDim + g * D + $1]) } / Double(D).squareRoot()
+                        }
+                        let mx = scores.max()!
+                        let e = scores.map { exp($0 - mx) }, sum = e.reduce(0, +)
+                        for d in 0..<D {
+                            let ref = zip(keys, e).reduce(0.0) { $0 + $1.1 / sum * Double(v[(s.start + $1.0) * kvDim + g * D + d]) }
+                            worst = max(worst, abs(ref - Double(out[(s.start + i) * qDim + h * D + d])))
+                        }
+                        XCTAssertEqual(Double(lse[(s.start + i) * H + h]), mx + log(sum), accuracy: 1e-5, "\(mask) lse row \(i) head \(h)")
+                    }
+                }
             }
+            XCTAssertLessThan(worst, 1e-5, "\(mask): attention output against the reference")
         }
     }
 
@@ -195,7 +222,7 @@ final class TrainingGradTests: XCTestCase {
 
     /// A tiny random LLaMA (GQA, untied head) and a ragged batch: d(summed loss)/d(parameter) for samples of every tensor.
     func testWholeModel() throws {
-        for (mask, tied) in [(AttentionMask.causal, false), (.prefix, true)] {
+        for (mask, tied) in [(AttentionMask.causal, false), (.prefix, true), (.mixed, false)] {
             let cfg = LlamaConfig(vocabularySize: 29, hiddenSize: 16, intermediateSize: 24, layerCount: 2, headCount: 4,
                                   kvHeadCount: 2, ropeTheta: 10000, rmsNormEps: 1e-5, contextLength: 64)
             let p = LlamaParameters(config: cfg, tiedEmbeddings: tied)
@@ -246,5 +273,61 @@ final class TrainingGradTests: XCTestCase {
         let both = try trainer.loss([a, c])
         XCTAssertEqual(both.sequences[0].sumLoss, try trainer.loss([a]).sumLoss, accuracy: 1e-6)
         XCTAssertEqual(both.sequences[1].sumLoss, try trainer.loss([c]).sumLoss, accuracy: 1e-6)
+    }
+
+    /// No scored token's loss depends on its own input token or any later one, for every mask that trains a causal LM:
+    /// for each response position t (scored alone: position t - 1 predicts token t), replacing the input token at any
+    /// u >= t (labels kept) leaves the loss bit-identical. With the prompt scored instead, mixed sees later prompt
+    /// tokens where causal does not, and bidirectional is refused.
+    func testMasksNeverLeakTheResponse() throws {
+        let cfg = LlamaConfig(vocabularySize: 29, hiddenSize: 16, intermediateSize: 24, layerCount: 2, headCount: 4,
+                              kvHeadCount: 2, rmsNormEps: 1e-5, contextLength: 64)
+        let p = LlamaParameters(config: cfg, tiedEmbeddings: false)
+        var rng = RNG(s: 11)
+        for t in p.tensors { let v = p.values(t); for i in 0..<v.count { v[i] = t.decays ? rng.next() : 1 + 0.2 * rng.next() } }
+        let tokens = [1, 5, 9, 3, 22, 7, 14, 2], P = 4
+        for mask in [AttentionMask.causal, .prefix, .mixed] {
+            let trainer = LlamaTrainer(parameters: p, attention: mask, pool: pool)
+            for t in P..<tokens.count {
+                var labels = [Int](repeating: ignoredLabel, count: tokens.count)
+                labels[t] = tokens[t]
+                let base = SFTExample(tokens: tokens, labels: labels, promptLength: P)
+                let l0 = try trainer.loss([base])
+                XCTAssertEqual(l0.scoredTokens, 1)
+                XCTAssertGreaterThan(l0.sumLoss, 0)
+                for u in t..<tokens.count {
+                    var ex = base
+                    ex.tokens[u] = (tokens[u] + 11) % cfg.vocabularySize
+                    XCTAssertEqual(try trainer.loss([ex]).sumLoss, l0.sumLoss, "\(mask): the loss of token \(t) changed with token \(u)")
+                }
+                // An earlier token does change it (the probe is sensitive).
+                var earlier = base
+                earlier.tokens[t - 1] = (tokens[t - 1] + 11) % cfg.vocabularySize
+                XCTAssertNotEqual(try trainer.loss([earlier]).sumLoss, l0.sumLoss, "\(mask): token \(t) ignores token \(t - 1)")
+            }
+        }
+        // Inside the prompt: position 0 predicting token 1. Mixed's backward heads read the prompt ahead (token 2),
+        // causal does not; position P - 1's forward-reading heads are causal in mixed but read nothing new in prefix.
+        var labels = [Int](repeating: ignoredLabel, count: tokens.count)
+        labels[1] = tokens[1]
+        let c = SFTExample(tokens: tokens, labels: labels, promptLength: P)
+        var d = c; d.tokens[2] = 20
+        let mixed = LlamaTrainer(parameters: p, attention: .mixed, pool: pool)
+        let causal = LlamaTrainer(parameters: p, attention: .causal, pool: pool)
+        XCTAssertNotEqual(try mixed.loss([c]).sumLoss, try mixed.loss([d]).sumLoss)
+        XCTAssertEqual(try causal.loss([c]).sumLoss, try causal.loss([d]).sumLoss)
+        XCTAssertNotEqual(try mixed.loss([c]).sumLoss, try causal.loss([c]).sumLoss)
+        // A response token's loss under mixed differs from causal's (the prompt was read differently) and from prefix's.
+        var rl = [Int](repeating: ignoredLabel, count: tokens.count)
+        rl[P + 1] = tokens[P + 1]
+        let e = SFTExample(tokens: tokens, labels: rl, promptLength: P)
+        let prefix = LlamaTrainer(parameters: p, attention: .prefix, pool: pool)
+        let (lm, lc, lp) = (try mixed.loss([e]).sumLoss, try causal.loss([e]).sumLoss, try prefix.loss([e]).sumLoss)
+        XCTAssertNotEqual(lm, lc)
+        XCTAssertNotEqual(lm, lp)
+        // Bidirectional attention cannot score a causal LM.
+        let bi = LlamaTrainer(parameters: p, attention: .bidirectional, pool: pool)
+        XCTAssertThrowsError(try bi.loss([c])) { XCTAssertTrue("\($0)".contains("bidirectional"), "\($0)") }
+        XCTAssertThrowsError(try bi.forwardBackward([c]))
     }
 }

@@ -29,7 +29,7 @@ final class SchedulerTests: XCTestCase {
                      "Explain gravity to a child.", "List: apples, pears,"]
         var requests: [SequenceRequest] = []
         for (i, t) in texts.enumerated() {
-            let ids = i % 3 == 2 ? try bundle.chatPromptIDs([ChatMessage(role: "user", content: t)]) : tok.encode(t)
+            let ids = i % 3 == 2 ? try bundle.chatPromptIDs([ChatMessage(role: "user", content: t)]) : try tok.encode(t)
             let p = GenerateParameters(maxNewTokens: 6 + (i * 5) % 17, temperature: i % 2 == 0 ? 0 : 0.8, topK: i % 4 == 1 ? 20 : 0,
                                        seed: UInt64(100 + i), stopAtEOS: i != 4)
             requests.append(SequenceRequest(prompt: ids, parameters: p))

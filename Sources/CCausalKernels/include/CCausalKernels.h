@@ -12,6 +12,7 @@
 #include "ck_encoder.h"
 #include "ck_train.h"
 #include "ck_t5.h"
+#include "ck_t5_train.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -30,21 +30,24 @@ void ck_train_swiglu_forward(const float *g, const float *u, float *h, int64_t n
 /// Backward of h = silu(g) * u: dg = dh * u * silu'(g), du = dh * silu(g) (overwritten).
 void ck_train_swiglu_backward(const float *dh, const float *g, const float *u, float *dg, float *du, int64_t n);
 
-/// Attention of one query head over one sequence of `len` rows. Row i attends to keys 0..<max(i + 1, prefix)
-/// (prefix <= 1: causal; larger: bidirectional within the first `prefix` rows, the prefix-LM mask).
+/// Attention of one query head over one sequence of `len` rows. With reverse = 0, row i attends to keys
+/// 0..<max(i + 1, prefix) (prefix <= 1: causal; larger: bidirectional within the first `prefix` rows, the prefix-LM
+/// mask; prefix = len: fully bidirectional). With reverse = 1, a row i < prefix attends to keys i..<prefix (it reads
+/// the prefix right to left) and a row i >= prefix to 0...i (causal); no row ever reads a key after max(i, prefix - 1).
 /// q, out: row i at q + i * q_stride; k, v: row j at k + j * kv_stride (head_dim floats each).
 /// lse: row i at lse[i * lse_stride] (log-sum-exp of the scaled scores, kept for the backward).
 /// scratch: len floats.
 void ck_train_attention_forward(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
-                                int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale, float *out,
-                                float *lse, int64_t lse_stride, float *scratch);
+                                int reverse, int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale,
+                                float *out, float *lse, int64_t lse_stride, float *scratch);
 
-/// Backward of `ck_train_attention_forward` for one query head: recomputes the probabilities from lse and adds
-/// to dq (rows like q), dk and dv (rows like k). dout, out: rows like q. scratch: 2 * len floats.
+/// Backward of `ck_train_attention_forward` for one query head (same prefix and reverse): recomputes the
+/// probabilities from lse and adds to dq (rows like q), dk and dv (rows like k). dout, out: rows like q.
+/// scratch: 2 * len floats.
 void ck_train_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                  const float *dout, const float *lse, int64_t lse_stride, int64_t len,
-                                 int64_t prefix, int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale,
-                                 float *dq, float *dk, float *dv, float *scratch);
+                                 int64_t prefix, int reverse, int64_t q_stride, int64_t kv_stride, int64_t head_dim,
+                                 float scale, float *dq, float *dk, float *dv, float *scratch);
 
 /// Cross-entropy of one row of logits (n classes) against `target`; overwrites the row with its gradient
 /// scale * (softmax - onehot(target)) and returns the loss (log-sum-exp - logit[target]), in double.

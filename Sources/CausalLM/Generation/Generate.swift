@@ -94,13 +94,13 @@ public struct SequenceRequest {
 public final class Generator {
     public let model: LanguageModel
     /// Decodes the new tokens to text; nil for a model without a tokenizer (results then carry ids and empty text).
-    public let tokenizer: ByteLevelBPETokenizer?
+    public let tokenizer: (any TextTokenizer)?
     /// Ids that end generation (the tokenizer's EOS and, when present, end-of-turn ids).
     public var endTokenIDs: Set<Int>
     /// Timing of the last `generate` call.
     public private(set) var lastStats = GenerationStats()
 
-    public init(model: LanguageModel, tokenizer: ByteLevelBPETokenizer?, endTokenIDs: Set<Int>? = nil) {
+    public init(model: LanguageModel, tokenizer: (any TextTokenizer)?, endTokenIDs: Set<Int>? = nil) {
         self.model = model
         self.tokenizer = tokenizer
         self.endTokenIDs = endTokenIDs ?? Set([tokenizer?.eosTokenID].compactMap { $0 })

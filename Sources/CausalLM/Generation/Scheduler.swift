@@ -93,7 +93,8 @@ public struct SchedulerMetrics: Sendable, Equatable {
     public var finishedLength = 0
     public var cancelled = 0
     public var failed = 0
-    /// Prompt tokens run through the model (prefill), and new tokens generated.
+    /// Prompt tokens run through the model (prefill; an encoder-decoder model's encoder inputs included), and new
+    /// tokens generated.
     public var promptTokens = 0
     public var generatedTokens = 0
     /// Tokens per forward step (prompt chunks and decode tokens together).
@@ -125,6 +126,11 @@ public struct SchedulerMetrics: Sendable, Equatable {
 /// **Invariance.** Each sequence runs through the same per-sequence state machine as `Generator.generate`, with its
 /// own cache and random generator, and the model's rows never interact, so a greedy or seeded request gives exactly
 /// the tokens `Generator.generate([request])` gives for it alone, whatever else runs.
+///
+/// **Encoder-decoder models** (T5): a request gives its input as `SequenceRequest(encoderInput:parameters:)`. When it
+/// is admitted, the encoder runs over its input (together with the other inputs admitted at that step; the rows do
+/// not interact) and fills its cache's cross-attention keys and values, as `Generator` does; the decoder then starts
+/// from `decoderStartTokenID` and steps like any sequence. Only decoder tokens come back.
 public final class Scheduler: @unchecked Sendable {
     public let generator: Generator
     public let maxSequences: Int
@@ -153,6 +159,9 @@ public final class Scheduler: @unchecked Sendable {
             self.continuation = continuation
             submitted = DispatchTime.now().uptimeNanoseconds
         }
+
+        /// Prompt tokens as results count them: the decoder prompt plus the encoder input.
+        var promptTokens: Int { request.prompt.count + (request.encoderInput?.count ?? 0) }
     }
 
     private let cond = NSCondition()
@@ -203,9 +212,12 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// The cache capacity a request gets (and reserves): prompt + max new tokens, capped at `contextLength`.
+    /// For an encoder-decoder request the prompt is the decoder's (an empty one is the decoder start id alone); the
+    /// encoder input holds no decoder positions.
     public func capacity(for request: SequenceRequest) -> Int {
         if let c = request.cache { return c.capacity }
-        return min(request.prompt.count + max(request.parameters.maxNewTokens, 1), contextLength)
+        let prompt = request.prompt.isEmpty && request.encoderInput != nil ? 1 : request.prompt.count
+        return min(prompt + max(request.parameters.maxNewTokens, 1), contextLength)
     }
 
     /// Queues a request. Its events (`.token`, `.text`, then one `.finished`, or `.failed`; index 0) arrive on the
@@ -216,8 +228,21 @@ public final class Scheduler: @unchecked Sendable {
     /// vocabulary, a prompt that fills the context) and `SchedulerError` when it cannot be taken now.
     public func submit(_ request: SequenceRequest) throws -> (events: AsyncStream<GenerationEvent>, cancel: @Sendable () -> Void) {
         try request.parameters.validate()
-        guard !request.prompt.isEmpty else { throw CausalError.invalidArgument("the prompt has no tokens") }
         let V = generator.model.vocabularySize
+        var request = request
+        if let m = generator.model as? EncoderDecoderModel {
+            if request.cache == nil {
+                guard let input = request.encoderInput else {
+                    throw CausalError.invalidArgument("an encoder-decoder model needs an encoder input (SequenceRequest(encoderInput:parameters:))")
+                }
+                guard !input.isEmpty else { throw CausalError.invalidArgument("the encoder input has no tokens") }
+                if let bad = input.first(where: { $0 < 0 || $0 >= V }) { throw CausalError.badTokenID(id: bad, vocabularySize: V) }
+                if request.prompt.isEmpty { request.prompt = [m.decoderStartTokenID] }
+            }
+        } else if request.encoderInput != nil {
+            throw CausalError.invalidArgument("the model has no encoder; give the input as the prompt")
+        }
+        guard !request.prompt.isEmpty else { throw CausalError.invalidArgument("the prompt has no tokens") }
         if let bad = request.prompt.first(where: { $0 < 0 || $0 >= V }) { throw CausalError.badTokenID(id: bad, vocabularySize: V) }
         let cap = capacity(for: request)
         guard request.prompt.count < cap else {
@@ -303,7 +328,7 @@ public final class Scheduler: @unchecked Sendable {
             e.finished = true
             stats.cancelled += 1
             cond.unlock()
-            let r = GenerationResult(tokens: [], text: "", finishReason: .cancelled, promptTokens: e.request.prompt.count,
+            let r = GenerationResult(tokens: [], text: "", finishReason: .cancelled, promptTokens: e.promptTokens,
                                      logprobs: e.request.parameters.logprobs ? [] : nil)
             e.continuation.yield(.finished(index: 0, result: r, timings: timings(e)))
             e.continuation.finish()
@@ -374,10 +399,28 @@ public final class Scheduler: @unchecked Sendable {
             let cancelled = running.filter { $0.cancelRequested }
             cond.unlock()
 
-            for e in admitted {
+            // Encoder-decoder requests: the encoder runs once over the inputs admitted now (one ragged batch per cache
+            // capacity; rows do not interact), filling each new cache's cross-attention keys and values.
+            var encoded: [ObjectIdentifier: KVCache] = [:]
+            if let m = generator.model as? EncoderDecoderModel {
+                let waiting = admitted.filter { $0.request.cache == nil && $0.request.encoderInput != nil }
+                for (cap, group) in Dictionary(grouping: waiting, by: \.capacity).sorted(by: { $0.key < $1.key }) {
+                    do {
+                        let inputs = group.map { $0.request.encoderInput! }
+                        let caches = try m.makeCaches(encoderInputs: inputs, capacity: cap)
+                        for (e, c) in zip(group, caches) { encoded[ObjectIdentifier(e)] = c }
+                        cond.lock()
+                        stats.promptTokens += inputs.reduce(0) { $0 + $1.count }
+                        cond.unlock()
+                    } catch {
+                        for e in group { complete(e, .failure(error)) }
+                    }
+                }
+            }
+            for e in admitted where !e.finished {
                 do {
                     var r = e.request
-                    if r.cache == nil { r.cache = generator.model.makeCache(capacity: e.capacity) }
+                    if r.cache == nil { r.cache = encoded[ObjectIdentifier(e)] ?? generator.model.makeCache(capacity: e.capacity) }
                     e.state = try SequenceState(index: 0, request: r, generator: generator)
                     if e.state!.done { complete(e, .success(e.state!.result())) }
                 } catch {
@@ -387,7 +430,7 @@ public final class Scheduler: @unchecked Sendable {
             for e in cancelled where !e.finished {
                 if e.state != nil { e.state!.cancel() }
                 let r = e.state?.result() ?? GenerationResult(tokens: [], text: "", finishReason: .cancelled,
-                                                              promptTokens: e.request.prompt.count, logprobs: nil)
+                                                              promptTokens: e.promptTokens, logprobs: nil)
                 complete(e, .success(r))
             }
 

@@ -9,8 +9,10 @@ public final class ModelBundle {
     /// The GGUF file; nil for a Hugging Face directory.
     public let gguf: GGUFFile?
     public let model: any LanguageModel
-    /// The byte-level BPE tokenizer; nil for a Hugging Face directory without `tokenizer.json` (token ids only).
-    public let textTokenizer: ByteLevelBPETokenizer?
+    /// The text tokenizer: byte-level BPE (a GGUF file's, or a directory's tokenizer.json with a BPE model) or
+    /// SentencePiece Unigram (a T5 directory's tokenizer.json); nil for a Hugging Face directory without
+    /// `tokenizer.json` (token ids only).
+    public let textTokenizer: (any TextTokenizer)?
     public let chatTemplate: ChatTemplate?
     /// Ids that end generation: the tokenizer's EOS, or for a directory the `eos_token_id`(s) of
     /// generation_config.json (else config.json).
@@ -38,6 +40,21 @@ public final class ModelBundle {
             gguf = nil
             let hf = try HFDirectory(p, precision: precision, pool: pool)
             model = hf.model
+            // A `causal train` checkpoint has no tokenizer.json: it uses its base model's tokenizer and chat template.
+            if hf.tokenizer == nil, !(hf.model is any EncoderDecoderModel),
+               let source = try LlamaCheckpoint.tokenizerSource(ofCheckpoint: p) {
+                let base = try ModelBundle(path: source, precision: .fast, threads: 1)   // only its tokenizer is used
+                let tok = try base.tokenizer
+                guard tok.vocabularySize <= hf.model.vocabularySize else {
+                    throw CausalError.invalidArgument("\(source): its tokenizer has \(tok.vocabularySize) tokens but the checkpoint \(p) has a vocabulary of \(hf.model.vocabularySize)")
+                }
+                textTokenizer = tok
+                chatTemplate = base.chatTemplate
+                endTokenIDs = hf.endTokenIDs.isEmpty ? base.endTokenIDs : hf.endTokenIDs
+                padTokenID = hf.padTokenID ?? base.padTokenID
+                missingTokenizer = ""
+                return
+            }
             textTokenizer = hf.tokenizer
             chatTemplate = hf.chatTemplate
             endTokenIDs = hf.endTokenIDs
@@ -70,7 +87,7 @@ public final class ModelBundle {
 
     /// The text tokenizer. Throws for a Hugging Face directory without `tokenizer.json`, whose model reads token ids
     /// only (e.g. `{"input_ids": [...]}` lines of `causal generate --input`).
-    public var tokenizer: ByteLevelBPETokenizer {
+    public var tokenizer: any TextTokenizer {
         get throws {
             guard let t = textTokenizer else {
                 throw CausalError.io(path: path, reason: missingTokenizer)
@@ -101,7 +118,7 @@ public final class ModelBundle {
         let bos = tokenizer.bosTokenID.flatMap { tokenizer.tokenString($0) } ?? ""
         let eos = tokenizer.eosTokenID.flatMap { tokenizer.tokenString($0) } ?? ""
         let text = try t.render(messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: bos, eosToken: eos)
-        return tokenizer.encode(text)
+        return try tokenizer.encode(text)
     }
 }
 
@@ -123,12 +140,25 @@ extension ModelBundle {
 /// the encoder-decoder t5), and the tokenizer, chat template and special ids when present.
 struct HFDirectory {
     let model: any LanguageModel
-    let tokenizer: ByteLevelBPETokenizer?
+    let tokenizer: (any TextTokenizer)?
     let chatTemplate: ChatTemplate?
     let endTokenIDs: Set<Int>
     let padTokenID: Int?
     /// Why there is no tokenizer (when there is none).
     let missingTokenizer: String
+
+    /// The `model.type` of a tokenizer.json (a file without one is BPE, as the `tokenizers` library reads it).
+    static func tokenizerModelType(_ path: String) throws -> String {
+        let root = try HFJSON.parse(contentsOf: path)
+        guard let o = root.objectValue else {
+            throw CausalError.badFormat(path: path, field: "JSON", reason: "the top level must be an object, found \(root.typeName)")
+        }
+        guard let m = o["model"], !m.isNull else { throw CausalError.badFormat(path: path, field: "model", reason: "missing") }
+        guard let mo = m.objectValue else { throw CausalError.badFormat(path: path, field: "model", reason: "expected an object, found \(m.typeName)") }
+        guard let t = mo["type"], !t.isNull else { return "BPE" }
+        guard let type = t.stringValue else { throw CausalError.badFormat(path: path, field: "model.type", reason: "expected a string, found \(t.typeName)") }
+        return type
+    }
 
     /// T5 (and mT5): `model_type` t5/mt5, or without `model_type` the architecture T5ForConditionalGeneration.
     static func isT5(_ config: ConfigJSON) throws -> Bool {
@@ -183,14 +213,16 @@ struct HFDirectory {
         let pad = try check("pad_token_id", ids("pad_token_id")).first
 
         let tokPath = dir.appendingPathComponent("tokenizer.json").path
-        if isT5 {
-            // T5's tokenizer.json is SentencePiece Unigram, which the byte-level BPE tokenizer cannot read.
-            tokenizer = nil
-            missingTokenizer = fm.fileExists(atPath: tokPath)
-                ? "tokenizer.json of this T5 directory is a SentencePiece (Unigram) tokenizer, which generation does not load yet: text cannot be tokenized; give token ids (input_ids) instead"
-                : "no tokenizer.json in this model directory: text cannot be tokenized; give token ids (input_ids) instead"
-        } else if fm.fileExists(atPath: tokPath) {
-            let t = try ByteLevelBPETokenizer(tokenizerJSON: tokPath, bosTokenID: bos, eosTokenID: eos.first, padTokenID: pad)
+        if fm.fileExists(atPath: tokPath) {
+            // The tokenizer.json's model type picks the tokenizer: BPE (byte-level) or Unigram (SentencePiece, T5).
+            let t: any TextTokenizer
+            switch try Self.tokenizerModelType(tokPath) {
+            case "BPE": t = try ByteLevelBPETokenizer(tokenizerJSON: tokPath, bosTokenID: bos, eosTokenID: eos.first, padTokenID: pad)
+            case "Unigram": t = try UnigramTokenizer(path: tokPath, bosTokenID: bos, eosTokenID: eos.first, padTokenID: pad)
+            case let other:
+                throw CausalError.badFormat(path: tokPath, field: "model.type",
+                                            reason: "'\(other)' is not supported for generation (supported: BPE, Unigram)")
+            }
             guard t.vocabularySize <= V else {
                 throw CausalError.badFormat(path: tokPath, field: "model.vocab",
                                             reason: "\(t.vocabularySize) tokens but the model has a vocabulary of \(V)")
@@ -244,6 +276,9 @@ public final class ChatSession {
 
     /// Adds a user turn and generates the assistant's answer, streaming text through `onText`.
     public func respond(_ user: String, parameters: GenerateParameters, onText: ((String) -> Void)? = nil) throws -> GenerationResult {
+        guard !bundle.isEncoderDecoder else {
+            throw CausalError.invalidArgument("\(bundle.path): chat continues a decoder-only conversation; this is an encoder-decoder model: use 'causal generate' (each input goes to its encoder)")
+        }
         var convo = messages
         if convo.isEmpty, let s = system { convo.append(ChatMessage(role: "system", content: s)) }
         convo.append(ChatMessage(role: "user", content: user))

@@ -574,10 +574,12 @@ public final class ByteLevelBPETokenizer: @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Appends the decoded bytes of one token.
-    func appendBytes(of id: Int, skipSpecial: Bool, to bytes: inout [UInt8]) throws {
+    /// Appends the decoded bytes of one token; returns false when it is skipped (a special token with `skipSpecial`).
+    @discardableResult
+    func appendBytes(of id: Int, skipSpecial: Bool, to bytes: inout [UInt8]) throws -> Bool {
         guard id >= 0 && id < tokens.count else { throw CausalError.badTokenID(id: id, vocabularySize: tokens.count) }
-        if skipSpecial && skippedOnDecode[id] { return }
+        if skipSpecial && skippedOnDecode[id] { return false }
         bytes.append(contentsOf: pieceBytes[pieceStarts[id]..<pieceStarts[id + 1]])
+        return true
     }
 }

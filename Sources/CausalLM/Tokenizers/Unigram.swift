@@ -34,17 +34,25 @@ public final class UnigramTokenizer: @unchecked Sendable {
     private let byteIDs: [Int?]
     private let regexes: [String: NSRegularExpression]
 
+    /// The decoder chain token by token, for streaming; nil when it cannot be applied that way.
+    private let streamPlan: UnigramStreamPlan?
+    public let bosTokenID: Int?
+    public let eosTokenID: Int?
+    public let padTokenID: Int?
+
     /// The id of the unknown piece, if the model has one.
     public var unknownTokenID: Int? { config.unknownID }
     /// One past the largest id (model pieces and added tokens).
     public var vocabularySize: Int { tokens.count }
 
-    /// Reads a `tokenizer.json` whose model is Unigram.
-    public convenience init(path: String) throws {
-        try self.init(config: UnigramTokenizerJSON(path: path))
+    /// Reads a `tokenizer.json` whose model is Unigram. `bosTokenID`/`eosTokenID`/`padTokenID` come from the model's
+    /// config when given; otherwise from `tokenizer_config.json` beside the file (its `bos_token`, `eos_token`,
+    /// `pad_token`), when present.
+    public convenience init(path: String, bosTokenID: Int? = nil, eosTokenID: Int? = nil, padTokenID: Int? = nil) throws {
+        try self.init(config: UnigramTokenizerJSON(path: path), bosTokenID: bosTokenID, eosTokenID: eosTokenID, padTokenID: padTokenID)
     }
 
-    public init(config: UnigramTokenizerJSON) throws {
+    public init(config: UnigramTokenizerJSON, bosTokenID: Int? = nil, eosTokenID: Int? = nil, padTokenID: Int? = nil) throws {
         self.config = config
         let bad = { (field: String, reason: String) in CausalError.badFormat(path: config.path, field: field, reason: reason) }
         var tokens = config.vocabulary.map(\.0)
@@ -93,6 +101,30 @@ public final class UnigramTokenizer: @unchecked Sendable {
                 }
             }
         }
+        streamPlan = UnigramStreamPlan(config.decoder)
+
+        // Special ids: the caller's, else those tokenizer_config.json beside the file names.
+        for (key, v) in [("bosTokenID", bosTokenID), ("eosTokenID", eosTokenID), ("padTokenID", padTokenID)] {
+            if let v, v < 0 || v >= tokens.count {
+                throw CausalError.invalidArgument("\(config.path): \(key) \(v) is outside the vocabulary (0..<\(tokens.count))")
+            }
+        }
+        var named: [String: Int] = [:]
+        let tcPath = URL(fileURLWithPath: config.path).deletingLastPathComponent().appendingPathComponent("tokenizer_config.json").path
+        if bosTokenID == nil || eosTokenID == nil || padTokenID == nil, FileManager.default.fileExists(atPath: tcPath),
+           let tc = try HFJSON.parse(contentsOf: tcPath).objectValue {
+            let index = Dictionary(tokens.enumerated().map { (Array($1.utf8), $0) }, uniquingKeysWith: { a, _ in a })
+            for key in ["bos_token", "eos_token", "pad_token"] {
+                guard let v = tc[key], !v.isNull, let s = v.stringValue ?? v.objectValue?["content"]?.stringValue else { continue }
+                guard let id = index[Array(s.utf8)] else {
+                    throw CausalError.badFormat(path: tcPath, field: key, reason: "'\(s)' is not in the vocabulary of \(config.path)")
+                }
+                named[key] = id
+            }
+        }
+        self.bosTokenID = bosTokenID ?? named["bos_token"]
+        self.eosTokenID = eosTokenID ?? named["eos_token"]
+        self.padTokenID = padTokenID ?? named["pad_token"]
     }
 
     /// The piece of an id.
@@ -148,6 +180,25 @@ public final class UnigramTokenizer: @unchecked Sendable {
         guard let d = config.decoder else { return pieces.joined(separator: " ") }
         return Self.decodeChain(pieces, d).joined()
     }
+
+    /// What one token adds to decoded text (`TextTokenizer`): the piece through the decoder chain token by token.
+    /// For a chain that cannot run token by token (see `UnigramStreamPlan`), the raw piece; its streaming decoder then
+    /// decodes all ids together at the end.
+    public func decodingPiece(_ id: Int, first: Bool, skipSpecial: Bool) throws -> DecodingPiece {
+        guard let s = tokenString(id) else { throw CausalError.badTokenID(id: id, vocabularySize: tokens.count) }
+        if skipSpecial && specialContents.contains(Array(s.utf8)) { return .skipped }
+        guard let plan = streamPlan else { return .bytes(Array(s.utf8)) }
+        let t = plan.apply(s, first: first)
+        if plan.byteFallback, let b = Self.byteToken(t) { return .fallbackByte(b) }
+        return .bytes(Array(t.utf8))
+    }
+
+    public func makeStreamingDecoder(skipSpecial: Bool) -> StreamingDecoder {
+        StreamingDecoder(tokenizer: self, skipSpecial: skipSpecial, leadingStrip: streamPlan?.leadingStrip, streams: streamPlan != nil)
+    }
+
+    /// Whether the decoder chain runs token by token (so generated text streams).
+    public var decodesTokenByToken: Bool { streamPlan != nil }
 
     // MARK: Encoding pipeline
 
@@ -461,5 +512,104 @@ struct PieceTrie: Sendable {
             node = Int(c)
         }
         return ids[node] >= 0 ? Int(ids[node]) : nil
+    }
+}
+
+extension UnigramTokenizer: TextTokenizer {
+    /// `encode(text, addSpecialTokens: true)` (T5: the text's pieces, then `</s>`).
+    public func encode(_ text: String) throws -> [Int] { try encode(text, addSpecialTokens: true) }
+
+    public func decode(_ ids: [Int], skipSpecial: Bool) throws -> String { try decode(ids, skipSpecialTokens: skipSpecial) }
+}
+
+/// A Unigram decoder chain applied token by token. Hugging Face runs the chain over the whole list of pieces; these
+/// chains give the same text piece by piece:
+///   - per-piece steps (Metaspace, Replace, Strip; no decoder: pieces joined by spaces) before any ByteFallback, where
+///     Metaspace's "first piece" is the first piece kept;
+///   - ByteFallback (runs of `<0xNN>` pieces are then joined by the streaming decoder);
+///   - after Fuse: Metaspace and single-character Replace (both act on single characters, so on each piece alike),
+///     and a last Strip of leading characters only (applied to the start of the text).
+/// T5's Metaspace decoder and Llama's Replace, ByteFallback, Fuse, Strip chain are both of this form. Any other chain
+/// gets no plan: its streaming decoder decodes all ids at the end.
+struct UnigramStreamPlan: Sendable {
+    enum Step: Sendable {
+        case metaspace(Unicode.Scalar, dropInFirst: Bool)
+        case replace([Unicode.Scalar], [Unicode.Scalar])
+        case strip(Unicode.Scalar, start: Int, stop: Int)
+        /// No decoder: pieces are joined with spaces.
+        case spaceJoin
+    }
+
+    var steps: [Step] = []
+    var byteFallback = false
+    var leadingStrip: (scalar: Unicode.Scalar, count: Int)? = nil
+
+    init?(_ decoder: UnigramTokenizerJSON.Decoder?) {
+        guard let decoder else { steps = [.spaceJoin]; return }
+        func flatten(_ d: UnigramTokenizerJSON.Decoder) -> [UnigramTokenizerJSON.Decoder] {
+            if case let .sequence(list) = d { return list.flatMap(flatten) }
+            return [d]
+        }
+        var fused = false
+        for d in flatten(decoder) {
+            if leadingStrip != nil { return nil }   // nothing may follow the text-level strip
+            switch d {
+            case let .metaspace(r, scheme):
+                if byteFallback { return nil }
+                // After Fuse the text is one piece, the first: every replacement character is dropped (or spaced for "never").
+                steps.append(fused ? .replace([r], scheme == .never ? [" "] : []) : .metaspace(r, dropInFirst: scheme != .never))
+            case let .replace(p, c):
+                let ps = Array(p.unicodeScalars)
+                if byteFallback || (fused && ps.count != 1) { return nil }
+                steps.append(.replace(ps, Array(c.unicodeScalars)))
+            case .byteFallback:
+                if byteFallback || fused { return nil }
+                byteFallback = true
+            case .fuse:
+                fused = true
+            case let .strip(c, start, stop):
+                if fused {
+                    guard stop == 0 else { return nil }
+                    leadingStrip = (c, start)
+                } else {
+                    if byteFallback { return nil }
+                    steps.append(.strip(c, start: start, stop: stop))
+                }
+            case .sequence:
+                return nil
+            }
+        }
+    }
+
+    /// One piece through the per-piece steps; `first`: no piece has been kept before it.
+    func apply(_ piece: String, first: Bool) -> String {
+        var t = piece
+        for step in steps {
+            switch step {
+            case let .metaspace(r, drop):
+                var v = String.UnicodeScalarView()
+                for c in t.unicodeScalars {
+                    if c == r {
+                        if first && drop { continue }
+                        v.append(" ")
+                    } else {
+                        v.append(c)
+                    }
+                }
+                t = String(v)
+            case let .replace(p, c):
+                t = UnigramTokenizer.replaceAll(t, p, c)
+            case let .strip(c, start, stop):
+                let sc = Array(t.unicodeScalars)
+                var lo = 0
+                while lo < min(start, sc.count) && sc[lo] == c { lo += 1 }
+                var hi = sc.count, k = 0
+                while k < stop && hi > lo && sc[hi - 1] == c { hi -= 1; k += 1 }
+                t = UnigramTokenizer.string(Array(sc[lo..<hi]))
+            case .spaceJoin:
+                if !first { t = " " + t }
+            }
+        }
+        return t
     }
 }

@@ -135,26 +135,33 @@ public final class WordPieceTokenizer: @unchecked Sendable {
     /// (with the decoder's cleanup of spaces before punctuation and in contractions). Special tokens are
     /// left out when `skipSpecialTokens`.
     public func decode(_ ids: [Int], skipSpecialTokens: Bool = true) throws -> String {
-        var pieces: [String] = []
+        var out = ""
+        var first = true
         for id in ids {
             guard let s = tokenString(id) else { throw CausalError.badTokenID(id: id, vocabularySize: tokens.count) }
             if skipSpecialTokens && specialIDs.contains(id) { continue }
-            pieces.append(s)
+            out += decodedPiece(s, first: first)
+            first = false
         }
+        return out
+    }
+
+    /// Whether an id is a special added token ([CLS], [SEP], [PAD], [MASK], ...).
+    public func isSpecial(_ id: Int) -> Bool { specialIDs.contains(id) }
+
+    /// One kept token through the decoder: after the first, a continuation piece loses its prefix and any other
+    /// piece gets a space in front; then the cleanup rules (per token, as Hugging Face's WordPiece decoder).
+    func decodedPiece(_ t: String, first: Bool) -> String {
         let (pfx, cleanup): (String, Bool)
         if case let .wordPiece(p, c)? = config.decoder { (pfx, cleanup) = (p, c) } else {
             (pfx, cleanup) = (config.model.continuingSubwordPrefix, true)
         }
-        var out = ""
-        for (i, t) in pieces.enumerated() {
-            var piece = t
-            if i > 0 {
-                if !pfx.isEmpty && t.utf8.starts(with: pfx.utf8) { piece = String(decoding: t.utf8.dropFirst(pfx.utf8.count), as: UTF8.self) }
-                else { piece = " " + t }
-            }
-            out += cleanup ? Self.cleanup(piece) : piece
+        var piece = t
+        if !first {
+            if !pfx.isEmpty && t.utf8.starts(with: pfx.utf8) { piece = String(decoding: t.utf8.dropFirst(pfx.utf8.count), as: UTF8.self) }
+            else { piece = " " + t }
         }
-        return out
+        return cleanup ? Self.cleanup(piece) : piece
     }
 
     /// The WordPiece decoder's cleanup: no space before . ? ! , and in common English contractions.

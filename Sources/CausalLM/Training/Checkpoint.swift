@@ -216,11 +216,17 @@ extension LlamaCheckpoint {
     public static func save(_ p: LlamaParameters, optimizer: AdamW, state: TrainingState, to directory: String,
                             extraConfig: [String: Any] = [:]) throws {
         try save(p, to: directory, extraConfig: extraConfig)
+        try saveOptimizerState(optimizer, state: state, layout: "gguf-rows", to: directory)
+    }
+
+    /// Writes `optimizer.safetensors` (the moments, flat in the trainer's `layout`, and the step), then
+    /// `trainer_state.json` (the commit point), each atomically.
+    static func saveOptimizerState(_ optimizer: AdamW, state: TrainingState, layout: String, to directory: String) throws {
         let m = optimizer.m, v = optimizer.v
         try writeSafetensors([
             ("exp_avg", [m.count], { $0.update(from: m.data, count: m.count) }),
             ("exp_avg_sq", [v.count], { $0.update(from: v.data, count: v.count) }),
-        ], metadata: ["step": String(optimizer.step), "layout": "gguf-rows", "optimizer": "adamw"],
+        ], metadata: ["step": String(optimizer.step), "layout": layout, "optimizer": "adamw"],
            to: directory + "/optimizer.safetensors")
         var obj: [String: Any] = ["step": state.step, "total_steps": state.totalSteps, "seed": String(state.seed)]
         for (k, v) in state.info { obj[k] = v }

@@ -140,12 +140,25 @@ public final class LlamaParameters: @unchecked Sendable {
     }
 }
 
-/// How tokens attend within a sequence.
+/// How tokens attend within a sequence (P = the prompt's length, i = the query's position, j = a key's).
 public enum AttentionMask: String, Sendable, CaseIterable {
-    /// Each token sees itself and earlier tokens.
+    /// Each token sees itself and earlier tokens (j <= i).
     case causal
-    /// Prefix-LM: the prompt's tokens see the whole prompt (bidirectional); response tokens are causal.
+    /// Prefix-LM: the prompt's tokens see the whole prompt (bidirectional, j < P); response tokens are causal.
     case prefix
+    /// Half the heads read forward, half backward. Query heads h < H/2 are causal (j <= i). Heads h >= H/2 read the
+    /// prompt right to left: a prompt token sees the prompt from itself on (i <= j < P), a response token is causal.
+    /// No token ever sees a key after max(i, P - 1), so no scored (response) token sees what follows it.
+    case mixed
+    /// Every token sees the whole sequence. Not for language-model training: each token would see its target.
+    case bidirectional
+
+    /// Whether a token at or after the prompt's last position sees only itself and earlier tokens, so that the
+    /// next-token loss over the response cannot read its targets (false only for `.bidirectional`).
+    public var isCausalOverResponse: Bool { self != .bidirectional }
+
+    /// Whether prompt tokens see later prompt tokens (so that scoring the prompt would leak its targets).
+    public var readsPromptAhead: Bool { self != .causal }
 }
 
 /// Summed loss and scored-token count of one sequence.
@@ -188,6 +201,7 @@ struct LlamaActivations {
     let targets: [Int]              // per row, -100 where unscored
     let rowSequence: [Int]          // per row, its sequence in the batch
     let sequences: [SequenceSpan]
+    let mask: AttentionMask
     let cos: [Float], sin: [Float], negSin: [Float]
     let layers: [LlamaLayerActivations]
     let finalInput: FloatBuffer     // (n, C)
@@ -251,6 +265,9 @@ public final class LlamaTrainer {
         let qDim = H * D, kvDim = Hkv * D
         let eps = Float(cfg.rmsNormEps)
 
+        guard attention.isCausalOverResponse else {
+            throw CausalError.invalidArgument("attention '\(attention.rawValue)' lets every token see the token it is trained to predict; it cannot train or score a causal language model (use causal, prefix or mixed)")
+        }
         var tokens: [Int] = [], targets: [Int] = [], positions: [Int] = [], rowSequence: [Int] = []
         var spans: [SequenceSpan] = []
         for (b, ex) in batch.enumerated() {
@@ -258,8 +275,7 @@ public final class LlamaTrainer {
             for t in ex.tokens where t < 0 || t >= V { throw CausalError.badTokenID(id: t, vocabularySize: V) }
             let tg = ex.targets
             for t in tg where t != ignoredLabel && (t < 0 || t >= V) { throw CausalError.badTokenID(id: t, vocabularySize: V) }
-            spans.append(SequenceSpan(start: tokens.count, length: ex.tokens.count,
-                                      prefix: attention == .prefix ? ex.promptLength : 0))
+            spans.append(SequenceSpan(start: tokens.count, length: ex.tokens.count, prefix: ex.promptLength))
             tokens += ex.tokens; targets += tg
             positions += Array(0..<ex.tokens.count)
             rowSequence += Array(repeating: b, count: ex.tokens.count)
@@ -291,7 +307,7 @@ public final class LlamaTrainer {
                     TrainingOps.ropeForward(a.k.p, rows: n, heads: Hkv, headDim: D, ropeDim: cfg.ropeDim, cos: cp.baseAddress!, sin: sp.baseAddress!)
                 }
             }
-            TrainingOps.attentionForward(q: a.q.p, k: a.k.p, v: a.v.p, sequences: spans, heads: H, kvHeads: Hkv, headDim: D,
+            TrainingOps.attentionForward(q: a.q.p, k: a.k.p, v: a.v.p, sequences: spans, mask: attention, heads: H, kvHeads: Hkv, headDim: D,
                                          out: a.attn.p, lse: a.lse.p, pool: pool)
             TrainingOps.linearForward(x: a.attn.p, weight: w + o.o, rows: n, inDim: qDim, outDim: C, out: a.mid.p, pool: pool)
             ck_add(a.mid.p, x.p, Int64(n * C))
@@ -309,7 +325,7 @@ public final class LlamaTrainer {
         let finalRstd = FloatBuffer(n), finalOut = FloatBuffer(n * C)
         TrainingOps.rmsnormForward(x: x.p, weight: P.data + P.finalNorm, out: finalOut.p, rstd: finalRstd.p, rows: n, dim: C, eps: eps)
         return LlamaActivations(n: n, tokens: tokens, targets: targets, rowSequence: rowSequence, sequences: spans,
-                                cos: rope.cos, sin: rope.sin, negSin: negSin, layers: layerActs, finalInput: x,
+                                mask: attention, cos: rope.cos, sin: rope.sin, negSin: negSin, layers: layerActs, finalInput: x,
                                 finalRstd: finalRstd, finalOut: finalOut)
     }
 
@@ -377,7 +393,7 @@ public final class LlamaTrainer {
             TrainingOps.linearBackward(dOut: dx.p, x: s.attn.p, weight: w + o.o, rows: n, inDim: qDim, outDim: C,
                                        dx: dAtt.p, dWeight: g + o.o, pool: pool)
             TrainingOps.attentionBackward(q: s.q.p, k: s.k.p, v: s.v.p, out: s.attn.p, lse: s.lse.p, dOut: dAtt.p,
-                                          sequences: a.sequences, heads: H, kvHeads: Hkv, headDim: D,
+                                          sequences: a.sequences, mask: a.mask, heads: H, kvHeads: Hkv, headDim: D,
                                           dq: dQ.p, dk: dK.p, dv: dV.p, pool: pool)
             a.cos.withUnsafeBufferPointer { cp in
                 a.negSin.withUnsafeBufferPointer { sp in

@@ -56,6 +56,9 @@ public struct SFTExample: Sendable, Equatable {
 public enum SFTRecord: Sendable, Equatable {
     case pair(prompt: String, response: String, system: String?)
     case messages([ChatMessage])
+    /// Already tokenized: `{"input_ids": [...], "labels": [...]}`, labels as Hugging Face's (the token id where
+    /// scored, -100 elsewhere; the same length as input_ids). The prompt is everything before the first scored token.
+    case tokenIDs(inputIDs: [Int], labels: [Int])
 
     /// Parses one JSONL line; errors name the line and the field.
     public static func parse(_ line: String, lineNumber: Int, source: String = "data") throws -> SFTRecord {
@@ -69,6 +72,26 @@ public enum SFTRecord: Sendable, Equatable {
             guard let v = o[key], !(v is NSNull) else { return nil }
             guard let s = v as? String else { throw bad("\(place)field '\(key)' must be a string") }
             return s
+        }
+        if let raw = obj["input_ids"] {
+            func ints(_ key: String, _ v: Any?) throws -> [Int] {
+                guard let v, !(v is NSNull) else { throw bad("missing field '\(key)' (an array of token ids, -100 where not scored)") }
+                guard let list = v as? [Any] else { throw bad("field '\(key)' must be an array of integers") }
+                return try list.enumerated().map { i, x in
+                    guard let n = x as? NSNumber, case let d = n.doubleValue, d == d.rounded(), abs(d) < 1e15 else {
+                        throw bad("\(key)[\(i)] must be an integer")
+                    }
+                    return n.intValue
+                }
+            }
+            let ids = try ints("input_ids", raw), labels = try ints("labels", obj["labels"])
+            guard !ids.isEmpty else { throw bad("field 'input_ids' is empty") }
+            guard labels.count == ids.count else { throw bad("field 'labels' has \(labels.count) entries but 'input_ids' has \(ids.count)") }
+            if let i = ids.firstIndex(where: { $0 < 0 }) { throw bad("input_ids[\(i)] = \(ids[i]) is not a token id") }
+            if let i = labels.indices.first(where: { labels[$0] != ignoredLabel && labels[$0] != ids[$0] }) {
+                throw bad("labels[\(i)] = \(labels[i]) must be input_ids[\(i)] (\(ids[i])) or -100")
+            }
+            return .tokenIDs(inputIDs: ids, labels: labels)
         }
         if let raw = obj["messages"] {
             guard let list = raw as? [Any] else { throw bad("field 'messages' must be an array of {role, content} objects") }
@@ -87,7 +110,7 @@ public enum SFTRecord: Sendable, Equatable {
         case let (p?, r?): return .pair(prompt: p, response: r, system: try string("system", in: obj))
         case (nil, _?): throw bad("missing field 'prompt'")
         case (_?, nil): throw bad("missing field 'response'")
-        case (nil, nil): throw bad(#"expected {"prompt", "response"} or {"messages": [...]}"#)
+        case (nil, nil): throw bad(#"expected {"prompt", "response"}, {"messages": [...]} or {"input_ids": [...], "labels": [...]}"#)
         }
     }
 }
@@ -115,13 +138,15 @@ public struct SFTEncoder {
     public var trainOnPrompt: Bool
     /// The token that ends an assistant turn (scored with the turn).
     public let endOfTurnID: Int
-    let encode: (String) -> [Int]
+    /// The model's vocabulary, against which already-tokenized records (`input_ids`) are checked (nil: unchecked).
+    public var vocabularySize: Int?
+    let encode: (String) throws -> [Int]
     let render: ([ChatMessage], Bool) throws -> String
 
     /// - Parameters:
     ///   - encode: text → token ids (special tokens in the text parsed as special tokens).
     ///   - renderChat: messages and `addGenerationPrompt` → the chat template's text.
-    public init(encode: @escaping (String) -> [Int], renderChat: @escaping ([ChatMessage], Bool) throws -> String,
+    public init(encode: @escaping (String) throws -> [Int], renderChat: @escaping ([ChatMessage], Bool) throws -> String,
                 endOfTurnID: Int, maxLength: Int? = nil, trainOnPrompt: Bool = false) {
         self.encode = encode; self.render = renderChat; self.endOfTurnID = endOfTurnID
         self.maxLength = maxLength; self.trainOnPrompt = trainOnPrompt
@@ -134,14 +159,15 @@ public struct SFTEncoder {
             throw CausalError.badFormat(path: bundle.path, field: "tokenizer.chat_template", reason: "the model has no chat template to format training examples with")
         }
         let tok = try bundle.tokenizer
-        guard let eot = tok.id(of: "<|im_end|>") ?? tok.id(of: "<|eot_id|>") ?? tok.id(of: "<end_of_turn>") ?? tok.eosTokenID else {
+        guard let eot = tok.tokenID("<|im_end|>") ?? tok.tokenID("<|eot_id|>") ?? tok.tokenID("<end_of_turn>") ?? tok.eosTokenID else {
             throw CausalError.badFormat(path: bundle.path, field: "tokenizer.ggml.eos_token_id", reason: "no end-of-turn or end-of-sequence token")
         }
         let bos = tok.bosTokenID.flatMap { tok.tokenString($0) } ?? ""
         let eos = tok.eosTokenID.flatMap { tok.tokenString($0) } ?? ""
-        self.init(encode: { tok.encode($0) },
+        self.init(encode: { try tok.encode($0) },
                   renderChat: { try template.render(messages: $0, addGenerationPrompt: $1, bosToken: bos, eosToken: eos) },
                   endOfTurnID: eot, maxLength: maxLength, trainOnPrompt: trainOnPrompt)
+        vocabularySize = bundle.model.vocabularySize
     }
 
     /// The pieces of a record in order: token ids and whether they are a response (scored).
@@ -151,7 +177,15 @@ public struct SFTEncoder {
             var messages: [ChatMessage] = []
             if let s = system { messages.append(ChatMessage(role: "system", content: s)) }
             messages.append(ChatMessage(role: "user", content: prompt))
-            return [(encode(try render(messages, true)), false), (encode(response) + [endOfTurnID], true)]
+            return [(try encode(try render(messages, true)), false), (try encode(response) + [endOfTurnID], true)]
+        case let .tokenIDs(ids, labels):
+            // Runs of scored and unscored tokens, in order.
+            var out: [(tokens: [Int], response: Bool)] = []
+            for (t, l) in zip(ids, labels) {
+                let scored = l != ignoredLabel
+                if let last = out.last, last.response == scored { out[out.count - 1].tokens.append(t) } else { out.append(([t], scored)) }
+            }
+            return out
         case let .messages(messages):
             var out: [(tokens: [Int], response: Bool)] = []
             var consumed: [UInt8] = []      // UTF-8 of the text turned into tokens so far
@@ -167,9 +201,9 @@ public struct SFTEncoder {
                 let context = try newText(before, after: consumed, "before message \(i)")
                 let full = try render(Array(messages[...i]), false)
                 let turn = try newText(full, after: Array(before.utf8), "message \(i)")
-                out.append((encode(context), false))
+                out.append((try encode(context), false))
                 // The turn is scored through its end-of-turn token; what the template adds after it is context.
-                let ids = encode(turn)
+                let ids = try encode(turn)
                 if let e = ids.lastIndex(of: endOfTurnID) {
                     out.append((Array(ids[...e]), true))
                     out.append((Array(ids[(e + 1)...]), false))
@@ -190,6 +224,9 @@ public struct SFTEncoder {
 
     /// The whole (untruncated) example of a record.
     public func example(_ record: SFTRecord, line: Int = 0) throws -> SFTExample {
+        if case let .tokenIDs(ids, _) = record, let V = vocabularySize, let i = ids.firstIndex(where: { $0 >= V }) {
+            throw CausalError.invalidArgument("input_ids[\(i)] = \(ids[i]) is outside the vocabulary (0..<\(V))")
+        }
         var tokens: [Int] = [], labels: [Int] = []
         var promptLength: Int?
         for s in try segments(record) {

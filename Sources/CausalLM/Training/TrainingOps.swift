@@ -21,13 +21,26 @@ final class FloatBuffer {
     deinit { p.deallocate() }
 }
 
-/// One sequence of a ragged batch: its rows `start..<start+length`; rows before `prefix` attend to each other in
-/// both directions (prefix-LM), the rest causally (prefix 0: plain causal attention).
+/// One sequence of a ragged batch: its rows `start..<start+length`, the first `prefix` of them its prompt. How the
+/// prompt is attended to is the `AttentionMask` given to the attention functions (`.causal` ignores it).
 public struct SequenceSpan: Sendable, Equatable {
     public var start: Int
     public var length: Int
     public var prefix: Int
     public init(start: Int, length: Int, prefix: Int = 0) { self.start = start; self.length = length; self.prefix = prefix }
+}
+
+extension AttentionMask {
+    /// The keys query head `head` of `heads` reads in `span`, as the kernel's (prefix, reverse) pair: reverse false
+    /// reads keys 0..<max(i + 1, prefix); reverse true reads i..<prefix inside the prefix and 0...i after it.
+    func kernelRule(head: Int, heads: Int, span: SequenceSpan) -> (prefix: Int, reverse: Bool) {
+        switch self {
+        case .causal: return (0, false)
+        case .prefix: return (span.prefix, false)
+        case .mixed: return head < heads / 2 ? (0, false) : (span.prefix, true)
+        case .bidirectional: return (span.length, false)
+        }
+    }
 }
 
 public enum TrainingOps {
@@ -153,29 +166,33 @@ public enum TrainingOps {
 
     // MARK: Grouped-query attention
 
-    /// out (rows, heads*D) from q (rows, heads*D), k and v (rows, kvHeads*D), within each sequence; query head h reads
-    /// key/value head h / (heads/kvHeads). Saves the log-sum-exp of each (row, head) in lse (rows, heads).
+    /// out (rows, heads*D) from q (rows, heads*D), k and v (rows, kvHeads*D), within each sequence, under `mask`
+    /// (per query head for `.mixed`); query head h reads key/value head h / (heads/kvHeads). Saves the log-sum-exp of
+    /// each (row, head) in lse (rows, heads).
     public static func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                                        sequences: [SequenceSpan], heads: Int, kvHeads: Int, headDim D: Int,
-                                        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+                                        sequences: [SequenceSpan], mask: AttentionMask, heads: Int, kvHeads: Int,
+                                        headDim D: Int, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                                        pool: ThreadPool) {
         let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
         let scale = 1 / Float(D).squareRoot()
         pool.parallelFor(sequences.count * heads) { item in
             let s = sequences[item / heads], h = item % heads, g = h / group
+            let rule = mask.kernelRule(head: h, heads: heads, span: s)
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(s.length, 1)) { scratch in
                 ck_train_attention_forward(q + s.start * qDim + h * D, k + s.start * kvDim + g * D, v + s.start * kvDim + g * D,
-                                           Int64(s.length), Int64(s.prefix), Int64(qDim), Int64(kvDim), Int64(D), scale,
+                                           Int64(s.length), Int64(rule.prefix), rule.reverse ? 1 : 0, Int64(qDim),
+                                           Int64(kvDim), Int64(D), scale,
                                            out + s.start * qDim + h * D, lse + s.start * heads + h, Int64(heads),
                                            scratch.baseAddress!)
             }
         }
     }
 
-    /// Overwrites dq, dk, dv with the gradients of q, k, v given dOut (rows like out).
+    /// Overwrites dq, dk, dv with the gradients of q, k, v given dOut (rows like out), under the forward's mask.
     public static func attentionBackward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                          out: UnsafePointer<Float>, lse: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
-                                         sequences: [SequenceSpan], heads: Int, kvHeads: Int, headDim D: Int,
-                                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                         sequences: [SequenceSpan], mask: AttentionMask, heads: Int, kvHeads: Int,
+                                         headDim D: Int, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                                          dv: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
         let scale = 1 / Float(D).squareRoot()
@@ -189,9 +206,11 @@ public enum TrainingOps {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(2 * s.length, 1)) { scratch in
                 for h in (g * group)..<((g + 1) * group) {
                     let qo = s.start * qDim + h * D, ko = s.start * kvDim + g * D
+                    let rule = mask.kernelRule(head: h, heads: heads, span: s)
                     ck_train_attention_backward(q + qo, k + ko, v + ko, out + qo, dOut + qo, lse + s.start * heads + h,
-                                                Int64(heads), Int64(s.length), Int64(s.prefix), Int64(qDim), Int64(kvDim),
-                                                Int64(D), scale, dq + qo, dk + ko, dv + ko, scratch.baseAddress!)
+                                                Int64(heads), Int64(s.length), Int64(rule.prefix), rule.reverse ? 1 : 0,
+                                                Int64(qDim), Int64(kvDim), Int64(D), scale, dq + qo, dk + ko, dv + ko,
+                                                scratch.baseAddress!)
                 }
             }
         }
