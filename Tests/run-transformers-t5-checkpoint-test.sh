@@ -16,12 +16,16 @@ cd "$(dirname "$0")/.."
 SCRATCH=${1:-.build}
 VENV=${CAUSAL_TORCH_VENV:-.venv-train}
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, transformers, safetensors" 2>/dev/null; then
+  if [ -n "${CAUSAL_NO_INSTALL:-}" ]; then echo "torch/transformers not importable by $VENV/bin/python" >&2; exit 77; fi
   python3 -m venv "$VENV"
-  if ls /opt/wheels/torch-*.whl >/dev/null 2>&1; then "$VENV/bin/pip" install -q /opt/wheels/torch-*.whl; else "$VENV/bin/pip" install -q torch --index-url https://download.pytorch.org/whl/cpu; fi
+  "$VENV/bin/pip" install -q torch
   "$VENV/bin/pip" install -q transformers safetensors numpy
 fi
-swift build -c release --product causal --scratch-path "$SCRATCH" >/dev/null 2>&1
-CAUSAL="$SCRATCH/release/causal"
+# CAUSAL: a built binary to use as it is (the XCTest wrapper passes the one under test).
+if [ -z "${CAUSAL:-}" ]; then
+  swift build -c release --product causal --scratch-path "$SCRATCH" >/dev/null 2>&1
+  CAUSAL="$SCRATCH/release/causal"
+fi
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 
 # The models and the pairs (token ids), and transformers' numbers for them.

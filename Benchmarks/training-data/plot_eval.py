@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One SVG of the eval-loss curves of several `causal train` runs (log-scale loss by step).
 
-  plot_eval.py --out plot.svg LABEL=RUN_DIR [LABEL=RUN_DIR ...]
+  plot_eval.py --out plot.svg [--colors N] LABEL=RUN_DIR [LABEL=RUN_DIR ...]
 
 Reads each RUN_DIR/metrics.jsonl ("eval_loss" lines). Every point carries its exact value in a <title>.
 Python standard library only; written to a temporary name and renamed.
@@ -19,6 +19,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default="eval loss")
+    ap.add_argument("--colors", type=int, default=len(COLORS),
+                    help="runs per colour cycle: run i gets colour i %% N and dash pattern i // N")
     ap.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
     a = ap.parse_args()
     series = []
@@ -53,7 +55,8 @@ def main():
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{H - bottom}" stroke="black"/>')
     out.append(f'<line x1="{left}" y1="{H - bottom}" x2="{W - right}" y2="{H - bottom}" stroke="black"/>')
     for i, (label, pts) in enumerate(series):
-        c, d = COLORS[i % len(COLORS)], DASHES[(i // len(COLORS)) % len(DASHES)]
+        n = max(1, min(a.colors, len(COLORS)))
+        c, d = COLORS[i % n], DASHES[(i // n) % len(DASHES)]
         dash = f' stroke-dasharray="{d}"' if d else ""
         poly = " ".join(f"{x(s):.1f},{y(l):.1f}" for s, l in pts)
         out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="{poly}"/>')
