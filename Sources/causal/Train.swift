@@ -115,15 +115,8 @@ struct Train: ParsableCommand {
                 order = state.seed
             }
 
-            // The plan: every step's examples, epoch by epoch.
-            var plan: [(epoch: Int, batch: [SFTExample])] = []
-            var epoch = 0
-            while steps.map({ plan.count < $0 }) ?? (epoch < (epochs ?? 1)) {
-                for b in SFTDataset.pack(train.shuffled(seed: order, epoch: epoch), maxTokens: batchTokens) {
-                    if let s = steps, plan.count >= s { break }
-                    plan.append((epoch, b))
-                }
-                epoch += 1
+            let plan = trainingPlan(steps: steps, epochs: epochs) { epoch in
+                SFTDataset.pack(train.shuffled(seed: order, epoch: epoch), maxTokens: batchTokens)
             }
             guard start < plan.count else {
                 throw CausalError.invalidArgument("the checkpoint is already at step \(start) of \(plan.count)")
