@@ -7,7 +7,7 @@ struct Causal: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "causal",
         abstract: "Run transformer language models: generation, chat, tokenization.",
-        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self, Bench.self, Embed.self, Serve.self, Train.self, Eval.self])
+        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self, Bench.self, Embed.self, Serve.self, Train.self, Eval.self, Pull.self, Models.self])
 }
 
 /// Options shared by every command that loads a model.
@@ -31,7 +31,7 @@ struct ModelOptions: ParsableArguments {
 
     /// The tokenizer alone: a GGUF file's, or a model directory's tokenizer.json.
     func tokenizer() throws -> any TextTokenizer {
-        let path = try model ?? ModelFetcher.ensure()
+        let path = try model.map { try ModelRegistry.resolve($0) } ?? ModelFetcher.ensure()
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
             return try ModelBundle(path: path, precision: .fast, threads: threads).tokenizer

