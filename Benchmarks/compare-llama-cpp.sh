@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# Side by side, in one run: llama.cpp (through the llama-cpp-python package) and `causal bench` on the same GGUF,
-# same thread count, alternating rounds. A benchmark, not a test: CI does not run it.
+# Side by side, in one run: native llama.cpp (`llama-bench`) and `causal bench` on the same GGUF, same thread
+# count, alternating rounds. A benchmark, not a test: CI does not run it.
 #
 #   Benchmarks/compare-llama-cpp.sh [-p 64,512] [-n 128] [-t 2] [-r 3] [--rounds 2] [--model PATH]
+#                                   [--python PYTHON]
 #
-# llama-cpp-python is installed with pip into a virtual environment of its own (.venv-llama-cpp, ignored by git)
-# the first time; pip builds it for this machine, which takes several minutes on 2 cores.
+# llama-bench comes from Benchmarks/build-llama-cpp.sh (built outside the repository on first use; several minutes
+# on 2 cores). --python PYTHON measures llama.cpp through an existing llama-cpp-python installation instead
+# (Benchmarks/llama_cpp_bench.py, one Python call per token), the way the first comparisons were made; its per-token
+# overhead makes llama.cpp look slower than its native tool. NO_BUILD=1 reuses the built `causal` binary.
+# Several models, batched decode, the DRAM floor, memory and load time: Benchmarks/compare-kquants.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=64,512; N=128; T=2; R=3; ROUNDS=2; MODEL=""
+P=64,512; N=128; T=2; R=3; ROUNDS=2; MODEL=""; PYTHON=""
 while [ $# -gt 0 ]; do
     case "$1" in
         -p) P=$2; shift 2;; -n) N=$2; shift 2;; -t) T=$2; shift 2;; -r) R=$2; shift 2;;
-        --rounds) ROUNDS=$2; shift 2;; --model) MODEL=$2; shift 2;;
+        --rounds) ROUNDS=$2; shift 2;; --model) MODEL=$2; shift 2;; --python) PYTHON=$2; shift 2;;
         *) echo "unknown argument: $1" >&2; exit 2;;
     esac
 done
-VENV=.venv-llama-cpp
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
-    echo "Installing llama-cpp-python into $VENV (pip builds it; several minutes)..." >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet llama-cpp-python
+if [ -n "$PYTHON" ]; then
+    "$PYTHON" -c "import llama_cpp" || { echo "$PYTHON cannot import llama_cpp" >&2; exit 1; }
+else
+    BIN=$(Benchmarks/build-llama-cpp.sh)
 fi
 [ -n "${NO_BUILD:-}" ] || swift build -c release --product causal >&2
 CAUSAL=.build/release/causal
@@ -29,11 +31,23 @@ CAUSAL=.build/release/causal
 echo "model: $MODEL" >&2
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 OUT=$(mktemp)
+trap 'rm -f "$OUT"' EXIT
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round: causal" >&2
     $CAUSAL bench --model "$MODEL" -p "$P" -n "$N" -t "$T" -r "$R" --json | sed 's/^{/{"engine": "causal", /' >>"$OUT"
     echo "round $round: llama.cpp" >&2
-    "$VENV/bin/python" Benchmarks/llama_cpp_bench.py --model "$MODEL" -p "$P" -n "$N" -t "$T" -r "$R" >>"$OUT"
+    if [ -n "$PYTHON" ]; then
+        "$PYTHON" Benchmarks/llama_cpp_bench.py --model "$MODEL" -p "$P" -n "$N" -t "$T" -r "$R" >>"$OUT"
+    else
+        # llama-bench: one JSON object per test; its samples_ts are the repeats' tokens/s.
+        "$BIN/llama-bench" -m "$MODEL" -p "$P" -n "$N" -t "$T" -r "$R" -o jsonl | python3 -c '
+import json, sys
+for line in sys.stdin:
+    if not line.strip().startswith("{"): continue
+    r = json.loads(line)
+    test = "pp%d" % r["n_prompt"] if r["n_gen"] == 0 else "tg%d" % r["n_gen"]
+    print(json.dumps({"engine": "llama.cpp", "test": test, "samples": r["samples_ts"]}))' >>"$OUT"
+    fi
 done
 python3 - "$OUT" <<'PY'
 import json, statistics, sys
@@ -50,4 +64,3 @@ for t in tests:
         mc, ml = statistics.median(c), statistics.median(l)
         print(f"| {t} | {mc:.1f} | {ml:.1f} | {mc / ml:.2f}x |")
 PY
-rm -f "$OUT"

@@ -5,7 +5,7 @@ import Foundation
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure prompt processing (pp) and generation (tg) speed, llama-bench style.",
-        discussion: "Prints the median of the repeats with min and max. --batch runs N sequences together (prompt -b-prompt, -n new tokens each) and reports their aggregate decode rate.")
+        discussion: "Prints the median of the repeats with min and max. --batch runs N sequences together (prompt -b-prompt, -n new tokens each) and reports their aggregate decode rate. --memory instead measures memory read bandwidth (a streaming read of a --memory-mib buffer on 1 and -t threads, best of --memory-repeats) and, for a GGUF model, the decode floor: bytes of weights read per token / bandwidth (every tensor once, the token embedding one row unless it is also the output head).")
 
     @Option(name: .long, help: "A GGUF model file or a Hugging Face model directory (default: the default model).") var model: String?
     @Option(name: .long, help: "fast or reference.") var precision: PrecisionArgument = .fast
@@ -16,6 +16,9 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "Prompt length of each sequence in the batched test.") var batchPrompt: Int = 128
     @Option(name: .shortAndLong, help: "Repeats per test.") var r: Int = 3
     @Flag(name: .long, help: "One JSON object per row.") var json = false
+    @Flag(name: .long, help: "Measure memory read bandwidth and the model's decode floor instead of pp/tg (the model is not loaded, only its GGUF header read).") var memory = false
+    @Option(name: .long, help: "Buffer size of --memory, MiB.") var memoryMib: Int = 1024
+    @Option(name: .long, help: "Timed passes of --memory per thread count (the best is reported).") var memoryRepeats: Int = 5
 
     func list(_ s: String, _ name: String) throws -> [Int] {
         try s.split(separator: ",").map {
@@ -29,9 +32,12 @@ struct Bench: ParsableCommand {
         if n < 0 { throw ValidationError("-n must be >= 0") }
         if r < 1 { throw ValidationError("-r must be >= 1") }
         if let t, t < 1 { throw ValidationError("-t must be >= 1") }
+        if memoryMib < 1 { throw ValidationError("--memory-mib must be >= 1") }
+        if memoryRepeats < 1 { throw ValidationError("--memory-repeats must be >= 1") }
     }
 
     func run() throws {
+        if memory { return try runMemory() }
         try reportingErrors {
             let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
             var bench = Benchmark(model: bundle.model, repeats: r)
@@ -53,6 +59,44 @@ struct Bench: ParsableCommand {
             for b in try list(batch, "batch") where n > 0 {
                 let (pr, dr) = try bench.batchedDecode(sequences: b, prompt: batchPrompt, tokens: n)
                 emit(pr); emit(dr)
+            }
+        }
+    }
+
+    /// `--memory`: bandwidth on 1 and -t threads, then the decode floor of the model's GGUF file (if it is one).
+    func runMemory() throws {
+        try reportingErrors {
+            let threads = t ?? ProcessInfo.processInfo.activeProcessorCount
+            let counts = threads == 1 ? [1] : [1, threads]
+            let rows = Benchmark.memoryBandwidth(bytes: memoryMib << 20, threadCounts: counts, repeats: memoryRepeats)
+            if !json { writeOut("| memory | threads | GB/s (best) | median | min |\n|---|---|---|---|---|\n") }
+            for row in rows {
+                if json {
+                    writeOut(#"{"test": \#(jsonString(row.test)), "threads": \#(row.sequences), "gb_per_second": \#(String(format: "%.2f", row.max)), "median": \#(String(format: "%.2f", row.median)), "min": \#(String(format: "%.2f", row.min)), "samples": [\#(row.samples.map { String(format: "%.2f", $0) }.joined(separator: ", "))]}"# + "\n")
+                } else {
+                    writeOut(String(format: "| %@ | %d | %.2f | %.2f | %.2f |\n", row.test, row.sequences, row.max, row.median, row.min))
+                }
+            }
+            let path = try model ?? ModelFetcher.ensure()
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue else {
+                FileHandle.standardError.write("causal: no decode floor: \(path) is not a GGUF file\n".data(using: .utf8)!)
+                return
+            }
+            let weights = DecodeWeightBytes(gguf: try GGUFFile(path: path))
+            let name = URL(fileURLWithPath: path).lastPathComponent
+            let mib = { (b: Int) in String(format: "%.1f", Double(b) / 1048576) }
+            if !json {
+                writeOut("\n| model | weight bytes read per token | threads | GB/s | decode floor, tok/s |\n|---|---|---|---|---|\n")
+            }
+            for row in rows {
+                let floor = weights.ceilingTokensPerSecond(gbPerSecond: row.max)
+                if json {
+                    writeOut(#"{"model": \#(jsonString(name)), "test": "decode floor", "bytes_per_token": \#(weights.bytes), "file_tensor_bytes": \#(weights.fileTensorBytes), "tied_head": \#(weights.tiedHead), "threads": \#(row.sequences), "gb_per_second": \#(String(format: "%.2f", row.max)), "tokens_per_second": \#(String(format: "%.1f", floor))}"# + "\n")
+                } else {
+                    let how = weights.tiedHead ? "all tensors; embedding = head" : "all tensors but \(mib(weights.embeddingSkipped)) MiB of embedding rows"
+                    writeOut(String(format: "| %@ | %d (%@ MiB: %@) | %d | %.2f | %.1f |\n", name, weights.bytes, mib(weights.bytes), how, row.sequences, row.max, floor))
+                }
             }
         }
     }

@@ -1,3 +1,4 @@
+import CausalKernels
 import Foundation
 
 /// llama-bench-style measurements of a model: prompt processing (pp), token generation (tg), and aggregate
@@ -56,6 +57,16 @@ public struct Benchmark {
         return Row(test: "tg\(tokens)", sequences: 1, samples: r.decode.samples)
     }
 
+    /// Memory read bandwidth (`MemoryBandwidth`): one `bytes` buffer read `repeats` times with each thread count. Each
+    /// row's samples are GB/s (10^9 bytes per second) of one pass; its test name says the size, threads and ISA level.
+    public static func memoryBandwidth(bytes: Int = 1 << 30, threadCounts: [Int], repeats: Int = 5) -> [Row] {
+        let isa = String(cString: ck_isa_name())
+        return MemoryBandwidth.measure(bytes: bytes, threadCounts: threadCounts, repeats: repeats).map { m in
+            Row(test: "read \(bytes >> 20) MiB, \(m.threads) thread\(m.threads == 1 ? "" : "s") (\(isa))", sequences: m.threads,
+                samples: m.seconds.map { Double(bytes) / $0 / 1e9 })
+        }
+    }
+
     /// `sequences` sequences, each with a `prompt`-token prompt processed together, then `tokens` decoding steps
     /// of all of them at once. Returns prompt tokens/s and aggregate decode tokens/s (all sequences together).
     public func batchedDecode(sequences: Int, prompt: Int, tokens: Int) throws -> (prompt: Row, decode: Row) {
@@ -84,4 +95,35 @@ public struct Benchmark {
         return (Row(test: name + " prompt", sequences: sequences, samples: pp),
                 Row(test: name + " decode", sequences: sequences, samples: tg))
     }
+}
+
+/// What one decoding step of a GGUF model reads from its weights, for the DRAM floor of `causal bench --memory`.
+public struct DecodeWeightBytes: Sendable {
+    /// Bytes read per decoded token (one sequence).
+    public var bytes: Int
+    /// Bytes of every tensor in the file.
+    public var fileTensorBytes: Int
+    /// True when the token embedding is also the output head (no `output.weight`), so it is read whole.
+    public var tiedHead: Bool
+    /// Bytes of the token embedding that a step does not read (all of its rows but one), 0 when tied.
+    public var embeddingSkipped: Int
+
+    /// Counts the bytes as: every tensor once (each weight matrix and norm vector is read once per step, the output
+    /// head included), except the token embedding, of which a step reads one row — unless the file has no separate
+    /// `output.weight`, in which case the embedding is the head and is read whole. The KV cache, activations and
+    /// everything outside the weights are not counted.
+    public init(gguf: GGUFFile) {
+        fileTensorBytes = gguf.tensors.reduce(0) { $0 + $1.byteCount }
+        tiedHead = gguf.tensorsByName["output.weight"] == nil
+        if !tiedHead, let e = gguf.tensorsByName["token_embd.weight"] {
+            let rows = e.dims.dropFirst().reduce(1, *)
+            embeddingSkipped = e.byteCount - e.byteCount / max(rows, 1)
+        } else {
+            embeddingSkipped = 0
+        }
+        bytes = fileTensorBytes - embeddingSkipped
+    }
+
+    /// Tokens per second that reading `bytes` at `gbPerSecond` (10^9 bytes/s) allows: the decode floor's rate.
+    public func ceilingTokensPerSecond(gbPerSecond: Double) -> Double { gbPerSecond * 1e9 / Double(bytes) }
 }
