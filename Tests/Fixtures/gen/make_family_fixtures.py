@@ -305,6 +305,12 @@ TOOL_CONVERSATIONS = [
     ("tools", [{"role": "system", "content": "You are a helpful assistant."},
                {"role": "user", "content": "What is the weather in Paris?"}], TOOLS, True),
     ("tools_no_system", [{"role": "user", "content": "Weather in Tokyo, in fahrenheit?"}], TOOLS, True),
+    ("tool_call_and_response", [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "{\"temperature\": 21, \"unit\": \"celsius\"}"}], TOOLS, True),
 ]
 
 
@@ -370,10 +376,14 @@ def make_real(name, path, out):
         else "raw text, tokenizer(text) (adds BOS as the tokenizer is configured)",
         "generation": "model.generate(max_new_tokens=16, do_sample=False), stops early at eos_token_id",
         "eos_token_id": eos, "notes": notes,
+        "hf_config": json.loads(model.config.to_json_string()),
         "step_margins_note": "top-1 minus top-2 raw logit at each generated step",
         "cases": cases})
     renders = []
     convs = CONVERSATIONS + (TOOL_CONVERSATIONS if chat else [])
+    if tok.chat_template is None:
+        notes.append("the GGUF has no tokenizer.chat_template (and transformers provides none): nothing to render")
+        convs = []
     for label, msgs, tools, agp in convs:
         try:
             text = tok.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=agp)
@@ -384,7 +394,7 @@ def make_real(name, path, out):
             renders.append({"name": label, "messages": msgs, "tools": tools, "add_generation_prompt": agp,
                             "error": f"{type(e).__name__}: {e}"})
     write_json(f"{out}/chat_template.json", {
-        "model": name, "gguf_file": fn, "versions": versions(), "chat_template": tok.chat_template,
+        "model": name, "gguf_file": fn, "versions": versions(), "chat_template": tok.chat_template, "notes": notes,
         "how": "tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=...); "
                "ids = tok(text, add_special_tokens=False).input_ids",
         "bos_token": tok.bos_token, "eos_token": tok.eos_token, "renders": renders})
