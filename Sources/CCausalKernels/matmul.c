@@ -38,7 +38,9 @@
 static int type_block_size(int type) {
     switch (type) {
     case CK_TYPE_F32: case CK_TYPE_F16: case CK_TYPE_BF16: return 1;
-    case CK_TYPE_Q4_0: case CK_TYPE_Q4_1: case CK_TYPE_Q8_0: return 32;
+    case CK_TYPE_Q4_0: case CK_TYPE_Q4_1: case CK_TYPE_Q5_0: case CK_TYPE_Q5_1: case CK_TYPE_Q8_0:
+    case CK_TYPE_IQ4_NL: return 32;
+    case CK_TYPE_Q2_K: case CK_TYPE_Q3_K: case CK_TYPE_Q4_K: case CK_TYPE_Q5_K: case CK_TYPE_Q6_K: return 256;
     default: return 0;
     }
 }
@@ -49,7 +51,15 @@ static size_t type_block_bytes(int type) {
     case CK_TYPE_F16: case CK_TYPE_BF16: return 2;
     case CK_TYPE_Q4_0: return 18;
     case CK_TYPE_Q4_1: return 20;
+    case CK_TYPE_Q5_0: return 22;
+    case CK_TYPE_Q5_1: return 24;
     case CK_TYPE_Q8_0: return 34;
+    case CK_TYPE_IQ4_NL: return 18;
+    case CK_TYPE_Q2_K: return 84;
+    case CK_TYPE_Q3_K: return 110;
+    case CK_TYPE_Q4_K: return 144;
+    case CK_TYPE_Q5_K: return 176;
+    case CK_TYPE_Q6_K: return 210;
     default: return 0;
     }
 }
@@ -155,6 +165,18 @@ void ck_quantize_row_q4_1(const float *src, void *dst, int64_t count) {
             q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
             out[4 + j] = (uint8_t)(q0 | (q1 << 4));
         }
+    }
+}
+
+#include "kquants_impl.h"
+
+void ck_quantize_row(int type, const float *src, void *dst, int64_t count) {
+    if (count <= 0 || ck_row_bytes(type, count) == 0) return;
+    switch (type) {
+    case CK_TYPE_Q8_0: ck_quantize_row_q8_0(src, dst, count); break;
+    case CK_TYPE_Q4_0: ck_quantize_row_q4_0(src, dst, count); break;
+    case CK_TYPE_Q4_1: ck_quantize_row_q4_1(src, dst, count); break;
+    default: quantize_ext(type, src, (uint8_t *)dst, count); break;
     }
 }
 
@@ -266,6 +288,7 @@ static void dq_scalar(int type, const uint8_t *src, float *dst, int64_t count) {
         }
         break;
     default:
+        dq_scalar_ext(type, src, dst, count);
         break;
     }
 }
@@ -298,6 +321,14 @@ static void mk_scalar(int R, int T, const float *w, int64_t ldw, const float *x,
 // AVX-512 level
 
 #if CK_X86
+
+// The K-quant kernels (kquants_simd.h, included at the end of this section).
+static void dqk_avx512(int type, const uint8_t *src, float *dst, int64_t count);
+static void fkk_avx512(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
+                       int64_t K, float *y, int64_t ldy, float *panel, int64_t ldp);
+static void dqk_avx2(int type, const uint8_t *src, float *dst, int64_t count);
+static void fkk_avx2(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
+                     int64_t K, float *y, int64_t ldy);
 
 // One half -> float with F16C (exact, like ck_half_to_float).
 CK_INLINE CK_AVX2 float h2f_f16c(const uint8_t *p) {
@@ -352,9 +383,9 @@ CK_INLINE CK_AVX512 void scales512(const int type, const int bbytes, const uint8
     const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                            _mm512_set1_epi32(bbytes));
     const __mmask16 k = nb >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nb) - 1u);
-    // Each lane reads the block's first 4 bytes: {d, m} for Q4_1, {d, first quants} otherwise.
+    // Each lane reads the block's first 4 bytes: {d, m} for Q4_1 / Q5_1, {d, first quants} otherwise.
     const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, blocks, 1);
-    if (type == CK_TYPE_Q4_1) {
+    if (type == CK_TYPE_Q4_1 || type == CK_TYPE_Q5_1) {
         const __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(g));        // d0 m0 d1 m1 ... d7 m7
         const __m512 hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(g, 1));  // d8 m8 ... d15 m15
         const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -372,6 +403,29 @@ CK_INLINE CK_AVX512 void blk512(const int type, const uint8_t *b, const float *d
     if (type == CK_TYPE_Q8_0) {
         *w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2)))));
         *w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 18)))));
+    } else if (type == CK_TYPE_Q5_0 || type == CK_TYPE_Q5_1) {
+        // 5-bit codes: the 32 possible values (Q5_0: d * (q - 16); Q5_1: fma(d, q, m)) in two tables, looked up
+        // by code with a two-table permute; bit 4 of the code comes from qh, one mask bit per element.
+        const int one = type == CK_TYPE_Q5_1;
+        const uint32_t qh = load_u32(b + 2 + 2 * one);
+        const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        const __m512 sixteen = _mm512_set1_ps(16.0f);
+        __m512 t0, t1;
+        if (one) {
+            const __m512 m = _mm512_set1_ps(*mp);
+            t0 = _mm512_fmadd_ps(d, iota, m);
+            t1 = _mm512_fmadd_ps(d, _mm512_add_ps(iota, sixteen), m);
+        } else {
+            t0 = _mm512_mul_ps(d, _mm512_sub_ps(iota, sixteen));
+            t1 = _mm512_mul_ps(d, iota);
+        }
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 6 + 2 * one)));
+        const __m512i lo = _mm512_and_si512(v, _mm512_set1_epi32(15)), hi = _mm512_srli_epi32(v, 4);
+        const __m512i s16 = _mm512_set1_epi32(16);
+        const __m512i i0 = _mm512_mask_or_epi32(lo, (__mmask16)qh, lo, s16);
+        const __m512i i1 = _mm512_mask_or_epi32(hi, (__mmask16)(qh >> 16), hi, s16);
+        *w0 = _mm512_permutex2var_ps(t0, i0, t1);
+        *w1 = _mm512_permutex2var_ps(t0, i1, t1);
     } else {
         // 4-bit types: the 16 possible values of the block, computed once exactly as dq_scalar computes each
         // element (Q4_0: d * (q - 8); Q4_1: fma(d, q, m)), then looked up by nibble.
@@ -380,6 +434,10 @@ CK_INLINE CK_AVX512 void blk512(const int type, const uint8_t *b, const float *d
         const uint8_t *qs;
         if (type == CK_TYPE_Q4_0) {
             table = _mm512_mul_ps(d, _mm512_sub_ps(iota, _mm512_set1_ps(8.0f)));  // iota - 8 is exact
+            qs = b + 2;
+        } else if (type == CK_TYPE_IQ4_NL) {
+            const __m512 kv = _mm512_set_ps(113, 89, 69, 53, 38, 25, 13, 1, -10, -22, -35, -49, -65, -83, -104, -127);
+            table = _mm512_mul_ps(d, kv);
             qs = b + 2;
         } else {
             table = _mm512_fmadd_ps(d, iota, _mm512_set1_ps(*mp));
@@ -424,11 +482,14 @@ static CK_AVX512 void dq_avx512(int type, const uint8_t *src, float *dst, int64_
         for (; i < count; i++) dst[i] = ck_bf16_to_float(load_u16(src + 2 * i));
         break;
     }
-case CK_TYPE_Q8_0: dq512_quant(CK_TYPE_Q8_0, 34, src, dst, count); break;
+    case CK_TYPE_Q8_0: dq512_quant(CK_TYPE_Q8_0, 34, src, dst, count); break;
     case CK_TYPE_Q4_0: dq512_quant(CK_TYPE_Q4_0, 18, src, dst, count); break;
     case CK_TYPE_Q4_1: dq512_quant(CK_TYPE_Q4_1, 20, src, dst, count); break;
+    case CK_TYPE_Q5_0: dq512_quant(CK_TYPE_Q5_0, 22, src, dst, count); break;
+    case CK_TYPE_Q5_1: dq512_quant(CK_TYPE_Q5_1, 24, src, dst, count); break;
+    case CK_TYPE_IQ4_NL: dq512_quant(CK_TYPE_IQ4_NL, 18, src, dst, count); break;
     default:
-        dq_scalar(type, src, dst, count);
+        dqk_avx512(type, src, dst, count);  // K-quants; anything else goes to dq_scalar
         break;
     }
 }
@@ -503,7 +564,10 @@ static CK_AVX512 void fk_avx512(int type, int R, int T, const uint8_t *W, size_t
     FK512_TYPE(CK_TYPE_Q8_0, 34)
     FK512_TYPE(CK_TYPE_Q4_0, 18)
     FK512_TYPE(CK_TYPE_Q4_1, 20)
-    default: break;
+    FK512_TYPE(CK_TYPE_Q5_0, 22)
+    FK512_TYPE(CK_TYPE_Q5_1, 24)
+    FK512_TYPE(CK_TYPE_IQ4_NL, 18)
+    default: fkk_avx512(type, R, T, W, rb, x, ldx, K, y, ldy, NULL, 0); break;
     }
 }
 #undef FK512_PANEL
@@ -516,7 +580,10 @@ static CK_AVX512 void fks_avx512(int type, int R, int T, const uint8_t *W, size_
     FK512_TYPE(CK_TYPE_Q8_0, 34)
     FK512_TYPE(CK_TYPE_Q4_0, 18)
     FK512_TYPE(CK_TYPE_Q4_1, 20)
-    default: break;
+    FK512_TYPE(CK_TYPE_Q5_0, 22)
+    FK512_TYPE(CK_TYPE_Q5_1, 24)
+    FK512_TYPE(CK_TYPE_IQ4_NL, 18)
+    default: fkk_avx512(type, R, T, W, rb, x, ldx, K, y, ldy, panel, ldp); break;
     }
 }
 #undef FK512_PANEL
@@ -593,11 +660,40 @@ CK_INLINE CK_AVX2 void blk256(const int type, const uint8_t *b, __m256 w[4]) {
         }
         return;
     }
-    const uint8_t *qs = b + (type == CK_TYPE_Q4_1 ? 4 : 2);
+    const int five = type == CK_TYPE_Q5_0 || type == CK_TYPE_Q5_1;
+    const uint8_t *qs = b + (type == CK_TYPE_Q4_1 ? 4 : type == CK_TYPE_Q5_0 ? 6 : type == CK_TYPE_Q5_1 ? 8 : 2);
     const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));        // bytes 0-7
     const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));  // bytes 8-15
     const __m256i f = _mm256_set1_epi32(15);
-    const __m256i q[4] = {_mm256_and_si256(a, f), _mm256_and_si256(c, f), _mm256_srli_epi32(a, 4), _mm256_srli_epi32(c, 4)};
+    __m256i q[4] = {_mm256_and_si256(a, f), _mm256_and_si256(c, f), _mm256_srli_epi32(a, 4), _mm256_srli_epi32(c, 4)};
+    if (five) {
+        // Bit 4 of element i's code is bit i of qh.
+        const int one = type == CK_TYPE_Q5_1;
+        const uint32_t qh = load_u32(b + 2 + 2 * one);
+        const __m256i sh = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), bit = _mm256_set1_epi32(1);
+        for (int i = 0; i < 4; i++) {
+            const __m256i hb = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> (8 * i))), sh), bit);
+            q[i] = _mm256_or_si256(q[i], _mm256_slli_epi32(hb, 4));
+        }
+        if (one) {
+            const __m256 m = _mm256_set1_ps(h2f_f16c(b + 2));
+            for (int i = 0; i < 4; i++) w[i] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q[i]), m);
+        } else {
+            const __m256 sixteen = _mm256_set1_ps(16.0f);  // float(q) - 16 is exact
+            for (int i = 0; i < 4; i++) w[i] = _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(q[i]), sixteen));
+        }
+        return;
+    }
+    if (type == CK_TYPE_IQ4_NL) {
+        // d * kvalues[q]: the 16 products in two 8-entry tables, picked by bit 3 of q.
+        const __m256 klo = _mm256_mul_ps(d, _mm256_setr_ps(-127, -104, -83, -65, -49, -35, -22, -10));
+        const __m256 khi = _mm256_mul_ps(d, _mm256_setr_ps(1, 13, 25, 38, 53, 69, 89, 113));
+        for (int i = 0; i < 4; i++) {
+            const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(q[i], 28));  // bit 3 -> sign bit
+            w[i] = _mm256_blendv_ps(_mm256_permutevar8x32_ps(klo, q[i]), _mm256_permutevar8x32_ps(khi, q[i]), sel);
+        }
+        return;
+    }
     if (type == CK_TYPE_Q4_0) {
         const __m256i eight = _mm256_set1_epi32(8);
         for (int i = 0; i < 4; i++) w[i] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(q[i], eight)));
@@ -659,7 +755,10 @@ static CK_AVX2 void fk_avx2(int type, int R, int T, const uint8_t *W, size_t rb,
     FK256_TYPE(CK_TYPE_Q8_0, 34)
     FK256_TYPE(CK_TYPE_Q4_0, 18)
     FK256_TYPE(CK_TYPE_Q4_1, 20)
-    default: break;
+    FK256_TYPE(CK_TYPE_Q5_0, 22)
+    FK256_TYPE(CK_TYPE_Q5_1, 24)
+    FK256_TYPE(CK_TYPE_IQ4_NL, 18)
+    default: fkk_avx2(type, R, T, W, rb, x, ldx, K, y, ldy); break;
     }
 }
 
@@ -684,8 +783,11 @@ static CK_AVX2 void dq_avx2(int type, const uint8_t *src, float *dst, int64_t co
     case CK_TYPE_Q8_0: dq256_quant(CK_TYPE_Q8_0, 34, src, dst, count); break;
     case CK_TYPE_Q4_0: dq256_quant(CK_TYPE_Q4_0, 18, src, dst, count); break;
     case CK_TYPE_Q4_1: dq256_quant(CK_TYPE_Q4_1, 20, src, dst, count); break;
+    case CK_TYPE_Q5_0: dq256_quant(CK_TYPE_Q5_0, 22, src, dst, count); break;
+    case CK_TYPE_Q5_1: dq256_quant(CK_TYPE_Q5_1, 24, src, dst, count); break;
+    case CK_TYPE_IQ4_NL: dq256_quant(CK_TYPE_IQ4_NL, 18, src, dst, count); break;
     default:
-        dq_scalar(type, src, dst, count);
+        dqk_avx2(type, src, dst, count);  // K-quants; anything else goes to dq_scalar
         break;
     }
 }
@@ -736,6 +838,8 @@ static CK_AVX2 void mk_avx2(int R, int T, const float *w, int64_t ldw, const flo
     default: break;
     }
 }
+
+#include "kquants_simd.h"
 
 #endif  // CK_X86
 
@@ -791,7 +895,7 @@ void ck_matmul(int type, const void *W, int64_t K, int64_t row_begin, int64_t ro
     const uint8_t *Wb = (const uint8_t *)W;
 
     // Few tokens, quantized weights: decode in registers (no scratch round trip). Same bits as the panel path.
-    if (im->fk && n <= im->ftt && type_block_size(type) == 32) {
+    if (im->fk && n <= im->ftt && type_block_size(type) >= 32) {
         const int T = (int)n;
         for (int64_t o = row_begin; o < row_end; o += im->ftr) {
             const int R = row_end - o < im->ftr ? (int)(row_end - o) : im->ftr;
@@ -825,7 +929,7 @@ void ck_matmul(int type, const void *W, int64_t K, int64_t row_begin, int64_t ro
         if (type == CK_TYPE_F32) {
             panel = (const float *)W + p0 * K;
             ldw = K;
-        } else if (im->fks && type_block_size(type) == 32 && K % 16 == 0) {
+        } else if (im->fks && type_block_size(type) >= 32) {
             // The first ftt tokens run fused, decoding the panel as they go; the rest use the panel.
             for (int64_t i = 0; i < pr; i += im->ftr) {
                 const int R = pr - i < im->ftr ? (int)(pr - i) : im->ftr;

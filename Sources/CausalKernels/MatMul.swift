@@ -80,7 +80,9 @@ public func dequantizeAll(_ w: WeightMatrix, into dst: UnsafeMutablePointer<Floa
 }
 
 /// Plain-Swift dequantization of one row, written from the block layouts independently of the C code.
-/// Produces the same bits as `dequantize` (every product d·q is exact in fp32; Q4_1's + m rounds once on both).
+/// Produces the same bits as `dequantize` and as gguf-py's float32 dequantizer: the same operations in the same
+/// order (the products d·q, d·sc, d·sc·q are exact in fp32 except Q6_K's (d·sc)·(q − 32); Q4_1/Q5_1's + m and the
+/// K-quants' − dmin·m round once, as does that product).
 public func dequantizeReference(_ w: WeightMatrix, row: Int, into dst: UnsafeMutablePointer<Float>) {
     precondition(row >= 0 && row < w.rows, "row \(row) out of range 0..<\(w.rows)")
     let p = (w.data + row * w.rowBytes).assumingMemoryBound(to: UInt8.self)
@@ -112,6 +114,125 @@ public func dequantizeReference(_ w: WeightMatrix, row: Int, into dst: UnsafeMut
             for j in 0..<16 {
                 dst[b * 32 + j] = d * Float(p[o + 4 + j] & 15) + m
                 dst[b * 32 + j + 16] = d * Float(p[o + 4 + j] >> 4) + m
+            }
+        }
+    case .q5_0, .q5_1:
+        // { d, [m,] qh: u32, qs[16] }: code = nibble + 16 * (bit of qh); Q5_0: d * (code - 16), Q5_1: d * code + m.
+        let hasMin = w.dtype == .q5_1, size = hasMin ? 24 : 22
+        for b in 0..<K / 32 {
+            let o = b * size, d = halfToFloat(u16(o)), m: Float = hasMin ? halfToFloat(u16(o + 2)) : 0
+            let h = o + (hasMin ? 4 : 2), qs = h + 4
+            let qh = UInt32(u16(h)) | UInt32(u16(h + 2)) << 16
+            for j in 0..<16 {
+                let c0 = Int(p[qs + j] & 15) + Int((qh >> UInt32(j)) & 1) * 16
+                let c1 = Int(p[qs + j] >> 4) + Int((qh >> UInt32(j + 16)) & 1) * 16
+                dst[b * 32 + j] = hasMin ? d * Float(c0) + m : d * Float(c0 - 16)
+                dst[b * 32 + j + 16] = hasMin ? d * Float(c1) + m : d * Float(c1 - 16)
+            }
+        }
+    case .iq4_nl:
+        let table: [Float] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
+        for b in 0..<K / 32 {
+            let o = b * 18, d = halfToFloat(u16(o))
+            for j in 0..<16 {
+                dst[b * 32 + j] = d * table[Int(p[o + 2 + j] & 15)]
+                dst[b * 32 + j + 16] = d * table[Int(p[o + 2 + j] >> 4)]
+            }
+        }
+    case .q2_k:
+        // { scales[16], qs[64], d, dmin }: two halves of 128; each takes 2 bits at shifts 0, 2, 4, 6 of 32 bytes;
+        // a scale byte per 16 values (low nibble: scale, high nibble: min).
+        for b in 0..<K / 256 {
+            let o = b * 84, d = halfToFloat(u16(o + 80)), dmin = halfToFloat(u16(o + 82))
+            var out = b * 256, group = 0
+            for half in 0..<2 {
+                for shift in stride(from: 0, to: 8, by: 2) {
+                    for part in 0..<2 {
+                        let sc = p[o + group]
+                        group += 1
+                        let dl = d * Float(sc & 15), ml = dmin * Float(sc >> 4)
+                        for l in 0..<16 {
+                            let q = (p[o + 16 + half * 32 + part * 16 + l] >> UInt8(shift)) & 3
+                            dst[out] = dl * Float(q) - ml
+                            out += 1
+                        }
+                    }
+                }
+            }
+        }
+    case .q3_k:
+        // { hmask[32], qs[64], scales[12], d }: as Q2_K's 2-bit codes, minus 4 where the hmask bit is clear; 16
+        // signed 6-bit scales.
+        for b in 0..<K / 256 {
+            let o = b * 110, d = halfToFloat(u16(o + 108))
+            var scales = [Int](repeating: 0, count: 16)
+            for i in 0..<16 {
+                let low = i < 8 ? Int(p[o + 96 + i] & 15) : Int(p[o + 96 + i - 8] >> 4)
+                let high = Int(p[o + 104 + i % 4] >> UInt8(2 * (i / 4))) & 3
+                scales[i] = low + 16 * high - 32
+            }
+            var out = b * 256, group = 0
+            var mask: UInt8 = 1
+            for half in 0..<2 {
+                for shift in stride(from: 0, to: 8, by: 2) {
+                    for part in 0..<2 {
+                        let dl = d * Float(scales[group])
+                        group += 1
+                        for l in 0..<16 {
+                            let i = part * 16 + l
+                            var q = Int((p[o + 32 + half * 32 + i] >> UInt8(shift)) & 3)
+                            if p[o + i] & mask == 0 { q -= 4 }
+                            dst[out] = dl * Float(q)
+                            out += 1
+                        }
+                    }
+                    mask = mask &<< 1
+                }
+            }
+        }
+    case .q4_k, .q5_k:
+        // { d, dmin, scales[12], [qh[32],] qs[128] }: 4 groups of 64 values from 32 bytes (low nibbles, then high),
+        // Q5_K adding bit (2 * group + 0 / 1) of qh[l] as 16; 8 6-bit scales and mins.
+        let five = w.dtype == .q5_k, size = five ? 176 : 144
+        for b in 0..<K / 256 {
+            let o = b * size, d = halfToFloat(u16(o)), dmin = halfToFloat(u16(o + 2))
+            let s = o + 4, qh = o + 16, qs = o + (five ? 48 : 16)
+            func scaleMin(_ j: Int) -> (Int, Int) {
+                if j < 4 { return (Int(p[s + j] & 63), Int(p[s + j + 4] & 63)) }
+                return (Int(p[s + j + 4] & 0xF) | Int(p[s + j - 4] >> 6) << 4, Int(p[s + j + 4] >> 4) | Int(p[s + j] >> 6) << 4)
+            }
+            for group in 0..<4 {
+                let (sc1, m1) = scaleMin(2 * group), (sc2, m2) = scaleMin(2 * group + 1)
+                let d1 = d * Float(sc1), dm1 = dmin * Float(m1), d2 = d * Float(sc2), dm2 = dmin * Float(m2)
+                for l in 0..<32 {
+                    let byte = p[qs + 32 * group + l]
+                    var lo = Int(byte & 15), hi = Int(byte >> 4)
+                    if five {
+                        let h = p[qh + l] >> UInt8(2 * group)
+                        lo += Int(h & 1) * 16
+                        hi += Int((h >> 1) & 1) * 16
+                    }
+                    dst[b * 256 + 64 * group + l] = d1 * Float(lo) - dm1
+                    dst[b * 256 + 64 * group + 32 + l] = d2 * Float(hi) - dm2
+                }
+            }
+        }
+    case .q6_k:
+        // { ql[128], qh[64], scales[16] (int8), d }: per half of 128, four 32-value quarters from ql (low nibbles of
+        // bytes 0-31, 32-63, then high nibbles) and 2 bits of qh[l] each.
+        for b in 0..<K / 256 {
+            let o = b * 210, d = halfToFloat(u16(o + 208))
+            for half in 0..<2 {
+                let ql = o + 64 * half, qh = o + 128 + 32 * half, sc = o + 192 + 8 * half
+                for l in 0..<32 {
+                    let h = Int(p[qh + l])
+                    let q = [Int(p[ql + l] & 15) | (h & 3) << 4, Int(p[ql + 32 + l] & 15) | ((h >> 2) & 3) << 4,
+                             Int(p[ql + l] >> 4) | ((h >> 4) & 3) << 4, Int(p[ql + 32 + l] >> 4) | ((h >> 6) & 3) << 4]
+                    for quarter in 0..<4 {
+                        let scale = d * Float(Int8(bitPattern: p[sc + l / 16 + 2 * quarter]))
+                        dst[b * 256 + 128 * half + 32 * quarter + l] = scale * Float(q[quarter] - 32)
+                    }
+                }
             }
         }
     }

@@ -41,6 +41,7 @@ final class OwnedWeights {
             case .q8_0: ck_quantize_row_q8_0(src, dst, Int64(cols))
             case .q4_0: ck_quantize_row_q4_0(src, dst, Int64(cols))
             case .q4_1: ck_quantize_row_q4_1(src, dst, Int64(cols))
+            default: ck_quantize_row(dtype.rawValue, src, dst, Int64(cols))
             }
         }
         matrix = WeightMatrix(dtype: dtype, data: UnsafeRawPointer(bytes), rows: rows, cols: cols)
@@ -76,8 +77,8 @@ final class MatMulTests: XCTestCase {
     static let pool2 = ThreadPool(threads: 2)
 
     /// Column counts exercising each type: quantized types need multiples of 32; the float types also get a
-    /// K that is not a multiple of 16 (the masked tail chunk).
-    func colsFor(_ dt: DType) -> [Int] { dt.isQuantized ? [96, 160] : [100, 160] }
+    /// K that is not a multiple of 16 (the masked tail chunk); K-quants need multiples of 256.
+    func colsFor(_ dt: DType) -> [Int] { dt.blockSize == 256 ? [256, 512] : dt.isQuantized ? [96, 160] : [100, 160] }
 
     // MARK: Layouts and conversions
 
@@ -94,7 +95,7 @@ final class MatMulTests: XCTestCase {
         XCTAssertEqual(DType.q4_1.name, "Q4_1")
         XCTAssertEqual(DType.bf16.name, "BF16")
         XCTAssertEqual(DType(rawValue: 8), .q8_0)
-        XCTAssertEqual(ck_row_bytes(7, 32), 0)
+        XCTAssertEqual(ck_row_bytes(9, 32), 0)  // Q8_1: not a weight type here
     }
 
     func testHalfConversionIsExactAndRoundsToNearestEven() {
@@ -136,12 +137,13 @@ final class MatMulTests: XCTestCase {
     func testDequantizeMatchesSwiftReferenceBitwise() {
         var rng = SplitMix64(seed: 1)
         for dt in DType.allCases {
-            let w = OwnedWeights(dt, rows: 5, cols: 160, rng: &rng)
-            var ref = [Float](repeating: 0, count: 160)
+            let cols = colsFor(dt).last!
+            let w = OwnedWeights(dt, rows: 5, cols: cols, rng: &rng)
+            var ref = [Float](repeating: 0, count: cols)
             for r in 0..<5 {
                 ref.withUnsafeMutableBufferPointer { dequantizeReference(w.matrix, row: r, into: $0.baseAddress!) }
                 forEachISA { _, isa in
-                    var got = [Float](repeating: .nan, count: 160)
+                    var got = [Float](repeating: .nan, count: cols)
                     got.withUnsafeMutableBufferPointer { dequantize(w.matrix, row: r, into: $0.baseAddress!) }
                     assertSameBits(got, ref, "\(dt.name) row \(r) \(isa)")
                 }
@@ -318,13 +320,13 @@ final class MatMulTests: XCTestCase {
         forEachISA { _, isa in
             for dt in DType.allCases {
                 for rows in [1, 3, 4, 5, 17] {
-                    let K = 32
+                    let K = max(32, dt.blockSize)
                     let w = OwnedWeights(dt, rows: rows, cols: K, rng: &rng)
                     for n in [1, 4, 7] {
                         let x = randomFloats(n * K, &rng)
                         var y = [Float](repeating: .nan, count: n * rows)
                         x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { matmul(w.matrix, xp.baseAddress!, rows: n, into: $0.baseAddress!, pool: Self.pool2) } }
-                        checkAgainstReference(w.matrix, x, n: n, y, "\(dt.name) K=32 rows=\(rows) n=\(n) \(isa)")
+                        checkAgainstReference(w.matrix, x, n: n, y, "\(dt.name) K=\(K) rows=\(rows) n=\(n) \(isa)")
                     }
                     // n = 0 writes nothing.
                     var y = [Float](repeating: 42, count: rows)
