@@ -262,7 +262,7 @@ struct SequenceState {
         if generator.tokenizer == nil && !r.parameters.stop.isEmpty {
             throw CausalError.invalidArgument("request \(index): stop strings need a tokenizer, and the model has none")
         }
-        decoder = generator.tokenizer?.makeStreamingDecoder()
+        decoder = generator.tokenizer?.makeGenerationDecoder()
         if parameters.maxNewTokens == 0 { finish = .length; pending = [] }
     }
 

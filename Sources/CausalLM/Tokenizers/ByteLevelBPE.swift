@@ -25,6 +25,9 @@ enum ByteLevel {
         return table
     }()
 
+    /// Byte → the UTF-8 of its scalar.
+    static let byteToUTF8: [[UInt8]] = byteToScalar.map { Array(String(Unicode.Scalar($0)!).utf8) }
+
     /// Scalar value → byte, or -1; indexed by scalar values below `scalarToByte.count`.
     static let scalarToByte: [Int16] = {
         var table = [Int16](repeating: -1, count: 324)
@@ -132,39 +135,65 @@ struct SpecialToken: Sendable {
     let always: Bool
 }
 
-/// Finds special tokens in text: at each position the longest token that starts there.
+/// Finds special tokens in text: at each position the longest token that starts there (among equal texts, the
+/// lowest id). Tokens are found by hashing the text's prefixes of each length some token starting with that scalar
+/// has, so the cost does not grow with the number of special tokens (Gemma 3 has 6,414, most starting with "<").
 struct SpecialMatcher: Sendable {
-    /// Candidates by first scalar value, longest first.
-    private var byFirst: [UInt32: [SpecialToken]] = [:]
+    private let tokens: [SpecialToken]
+    /// Distinct lengths (in scalars) of the tokens that start with a scalar value, longest first.
+    private var lengthsByFirst: [UInt32: [Int]] = [:]
     private var asciiFirst = [Bool](repeating: false, count: 128)
+    /// FNV-1a hash of a token's scalar values → indices into `tokens`, lowest id first.
+    private var byHash: [UInt64: [Int]] = [:]
     private(set) var isEmpty = true
     private(set) var hasAlways = false
 
     init(_ tokens: [SpecialToken]) {
-        for t in tokens where !t.scalars.isEmpty {
+        let list = tokens.filter { !$0.scalars.isEmpty }.sorted { $0.id < $1.id }
+        self.tokens = list
+        var lengths: [UInt32: Set<Int>] = [:]
+        for (k, t) in list.enumerated() {
             let f = t.scalars[0].value
-            byFirst[f, default: []].append(t)
+            lengths[f, default: []].insert(t.scalars.count)
             if f < 128 { asciiFirst[Int(f)] = true }
+            var h = Self.seed
+            for c in t.scalars { h = Self.step(h, c.value) }
+            byHash[h, default: []].append(k)
             isEmpty = false
             if t.always { hasAlways = true }
         }
-        for (k, v) in byFirst {
-            // Stable: among equal lengths the lower id wins.
-            byFirst[k] = v.enumerated().sorted { ($0.element.scalars.count, -$0.offset) > ($1.element.scalars.count, -$1.offset) }.map(\.element)
-        }
+        lengthsByFirst = lengths.mapValues { $0.sorted(by: >) }
     }
+
+    private static let seed: UInt64 = 0xcbf2_9ce4_8422_2325
+    @inline(__always) private static func step(_ h: UInt64, _ v: UInt32) -> UInt64 { (h ^ UInt64(v)) &* 0x100_0000_01b3 }
 
     @inline(__always)
     func match(_ s: UnsafeBufferPointer<Unicode.Scalar>, at i: Int, parseSpecial: Bool) -> (length: Int, id: Int)? {
         let f = s[i].value
         if f < 128 && !asciiFirst[Int(f)] { return nil }
-        guard let candidates = byFirst[f] else { return nil }
-        for t in candidates where (parseSpecial || t.always) && t.scalars.count <= s.count - i {
-            var k = 1
-            while k < t.scalars.count && t.scalars[k] == s[i + k] { k += 1 }
-            if k == t.scalars.count { return (k, t.id) }
+        guard let lengths = lengthsByFirst[f] else { return nil }
+        let maxLength = min(lengths[0], s.count - i)
+        return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: maxLength + 1) { prefix in
+            // prefix[k] = hash of s[i ..< i + k]
+            var h = Self.seed
+            prefix[0] = h
+            for k in 0..<maxLength {
+                h = Self.step(h, s[i + k].value)
+                prefix[k + 1] = h
+            }
+            for length in lengths where length <= maxLength {
+                guard let candidates = byHash[prefix[length]] else { continue }
+                for c in candidates {
+                    let t = tokens[c]
+                    guard t.scalars.count == length, parseSpecial || t.always else { continue }
+                    var k = 0
+                    while k < length && t.scalars[k] == s[i + k] { k += 1 }
+                    if k == length { return (length, t.id) }
+                }
+            }
+            return nil
         }
-        return nil
     }
 }
 
@@ -205,6 +234,8 @@ struct EncodeScratch {
     var heap: [MergeCandidate] = []
     var word: [Int32] = []
     var pieces: [Range<Int>] = []
+    /// A pre-token spelled in the vocabulary's byte-to-scalar alphabet (UTF-8), for `ignore_merges`.
+    var spelled: [UInt8] = []
 
     mutating func push(_ c: MergeCandidate) {
         heap.append(c)
@@ -271,7 +302,8 @@ public final class ByteLevelBPETokenizer: @unchecked Sendable {
     ///   - tokens: the vocabulary in id order, byte-level spelled (e.g. "Ġthe"); special tokens literally.
     ///   - tokenTypes: one GGUF token type per token (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
     ///   - merges: "left right" pairs; the rank of a merge is its index.
-    ///   - preTokenizer: `smollm`, `gpt2` or `default`.
+    ///   - preTokenizer: a `tokenizer.ggml.pre` name: `smollm`, `gpt2` (also `gpt-2`, `default`), `qwen2`, `llama-bpe`
+    ///     (Llama 3; also `llama3`, `llama-v3`).
     /// Errors are `CausalError.badConfig` naming the GGUF key at fault.
     public init(tokens: [String], tokenTypes: [Int], merges: [String], preTokenizer: String,
                 bosTokenID: Int?, eosTokenID: Int?, padTokenID: Int?, unknownTokenID: Int?, addBOS: Bool) throws {
@@ -446,6 +478,22 @@ public final class ByteLevelBPETokenizer: @unchecked Sendable {
         return out
     }
 
+    /// The pieces the pre-tokenizer cuts `text` into (special tokens are not looked for): what BPE then encodes one
+    /// by one. For inspection and tests.
+    public func preTokenizedPieces(_ text: String) -> [String] {
+        let scalars = Array(text.unicodeScalars)
+        let classes = scalars.map(ScalarClass.of)
+        var pieces: [Range<Int>] = []
+        scalars.withUnsafeBufferPointer { s in
+            classes.withUnsafeBufferPointer { c in preTokenizer.split(s, c, 0..<s.count, into: &pieces) }
+        }
+        return pieces.map { r in
+            var v = String.UnicodeScalarView()
+            v.append(contentsOf: scalars[r])
+            return String(v)
+        }
+    }
+
     private func encodeSegment(_ s: UnsafeBufferPointer<Unicode.Scalar>, _ c: UnsafeBufferPointer<ScalarClass>,
                                _ range: Range<Int>, _ scratch: inout EncodeScratch, _ out: inout [Int]) {
         var pieces = scratch.pieces
@@ -483,6 +531,15 @@ public final class ByteLevelBPETokenizer: @unchecked Sendable {
         if scratch.bytes.count == 1 {
             appendSymbol(byteIDs[Int(scratch.bytes[0])], &out)
             return
+        }
+        if preTokenizer.ignoresMerges {
+            // A pre-token that is a vocabulary entry is that token (Llama 3's ignore_merges).
+            scratch.spelled.removeAll(keepingCapacity: true)
+            for b in scratch.bytes { scratch.spelled.append(contentsOf: ByteLevel.byteToUTF8[Int(b)]) }
+            if let id = scratch.spelled.withUnsafeBufferPointer({ vocab.find($0) }) {
+                out.append(id)
+                return
+            }
         }
         let key = scratch.bytes.withUnsafeBufferPointer { WordKey($0) }
         cacheLock.lock()

@@ -10,6 +10,16 @@
 // GPT-2 expression) first isolates every \p{N} scalar as a piece of its own, then applies the GPT-2 rule to each
 // run of text between numerals separately (the look-ahead of `\s+(?!\S)` does not see past a numeral, so a space
 // before a digit ends its run and becomes a piece of its own: " 123" → " ", "1", "2", "3").
+//
+// `llama-bpe` (Llama 3) and `qwen2` (Qwen2 / Qwen2.5 / Qwen3) use one expression that differs only in how many
+// numerals make a piece:
+//     (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,K}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+// with K = 3 for Llama 3 and K = 1 for Qwen2 (written `\p{N}` there). The case-insensitive contractions fold ASCII
+// letters only (llama.cpp writes them `'[sS]|'[tT]|...`; a Unicode-folding engine would also accept "'ſ").
+// Unlike GPT-2 a word takes one leading non-letter non-numeral (" word", "\tword", "(word", "_word"), numerals never
+// take a space, punctuation runs take the newlines after them, and a whitespace run that holds a newline ends just
+// after its last \r or \n. Llama 3 also sets `ignore_merges`: a piece that is itself a vocabulary entry becomes that
+// token without running the merges (`ByteLevelBPETokenizer`).
 
 /// The character classes the GPT-2 expression distinguishes.
 enum ScalarClass: UInt8 {
@@ -40,19 +50,25 @@ enum ScalarClass: UInt8 {
 
 /// A pre-tokenizer rule, chosen by the GGUF `tokenizer.ggml.pre` name.
 struct PreTokenizer: Sendable {
-    enum Kind: Sendable { case gpt2, smollm }
+    enum Kind: Sendable { case gpt2, smollm, qwen2, llama3 }
     let kind: Kind
 
-    /// Names accepted by `init(name:)`.
-    static let supportedNames = ["smollm", "gpt2", "default"]
+    /// Names accepted by `init(name:)` (llama.cpp's names for these rules).
+    static let supportedNames = ["smollm", "gpt2", "gpt-2", "default", "qwen2", "deepseek-r1-qwen", "llama-bpe", "llama3", "llama-v3"]
 
     init?(name: String) {
         switch name {
         case "smollm": kind = .smollm
-        case "gpt2", "default", "": kind = .gpt2
+        case "gpt2", "gpt-2", "default", "": kind = .gpt2
+        case "qwen2", "deepseek-r1-qwen": kind = .qwen2
+        case "llama-bpe", "llama3", "llama-v3": kind = .llama3
         default: return nil
         }
     }
+
+    /// Whether a piece that is a vocabulary entry is taken whole, without merges (llama.cpp's and Hugging Face's
+    /// `ignore_merges`, set for Llama 3).
+    var ignoresMerges: Bool { kind == .llama3 }
 
     /// Splits `scalars[range]` (whose classes are `classes[range]`) into pre-tokens, appended to `out` as ranges.
     func split(_ scalars: UnsafeBufferPointer<Unicode.Scalar>, _ classes: UnsafeBufferPointer<ScalarClass>,
@@ -60,6 +76,10 @@ struct PreTokenizer: Sendable {
         switch kind {
         case .gpt2:
             Self.gpt2(scalars, classes, range, into: &out)
+        case .qwen2:
+            Self.llama3(scalars, classes, range, maxDigits: 1, into: &out)
+        case .llama3:
+            Self.llama3(scalars, classes, range, maxDigits: 3, into: &out)
         case .smollm:
             var start = range.lowerBound
             var i = start
@@ -72,6 +92,82 @@ struct PreTokenizer: Sendable {
                 i += 1
             }
             if start < range.upperBound { Self.gpt2(scalars, classes, start..<range.upperBound, into: &out) }
+        }
+    }
+
+    /// The Llama 3 / Qwen2 expression over one piece (see the top of this file); the end of the piece is the end of
+    /// the subject string.
+    static func llama3(_ s: UnsafeBufferPointer<Unicode.Scalar>, _ cls: UnsafeBufferPointer<ScalarClass>,
+                       _ range: Range<Int>, maxDigits: Int, into out: inout [Range<Int>]) {
+        let end = range.upperBound
+        @inline(__always) func isNewline(_ k: Int) -> Bool { s[k].value == 0x0A || s[k].value == 0x0D }
+        @inline(__always) func lower(_ k: Int) -> UInt32 {
+            let v = s[k].value
+            return (0x41...0x5A).contains(v) ? v | 0x20 : v
+        }
+        var i = range.lowerBound
+        while i < end {
+            // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+            if s[i].value == 0x27, i + 1 < end {
+                var len = 0
+                switch lower(i + 1) {
+                case 0x73, 0x74, 0x6D, 0x64: len = 2                                  // s t m d
+                case 0x72, 0x76: if i + 2 < end, lower(i + 2) == 0x65 { len = 3 }      // re ve
+                case 0x6C: if i + 2 < end, lower(i + 2) == 0x6C { len = 3 }            // ll
+                default: break
+                }
+                if len > 0 {
+                    out.append(i..<(i + len))
+                    i += len
+                    continue
+                }
+            }
+            let k = cls[i]
+            // [^\r\n\p{L}\p{N}]?\p{L}+
+            if k == .letter || (k != .number && !isNewline(i) && i + 1 < end && cls[i + 1] == .letter) {
+                var e = i + 1
+                while e < end && cls[e] == .letter { e += 1 }
+                out.append(i..<e)
+                i = e
+                continue
+            }
+            // \p{N}{1,K}
+            if k == .number {
+                var e = i + 1
+                while e < end && e - i < maxDigits && cls[e] == .number { e += 1 }
+                out.append(i..<e)
+                i = e
+                continue
+            }
+            // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+            let j = (s[i].value == 0x20 && i + 1 < end && cls[i + 1] == .other) ? i + 1 : i
+            if cls[j] == .other {
+                var e = j + 1
+                while e < end && cls[e] == .other { e += 1 }
+                while e < end && isNewline(e) { e += 1 }
+                out.append(i..<e)
+                i = e
+                continue
+            }
+            // Whitespace from here on. `\s*[\r\n]+`: up to the last newline of the run, when it has one.
+            var e = i
+            var lastNewline = -1
+            while e < end && cls[e] == .space {
+                if isNewline(e) { lastNewline = e }
+                e += 1
+            }
+            if lastNewline >= 0 {
+                out.append(i..<(lastNewline + 1))
+                i = lastNewline + 1
+            } else if e == end || e - i == 1 {
+                // `\s+`: the run reaches the end of the piece, or is a single scalar before a non-space.
+                out.append(i..<e)
+                i = e
+            } else {
+                // `\s+(?!\S)`: all but the last whitespace scalar, which then leads the next word.
+                out.append(i..<(e - 1))
+                i = e - 1
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 import Foundation
 
-// One interface for every tokenizer the engine runs: byte-level BPE (GPT-2, LLaMA 3, SmolLM; from GGUF or
-// tokenizer.json), SentencePiece Unigram (T5; tokenizer.json) and WordPiece (BERT; tokenizer.json). Generation, the
+// One interface for every tokenizer the engine runs: byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM; from GGUF or
+// tokenizer.json), SentencePiece BPE (Gemma 3, Llama 2; GGUF), SentencePiece Unigram (T5; tokenizer.json) and
+// WordPiece (BERT; tokenizer.json). Generation, the
 // streaming decoder, `ModelBundle`, the CLI and the server see only this protocol.
 //
 // Decoding is defined per token so that it can stream: `decodingPiece(_:first:skipSpecial:)` gives what one token adds
@@ -52,6 +53,12 @@ public protocol TextTokenizer: AnyObject, Sendable {
 
     /// A decoder for one sequence of ids, fed as they are generated.
     func makeStreamingDecoder(skipSpecial: Bool) -> StreamingDecoder
+
+    /// The decoder `Generator` uses for generated text. Vocabularies with control tokens (GGUF's token type 3, or a
+    /// tokenizer.json's special added tokens in a BPE model: chat markers, `<|endoftext|>`, `<end_of_turn>`) leave
+    /// them out, so a control token a model emits never shows as text; other tokenizers keep every token (T5's
+    /// `<extra_id_N>` sentinels are output, as Hugging Face's decode without skip_special_tokens shows them).
+    func makeGenerationDecoder() -> StreamingDecoder
 }
 
 extension TextTokenizer {
@@ -59,8 +66,10 @@ extension TextTokenizer {
         StreamingDecoder(tokenizer: self, skipSpecial: skipSpecial)
     }
 
-    /// A decoder that keeps special tokens (generation's default).
+    /// A decoder that keeps special tokens.
     public func makeStreamingDecoder() -> StreamingDecoder { makeStreamingDecoder(skipSpecial: false) }
+
+    public func makeGenerationDecoder() -> StreamingDecoder { makeStreamingDecoder(skipSpecial: false) }
 
     /// The bytes a token stands for on its own, in the middle of a text (special tokens as their text): what an API
     /// shows as a token (OpenAI's logprobs `token` and `bytes`). Empty outside the vocabulary.
@@ -81,6 +90,9 @@ extension TextTokenizer {
 extension ByteLevelBPETokenizer: TextTokenizer {
     /// `encode(text, parseSpecial: true)`.
     public func encode(_ text: String) -> [Int] { encode(text, parseSpecial: true) }
+
+    /// Control (and unknown-type) tokens leave no text in generated output.
+    public func makeGenerationDecoder() -> StreamingDecoder { makeStreamingDecoder(skipSpecial: true) }
 
     public func tokenID(_ token: String) -> Int? { id(of: token) }
 
