@@ -124,17 +124,23 @@ CK_INLINE CK_AVX512 void kcoef512(const int type, const uint8_t *blk, float *cf)
     }
     case CK_TYPE_Q4_K:
     case CK_TYPE_Q5_K: {
-        // Scales of sub-blocks 0-3 are bits 0-5 of bytes 0-3, mins bits 0-5 of bytes 4-7; sub-blocks 4-7 take
-        // their low 4 bits from bytes 8-11 (scale: low nibble, min: high nibble) and bits 4-5 from bits 6-7 of
-        // bytes 0-3 (scales) / 4-7 (mins).
-        const uint32_t s0 = load_u32(blk + 4), s1 = load_u32(blk + 8), s2 = load_u32(blk + 12);
-        const uint32_t sc_lo = s0 & 0x3F3F3F3Fu, m_lo = s1 & 0x3F3F3F3Fu;
-        const uint32_t sc_hi = (s2 & 0x0F0F0F0Fu) | ((s0 >> 6) & 0x03030303u) << 4;
-        const uint32_t m_hi = ((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 6) & 0x03030303u) << 4;
-        const __m128i v = _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi);
-        const __m512 dd = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(h2f_f16c(blk)),
-                                               _mm512_set1_ps(-h2f_f16c(blk + 2)));
-        _mm512_storeu_ps(cf, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))));
+        // Scales of sub-blocks 0-3 are bits 0-5 of bytes 0-3 of `scales`, mins bits 0-5 of bytes 4-7; sub-blocks
+        // 4-7 take their low 4 bits from bytes 8-11 (scale: low nibble, min: high nibble) and bits 4-5 from bits
+        // 6-7 of bytes 0-3 (scales) / 4-7 (mins). With the block's first 16 bytes v = {d, dmin, scales[12]} in
+        // one register, as dwords: x = {scales 0-3, 8-11, 4-7, 8-11}, y = {0, scales 0-3, 0, scales 4-7}:
+        //   bytes = ((x >> {0, 0, 0, 4}) & {3F.., 0F.., 3F.., 0F..}) | ((y >> 6) & 03..) << 4
+        // = {sc 0-3, sc 4-7, m 0-3, m 4-7}, one byte each.
+        const __m128i v = _mm_loadu_si128((const __m128i *)blk);
+        const __m128i x = _mm_shuffle_epi8(v, _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
+        const __m128i y = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
+        const __m128i lo = _mm_and_si128(_mm_srlv_epi32(x, _mm_setr_epi32(0, 0, 0, 4)),
+                                         _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F));
+        const __m128i hi = _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(y, 6), _mm_set1_epi32(0x03030303)), 4);
+        // {d, -dmin} from the first two halves, spread to 8 lanes each.
+        const __m128 dm = _mm_xor_ps(_mm_cvtph_ps(v), _mm_setr_ps(0.0f, -0.0f, 0.0f, 0.0f));
+        const __m512 dd = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                                                _mm512_castps128_ps512(dm));
+        _mm512_storeu_ps(cf, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_or_si128(lo, hi)))));
         break;
     }
     case CK_TYPE_Q6_K: {
@@ -204,15 +210,34 @@ CK_INLINE CK_AVX512 void kchunk512(const int type, const uint8_t *blk, const int
     }
 }
 
+// Chunks 2p and 2p+1 (elements 64p .. 64p+63) -> w[0..3]. Q4_K decodes both from the same 32 bytes: the low
+// nibbles as they are (a permute reads only the low 4 bits of each index), the high ones shifted down.
+CK_INLINE CK_AVX512 void kpair512(const int type, const uint8_t *blk, const int p, const float *cf, __m512 w[4]) {
+    if (type == CK_TYPE_Q4_K) {
+        const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        const uint8_t *q = blk + 16 + 32 * p;
+        const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
+        const __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)));
+        const __m512 t0 = _mm512_fmadd_ps(_mm512_set1_ps(cf[2 * p]), iota, _mm512_set1_ps(cf[8 + 2 * p]));
+        const __m512 t1 = _mm512_fmadd_ps(_mm512_set1_ps(cf[2 * p + 1]), iota, _mm512_set1_ps(cf[9 + 2 * p]));
+        w[0] = _mm512_permutexvar_ps(i0, t0);
+        w[1] = _mm512_permutexvar_ps(i1, t0);
+        w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(i0, 4), t1);
+        w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(i1, 4), t1);
+        return;
+    }
+    kchunk512(type, blk, 2 * p, cf, &w[0], &w[1]);
+    kchunk512(type, blk, 2 * p + 1, cf, &w[2], &w[3]);
+}
+
 CK_INLINE CK_AVX512 void dqk512_type(const int type, const int bbytes, const uint8_t *src, float *dst, int64_t count) {
     float cf[32] __attribute__((aligned(64)));
     for (int64_t s = 0; s < count / 256; s++, src += bbytes, dst += 256) {
         kcoef512(type, src, cf);
-        for (int c = 0; c < 8; c++) {
-            __m512 w0, w1;
-            kchunk512(type, src, c, cf, &w0, &w1);
-            _mm512_storeu_ps(dst + 32 * c, w0);
-            _mm512_storeu_ps(dst + 32 * c + 16, w1);
+        for (int p = 0; p < 4; p++) {
+            __m512 w[4];
+            kpair512(type, src, p, cf, w);
+            for (int i = 0; i < 4; i++) _mm512_storeu_ps(dst + 64 * p + 16 * i, w[i]);
         }
     }
 }
@@ -241,25 +266,27 @@ CK_INLINE CK_AVX512 void fkk512_rt(const int type, const int bbytes, const int R
     for (int64_t s = 0; s < K / 256; s++) {
         for (int r = 0; r < R; r++) {
             const uint8_t *blk = W + (size_t)r * rb + (size_t)s * bbytes;
+#ifndef KPF_MODE
+#define KPF_MODE 1
+#endif
+#if KPF_MODE == 0
             for (int off = 0; off < bbytes; off += 64) _mm_prefetch((const char *)(blk + KPF512 + off), _MM_HINT_T0);
+#elif KPF_MODE == 1
+            for (int off = 0; off < bbytes; off += 64) _mm_prefetch((const char *)(blk + (size_t)R * rb + off), _MM_HINT_T0);
+#else
+            for (int off = 0; off < bbytes; off += 64) _mm_prefetch((const char *)(blk + (size_t)R * rb + off), _MM_HINT_T1);
+#endif
             kcoef512(type, blk, cf[r]);
         }
-        for (int c = 0; c < 8; c++) {
-            const int64_t k = 256 * s + 32 * c;
-            __m512 x0[FK512_TT], x1[FK512_TT];
-            for (int t = 0; t < T; t++) {
-                x0[t] = _mm512_loadu_ps(x + t * ldx + k);
-                x1[t] = _mm512_loadu_ps(x + t * ldx + k + 16);
-            }
+        for (int p = 0; p < 4; p++) {
+            const int64_t k = 256 * s + 64 * p;
             for (int r = 0; r < R; r++) {
-                __m512 w0, w1;
-                kchunk512(type, W + (size_t)r * rb + (size_t)s * bbytes, c, cf[r], &w0, &w1);
-                if (panel) {
-                    _mm512_storeu_ps(panel + r * ldp + k, w0);
-                    _mm512_storeu_ps(panel + r * ldp + k + 16, w1);
-                }
-                for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(w0, x0[t], acc[r][t]);
-                for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(w1, x1[t], acc[r][t]);
+                __m512 w[4];
+                kpair512(type, W + (size_t)r * rb + (size_t)s * bbytes, p, cf[r], w);
+                if (panel)
+                    for (int i = 0; i < 4; i++) _mm512_storeu_ps(panel + r * ldp + k + 16 * i, w[i]);
+                for (int i = 0; i < 4; i++)
+                    for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(x + t * ldx + k + 16 * i), acc[r][t]);
             }
         }
     }
