@@ -253,8 +253,6 @@ static CK_AVX512 void dqk_avx512(int type, const uint8_t *src, float *dst, int64
     }
 }
 
-#define KPF512 1024  // prefetch distance in bytes ahead of each row's current super-block
-
 // Fused kernel: R rows x T tokens, super-block by super-block; with `panel` set it also writes the decoded rows.
 CK_INLINE CK_AVX512 void fkk512_rt(const int type, const int bbytes, const int R, const int T, const uint8_t *W,
                                   size_t rb, const float *x, int64_t ldx, int64_t K, float *y, int64_t ldy,
@@ -266,26 +264,22 @@ CK_INLINE CK_AVX512 void fkk512_rt(const int type, const int bbytes, const int R
     for (int64_t s = 0; s < K / 256; s++) {
         for (int r = 0; r < R; r++) {
             const uint8_t *blk = W + (size_t)r * rb + (size_t)s * bbytes;
-#ifndef KPF_MODE
-#define KPF_MODE 1
-#endif
-#if KPF_MODE == 0
-            for (int off = 0; off < bbytes; off += 64) _mm_prefetch((const char *)(blk + KPF512 + off), _MM_HINT_T0);
-#elif KPF_MODE == 1
-            for (int off = 0; off < bbytes; off += 64) _mm_prefetch((const char *)(blk + (size_t)R * rb + off), _MM_HINT_T0);
-#else
+            // The same super-block of the matching row of the next tile, into L2 (see fk512_rt).
             for (int off = 0; off < bbytes; off += 64) _mm_prefetch((const char *)(blk + (size_t)R * rb + off), _MM_HINT_T1);
-#endif
             kcoef512(type, blk, cf[r]);
         }
         for (int p = 0; p < 4; p++) {
             const int64_t k = 256 * s + 64 * p;
+            // (Unrolled so that the accumulators stay in registers.)
+#pragma clang loop unroll(full)
             for (int r = 0; r < R; r++) {
                 __m512 w[4];
                 kpair512(type, W + (size_t)r * rb + (size_t)s * bbytes, p, cf[r], w);
                 if (panel)
                     for (int i = 0; i < 4; i++) _mm512_storeu_ps(panel + r * ldp + k + 16 * i, w[i]);
+#pragma clang loop unroll(full)
                 for (int i = 0; i < 4; i++)
+#pragma clang loop unroll(full)
                     for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(x + t * ldx + k + 16 * i), acc[r][t]);
             }
         }
@@ -316,6 +310,13 @@ CK_INLINE CK_AVX512 void fkk512_rt(const int type, const int bbytes, const int R
 
 static CK_AVX512 void fkk_avx512(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
                                  int64_t K, float *y, int64_t ldy, float *panel, int64_t ldp) {
+    if (T >= 3 && R > 2) {
+        // 3-4 tokens: two tiles of <= 2 rows (4 x 4 accumulators and the tokens' activations do not fit the
+        // registers together; the split changes no pair's arithmetic).
+        fkk_avx512(type, 2, T, W, rb, x, ldx, K, y, ldy, panel, ldp);
+        fkk_avx512(type, R - 2, T, W + 2 * rb, rb, x, ldx, K, y + 2, ldy, panel ? panel + 2 * ldp : NULL, ldp);
+        return;
+    }
     switch (type) {
     FKK512_TYPE(CK_TYPE_Q2_K, 84)
     FKK512_TYPE(CK_TYPE_Q3_K, 110)
@@ -389,7 +390,7 @@ CK_INLINE CK_AVX2 void fkk256_rt(const int type, const int bbytes, const int R, 
     for (int64_t s = 0; s < K / 256; s++) {
         for (int r = 0; r < R; r++) {
             const uint8_t *blk = W + (size_t)r * rb + (size_t)s * bbytes;
-            for (int off = 0; off < bbytes; off += 64) _mm_prefetch((const char *)(blk + KPF512 + off), _MM_HINT_T0);
+            for (int off = 0; off < bbytes; off += 64) _mm_prefetch((const char *)(blk + (size_t)R * rb + off), _MM_HINT_T1);
             kcoef_scalar(type, blk, cf[r]);
         }
         for (int c = 0; c < 8; c++) {

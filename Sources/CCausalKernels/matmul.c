@@ -7,11 +7,14 @@
 //         for each tile of TT tokens:
 //             for each tile of TR rows of the panel: microkernel(R <= TR rows, T <= TT tokens)
 //   fused path (quantized weights, n <= a few tokens, SIMD levels): for each tile of rows, decode each 32-element
-//     block in registers and feed it straight to the accumulators (no scratch round trip; decode-bound n = 1).
+//     block (or K-quant chunk) in registers and feed it straight to the accumulators (no scratch round trip;
+//     decode-bound n = 1).
 // Both give every (token, row) pair its own 16-lane accumulator and perform, for that pair, exactly the operation
 // sequence described in CCausalKernels.h: dequantized weights are fp32 values computed the same way everywhere
-// (d*q is exact; Q4_1 adds m with one rounding), lane j takes one fused multiply-add per chunk of 16 in increasing k, and the lanes are summed in a
-// fixed tree. Tile shapes and paths only decide how many pairs run side by side, so no result depends on n, the
+// (the reference dequantizer's operations: exact products, at most one rounding; kquants_impl.h), lane j takes one
+// fused multiply-add per chunk of 16 in increasing k, and the lanes are summed in a fixed tree. The K-quants'
+// 256-element super-blocks have their own kernels (kquants_simd.h): scales decoded once per super-block, then
+// 32-element chunks in registers, fed to the same accumulators. Tile shapes and paths only decide how many pairs run side by side, so no result depends on n, the
 // batch, the row range, the tiling, the path or the thread split — nor on the ISA level.
 #include "CCausalKernels.h"
 
@@ -472,7 +475,6 @@ static CK_AVX512 void dq_avx512(int type, const uint8_t *src, float *dst, int64_
 // accumulators of T tokens, chunk by chunk in increasing k — the same per-pair sequence as the panel path.
 #define FK512_TR 4
 #define FK512_TT 4
-#define FK512_PREFETCH 2048  // bytes ahead of each row's current block (measured: +25% on L3-resident Q8_0)
 
 // With `panel` set it also writes the decoded rows there (row r at panel + r * ldp), for the panel path's
 // remaining token tiles: decoding then overlaps the first tile's multiply-adds instead of running as its own pass.
@@ -490,7 +492,10 @@ CK_INLINE CK_AVX512 void fk512_rt(const int type, const int bbytes, const int R,
         }
         for (int r = 0; r < R; r++) {
             __m512 w0, w1;
-            _mm_prefetch((const char *)(W + (size_t)r * rb + (size_t)b * bbytes + FK512_PREFETCH), _MM_HINT_T0);
+            // The same block of the matching row of the next tile, into L2: the tiles of a thread's rows are one
+            // contiguous stream, so this runs one tile (R rows) ahead of the reads. Measured on the Qwen2.5 0.5B
+            // Q8_0 output matrix, one thread, n = 1: 9.2 GB/s with 2 KiB ahead in the same row, 16 GB/s this way.
+            _mm_prefetch((const char *)(W + (size_t)(r + R) * rb + (size_t)b * bbytes), _MM_HINT_T1);
             blk512(type, W + (size_t)r * rb + (size_t)b * bbytes, &w0, &w1);
             if (panel) {
                 _mm512_storeu_ps(panel + r * ldp + 32 * b, w0);
@@ -690,7 +695,7 @@ CK_INLINE CK_AVX2 void fk256_rt(const int type, const int bbytes, const int R, c
     for (int64_t b = 0; b < K / 32; b++) {
         for (int r = 0; r < R; r++) {
             __m256 w[4];
-            _mm_prefetch((const char *)(W + (size_t)r * rb + (size_t)b * bbytes + FK512_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(W + (size_t)(r + R) * rb + (size_t)b * bbytes), _MM_HINT_T1);  // next tile
             blk256(type, W + (size_t)r * rb + (size_t)b * bbytes, w);
             for (int t = 0; t < T; t++) {
                 const float *xp = x + t * ldx + 32 * b;
