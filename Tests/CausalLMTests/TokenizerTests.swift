@@ -304,7 +304,7 @@ final class TokenizerTests: XCTestCase {
         expect(try write("nomerges.gguf") { $0.remove(at: 4) }, field: "tokenizer.ggml.merges", contains: "missing")
         expect(try write("types.gguf") { $0[3].1 = .i32s([1, 1, 1]) }, field: "tokenizer.ggml.token_type", contains: "3 token types")
         expect(try write("badmerge.gguf") { $0[4].1 = .strings(["a b", "abc"]) }, field: "tokenizer.ggml.merges", contains: "merge #1")
-        expect(try write("pre.gguf") { $0[1].1 = .string("qwen2") }, field: "tokenizer.ggml.pre", contains: "qwen2")
+        expect(try write("pre.gguf") { $0[1].1 = .string("no-such-rule") }, field: "tokenizer.ggml.pre", contains: "no-such-rule")
         expect(try write("eos.gguf") { $0[5].1 = .u32(300) }, field: "tokenizer.ggml.eos_token_id", contains: "300")
         expect(try write("tokens.gguf") { $0[2].1 = .i32s([1]) }, field: "tokenizer.ggml.tokens", contains: "array of string")
     }
