@@ -295,36 +295,47 @@ CK_INLINE CK_AVX512 void fkk512_rt(const int type, const int bbytes, const int R
 
 #define FKK512_CASE(TYPE, BYTES, R, T) \
     case (R) * 8 + (T): fkk512_rt(TYPE, BYTES, R, T, W, rb, x, ldx, K, y, ldy, panel, ldp); break;
-#define FKK512_TYPE(TYPE, BYTES)                                                                      \
-    case TYPE:                                                                                        \
-        switch (R * 8 + T) {                                                                          \
-        FKK512_CASE(TYPE, BYTES, 1, 1) FKK512_CASE(TYPE, BYTES, 1, 2) FKK512_CASE(TYPE, BYTES, 1, 3)  \
-        FKK512_CASE(TYPE, BYTES, 1, 4) FKK512_CASE(TYPE, BYTES, 2, 1) FKK512_CASE(TYPE, BYTES, 2, 2)  \
-        FKK512_CASE(TYPE, BYTES, 2, 3) FKK512_CASE(TYPE, BYTES, 2, 4) FKK512_CASE(TYPE, BYTES, 3, 1)  \
-        FKK512_CASE(TYPE, BYTES, 3, 2) FKK512_CASE(TYPE, BYTES, 3, 3) FKK512_CASE(TYPE, BYTES, 3, 4)  \
-        FKK512_CASE(TYPE, BYTES, 4, 1) FKK512_CASE(TYPE, BYTES, 4, 2) FKK512_CASE(TYPE, BYTES, 4, 3)  \
-        FKK512_CASE(TYPE, BYTES, 4, 4)                                                                \
-        default: break;                                                                               \
-        }                                                                                             \
-        break;
+// One function per type (small stack frames even unoptimized), each with every tile shape.
+#define FKK512_FN(NAME, TYPE, BYTES)                                                                        \
+    static CK_AVX512 __attribute__((noinline)) void NAME(int R, int T, const uint8_t *W, size_t rb,         \
+                                                         const float *x, int64_t ldx, int64_t K, float *y,  \
+                                                         int64_t ldy, float *panel, int64_t ldp) {           \
+        switch (R * 8 + T) {                                                                                \
+        FKK512_CASE(TYPE, BYTES, 1, 1) FKK512_CASE(TYPE, BYTES, 1, 2) FKK512_CASE(TYPE, BYTES, 1, 3)        \
+        FKK512_CASE(TYPE, BYTES, 1, 4) FKK512_CASE(TYPE, BYTES, 2, 1) FKK512_CASE(TYPE, BYTES, 2, 2)        \
+        FKK512_CASE(TYPE, BYTES, 2, 3) FKK512_CASE(TYPE, BYTES, 2, 4) FKK512_CASE(TYPE, BYTES, 3, 1)        \
+        FKK512_CASE(TYPE, BYTES, 3, 2) FKK512_CASE(TYPE, BYTES, 4, 1) FKK512_CASE(TYPE, BYTES, 4, 2)        \
+        default: break;                                                                                     \
+        }                                                                                                   \
+    }
+FKK512_FN(fkk512_q2k, CK_TYPE_Q2_K, 84)
+FKK512_FN(fkk512_q3k, CK_TYPE_Q3_K, 110)
+FKK512_FN(fkk512_q4k, CK_TYPE_Q4_K, 144)
+FKK512_FN(fkk512_q5k, CK_TYPE_Q5_K, 176)
+FKK512_FN(fkk512_q6k, CK_TYPE_Q6_K, 210)
+
+typedef void (*fkk512_fn)(int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx, int64_t K,
+                          float *y, int64_t ldy, float *panel, int64_t ldp);
 
 static CK_AVX512 void fkk_avx512(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
                                  int64_t K, float *y, int64_t ldy, float *panel, int64_t ldp) {
+    fkk512_fn f;
+    switch (type) {
+    case CK_TYPE_Q2_K: f = fkk512_q2k; break;
+    case CK_TYPE_Q3_K: f = fkk512_q3k; break;
+    case CK_TYPE_Q4_K: f = fkk512_q4k; break;
+    case CK_TYPE_Q5_K: f = fkk512_q5k; break;
+    case CK_TYPE_Q6_K: f = fkk512_q6k; break;
+    default: return;
+    }
     if (T >= 3 && R > 2) {
-        // 3-4 tokens: two tiles of <= 2 rows (4 x 4 accumulators and the tokens' activations do not fit the
-        // registers together; the split changes no pair's arithmetic).
-        fkk_avx512(type, 2, T, W, rb, x, ldx, K, y, ldy, panel, ldp);
-        fkk_avx512(type, R - 2, T, W + 2 * rb, rb, x, ldx, K, y + 2, ldy, panel ? panel + 2 * ldp : NULL, ldp);
+        // 3-4 tokens: tiles of <= 2 rows (4 x 4 accumulators and the tokens' activations do not fit the registers
+        // together; the split changes no pair's arithmetic).
+        f(2, T, W, rb, x, ldx, K, y, ldy, panel, ldp);
+        f(R - 2, T, W + 2 * rb, rb, x, ldx, K, y + 2, ldy, panel ? panel + 2 * ldp : NULL, ldp);
         return;
     }
-    switch (type) {
-    FKK512_TYPE(CK_TYPE_Q2_K, 84)
-    FKK512_TYPE(CK_TYPE_Q3_K, 110)
-    FKK512_TYPE(CK_TYPE_Q4_K, 144)
-    FKK512_TYPE(CK_TYPE_Q5_K, 176)
-    FKK512_TYPE(CK_TYPE_Q6_K, 210)
-    default: break;
-    }
+    f(R, T, W, rb, x, ldx, K, y, ldy, panel, ldp);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -514,51 +514,65 @@ CK_INLINE CK_AVX512 void fk512_rt(const int type, const int bbytes, const int R,
         for (int r = 0; r < R; r++) y[t * ldy + r] = hsum512(acc[r][t]);
 }
 
-#define FK512_CASE(TYPE, BYTES, R, T) \
-    case (R) * 8 + (T): fk512_rt(TYPE, BYTES, R, T, W, rb, x, ldx, K, y, ldy, FK512_PANEL); break;
-#define FK512_TYPE(TYPE, BYTES)                                                                   \
-    case TYPE:                                                                                    \
-        switch (R * 8 + T) {                                                                      \
-        FK512_CASE(TYPE, BYTES, 1, 1) FK512_CASE(TYPE, BYTES, 1, 2) FK512_CASE(TYPE, BYTES, 1, 3) \
-        FK512_CASE(TYPE, BYTES, 1, 4) FK512_CASE(TYPE, BYTES, 2, 1) FK512_CASE(TYPE, BYTES, 2, 2) \
-        FK512_CASE(TYPE, BYTES, 2, 3) FK512_CASE(TYPE, BYTES, 2, 4) FK512_CASE(TYPE, BYTES, 3, 1) \
-        FK512_CASE(TYPE, BYTES, 3, 2) FK512_CASE(TYPE, BYTES, 3, 3) FK512_CASE(TYPE, BYTES, 3, 4) \
-        FK512_CASE(TYPE, BYTES, 4, 1) FK512_CASE(TYPE, BYTES, 4, 2) FK512_CASE(TYPE, BYTES, 4, 3) \
-        FK512_CASE(TYPE, BYTES, 4, 4)                              \
-        default: break;                                                                           \
-        }                                                                                         \
-        break;
+#define FK512_CASE(TYPE, BYTES, R, T, P, L) \
+    case (R) * 8 + (T): fk512_rt(TYPE, BYTES, R, T, W, rb, x, ldx, K, y, ldy, P, L); break;
+// One function per type and panel mode, each with every tile shape (separate functions keep the stack frames of
+// the unoptimized debug build small).
+#define FK512_FN(NAME, TYPE, BYTES, P, L)                                                                     \
+    static CK_AVX512 __attribute__((noinline)) void NAME(int R, int T, const uint8_t *W, size_t rb,           \
+                                                         const float *x, int64_t ldx, int64_t K, float *y,    \
+                                                         int64_t ldy, float *panel, int64_t ldp) {             \
+        (void)panel;                                                                                          \
+        (void)ldp;                                                                                            \
+        switch (R * 8 + T) {                                                                                  \
+        FK512_CASE(TYPE, BYTES, 1, 1, P, L) FK512_CASE(TYPE, BYTES, 1, 2, P, L)                             \
+        FK512_CASE(TYPE, BYTES, 1, 3, P, L) FK512_CASE(TYPE, BYTES, 1, 4, P, L)                             \
+        FK512_CASE(TYPE, BYTES, 2, 1, P, L) FK512_CASE(TYPE, BYTES, 2, 2, P, L)                             \
+        FK512_CASE(TYPE, BYTES, 2, 3, P, L) FK512_CASE(TYPE, BYTES, 2, 4, P, L)                             \
+        FK512_CASE(TYPE, BYTES, 3, 1, P, L) FK512_CASE(TYPE, BYTES, 3, 2, P, L)                             \
+        FK512_CASE(TYPE, BYTES, 3, 3, P, L) FK512_CASE(TYPE, BYTES, 3, 4, P, L)                             \
+        FK512_CASE(TYPE, BYTES, 4, 1, P, L) FK512_CASE(TYPE, BYTES, 4, 2, P, L)                             \
+        FK512_CASE(TYPE, BYTES, 4, 3, P, L) FK512_CASE(TYPE, BYTES, 4, 4, P, L)                             \
+        default: break;                                                                                       \
+        }                                                                                                     \
+    }
+#define FK512_FNS(SUFFIX, TYPE, BYTES)                  \
+    FK512_FN(fk512_##SUFFIX, TYPE, BYTES, NULL, 0)      \
+    FK512_FN(fks512_##SUFFIX, TYPE, BYTES, panel, ldp)
+FK512_FNS(q8_0, CK_TYPE_Q8_0, 34)
+FK512_FNS(q4_0, CK_TYPE_Q4_0, 18)
+FK512_FNS(q4_1, CK_TYPE_Q4_1, 20)
+FK512_FNS(q5_0, CK_TYPE_Q5_0, 22)
+FK512_FNS(q5_1, CK_TYPE_Q5_1, 24)
+FK512_FNS(iq4_nl, CK_TYPE_IQ4_NL, 18)
 
-#define FK512_PANEL NULL, 0
+// Fused kernel over R rows x T tokens, writing the decoded rows to `panel` too when it is set.
+static CK_AVX512 void fk512_any(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
+                                int64_t K, float *y, int64_t ldy, float *panel, int64_t ldp) {
+#define FK512_DISPATCH(SUFFIX) \
+    (panel ? fks512_##SUFFIX : fk512_##SUFFIX)(R, T, W, rb, x, ldx, K, y, ldy, panel, ldp)
+    switch (type) {
+    case CK_TYPE_Q8_0: FK512_DISPATCH(q8_0); break;
+    case CK_TYPE_Q4_0: FK512_DISPATCH(q4_0); break;
+    case CK_TYPE_Q4_1: FK512_DISPATCH(q4_1); break;
+    case CK_TYPE_Q5_0: FK512_DISPATCH(q5_0); break;
+    case CK_TYPE_Q5_1: FK512_DISPATCH(q5_1); break;
+    case CK_TYPE_IQ4_NL: FK512_DISPATCH(iq4_nl); break;
+    default: fkk_avx512(type, R, T, W, rb, x, ldx, K, y, ldy, panel, ldp); break;  // K-quants
+    }
+#undef FK512_DISPATCH
+}
+
 static CK_AVX512 void fk_avx512(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
                                 int64_t K, float *y, int64_t ldy) {
-    switch (type) {
-    FK512_TYPE(CK_TYPE_Q8_0, 34)
-    FK512_TYPE(CK_TYPE_Q4_0, 18)
-    FK512_TYPE(CK_TYPE_Q4_1, 20)
-    FK512_TYPE(CK_TYPE_Q5_0, 22)
-    FK512_TYPE(CK_TYPE_Q5_1, 24)
-    FK512_TYPE(CK_TYPE_IQ4_NL, 18)
-    default: fkk_avx512(type, R, T, W, rb, x, ldx, K, y, ldy, NULL, 0); break;
-    }
+    fk512_any(type, R, T, W, rb, x, ldx, K, y, ldy, NULL, 0);
 }
-#undef FK512_PANEL
 
 // The same, also writing the decoded rows to a panel.
-#define FK512_PANEL panel, ldp
 static CK_AVX512 void fks_avx512(int type, int R, int T, const uint8_t *W, size_t rb, const float *x, int64_t ldx,
                                  int64_t K, float *y, int64_t ldy, float *panel, int64_t ldp) {
-    switch (type) {
-    FK512_TYPE(CK_TYPE_Q8_0, 34)
-    FK512_TYPE(CK_TYPE_Q4_0, 18)
-    FK512_TYPE(CK_TYPE_Q4_1, 20)
-    FK512_TYPE(CK_TYPE_Q5_0, 22)
-    FK512_TYPE(CK_TYPE_Q5_1, 24)
-    FK512_TYPE(CK_TYPE_IQ4_NL, 18)
-    default: fkk_avx512(type, R, T, W, rb, x, ldx, K, y, ldy, panel, ldp); break;
-    }
+    fk512_any(type, R, T, W, rb, x, ldx, K, y, ldy, panel, ldp);
 }
-#undef FK512_PANEL
 
 #define MK512_TR 4
 #ifndef MK512_TT
