@@ -33,12 +33,7 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// CPU time of the whole process (all threads, spinning workers included).
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+
 
 // ---------------------------------------------------------------------------------------------------------------
 // Minimal GGUF tensor table reader (metadata values skipped; general.alignment honoured).
@@ -217,32 +212,30 @@ int main(int argc, char **argv) {
                 }
             float *x = malloc(maxk * sizeof(float)), *y = malloc(maxr * sizeof(float));
             for (size_t i = 0; i < maxk; i++) x[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
-            double *times = malloc(sizeof(double) * (size_t)repeats), *cpu = malloc(sizeof(double) * (size_t)repeats);
+            double *times = malloc(sizeof(double) * (size_t)repeats);
             for (int rep = -1; rep < repeats; rep++) {  // rep -1: page the file in
-                double wall = 0, c = 0;
-                const double t0 = now(), c0 = cpu_now();
+                double wall = 0;
+                const double t0 = now();
                 for (int i = 0; i < nt; i++)
                     if (ts[i].rows && ts[i].type == type && !strstr(ts[i].name, "token_embd")) {
                         if (hot) {  // time a second product over the same tensor, now in the caches
                             matvec(pool, threads, &ts[i], x, y);
-                            const double t1 = now(), c1 = cpu_now();
+                            const double t1 = now();
                             matvec(pool, threads, &ts[i], x, y);
                             wall += now() - t1;
-                            c += cpu_now() - c1;
                         } else {
                             matvec(pool, threads, &ts[i], x, y);
                         }
                     }
-                if (!hot) { wall = now() - t0; c = cpu_now() - c0; }
-                if (rep >= 0) { times[rep] = wall; cpu[rep] = c; }
+                if (!hot) wall = now() - t0;
+                if (rep >= 0) times[rep] = wall;
             }
             qsort(times, (size_t)repeats, sizeof(double), cmp_double);
-            qsort(cpu, (size_t)repeats, sizeof(double), cmp_double);
             const double best = times[0], med = times[repeats / 2];
-            printf("%-34s %-6s %3d tensors %7.1f MB  best %7.3f ms  median %7.3f ms  %5.1f GB/s = %3.0f%% of the floor (median %3.0f%%)  cpu %5.1f GB/s\n",
+            printf("%-34s %-6s %3d tensors %7.1f MB  best %7.3f ms  median %7.3f ms  %5.1f GB/s = %3.0f%% of the floor (median %3.0f%%)\n",
                    base, type_name(type), count, bytes / 1e6, best * 1e3, med * 1e3, bytes / best / 1e9,
-                   100.0 * bytes / best / bw, 100.0 * bytes / med / bw, bytes / cpu[0] / 1e9 * threads);
-            free(x); free(y); free(times); free(cpu);
+                   100.0 * bytes / best / bw, 100.0 * bytes / med / bw);
+            free(x); free(y); free(times);
         }
     }
     ck_pool_destroy(pool);
