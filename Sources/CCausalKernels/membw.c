@@ -3,6 +3,10 @@
 #include "CCausalKernels.h"
 
 #include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#endif
+#include <stdlib.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CK_MB_X86 1
@@ -96,4 +100,39 @@ uint64_t ck_read_sum(const void *ptr, size_t bytes) {
 #endif
     // `done` is a multiple of 8, so the rest starts on a word boundary of the whole buffer.
     return s + read_scalar(p + done, bytes - done);
+}
+
+static size_t round_2mib(size_t bytes) { return (bytes + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1); }
+
+void *ck_membw_alloc(size_t bytes, int huge_pages) {
+    if (bytes == 0) return NULL;
+    const size_t n = round_2mib(bytes), align = (size_t)2 << 20;
+#if defined(__unix__) || defined(__APPLE__)
+    // Map 2 MiB more than needed and trim both ends so that the start is 2 MiB aligned.
+    uint8_t *raw = mmap(NULL, n + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    uint8_t *p = (uint8_t *)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
+    if (p > raw) munmap(raw, (size_t)(p - raw));
+    const size_t tail = (size_t)(raw + n + align - (p + n));
+    if (tail > 0) munmap(p + n, tail);
+#if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
+    madvise(p, n, huge_pages ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+#else
+    (void)huge_pages;
+#endif
+    return p;
+#else
+    (void)huge_pages;
+    return aligned_alloc(align, n);
+#endif
+}
+
+void ck_membw_free(void *p, size_t bytes) {
+    if (p == NULL) return;
+#if defined(__unix__) || defined(__APPLE__)
+    munmap(p, round_2mib(bytes));
+#else
+    (void)bytes;
+    free(p);
+#endif
 }

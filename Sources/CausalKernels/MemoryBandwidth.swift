@@ -4,10 +4,18 @@ import Foundation
 /// Memory read bandwidth, measured the way decoding reads weights: one streaming pass over a buffer far larger than
 /// the caches, split into chunks that the pool's threads read front to back (`ck_read_sum`: AVX-512, AVX2 or
 /// scalar loads, whichever level is in use).
+///
+/// The page size matters on a virtual machine, where every TLB miss walks two page tables: reading 4 KiB pages can
+/// be a third slower than reading 2 MiB pages. `hugePages` picks which one the buffer asks the kernel for.
 public enum MemoryBandwidth {
     public struct Measurement: Sendable {
         public var threads: Int
         public var bytes: Int
+        /// Whether 2 MiB pages were requested for the buffer.
+        public var hugePages: Bool
+        /// Bytes of the buffer that the kernel did back with huge pages (Linux, from /proc/self/smaps_rollup);
+        /// nil where unknown.
+        public var hugePageBytes: Int?
         /// Seconds of each timed pass.
         public var seconds: [Double]
         /// Bytes per second of the fastest pass, in GB/s (10^9 bytes).
@@ -16,6 +24,11 @@ public enum MemoryBandwidth {
             let s = seconds.sorted()
             return s.isEmpty ? 0 : Double(bytes) / s[s.count / 2] / 1e9
         }
+    }
+
+    public struct AllocationError: Error, CustomStringConvertible {
+        public var bytes: Int
+        public var description: String { "cannot allocate a \(bytes >> 20) MiB buffer for the memory bandwidth test" }
     }
 
     /// Chunk of the buffer one thread reads at a time.
@@ -36,29 +49,44 @@ public enum MemoryBandwidth {
         return total
     }
 
-    /// Allocates and fills a `bytes`-byte buffer, then for each thread count reads it once untimed and `repeats`
-    /// times timed. The buffer is written before any pass, so every page is backed by memory.
-    public static func measure(bytes: Int = 1 << 30, threadCounts: [Int], repeats: Int = 5) -> [Measurement] {
+    /// AnonHugePages of this process in bytes (Linux), or nil.
+    static func anonHugePageBytes() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/self/smaps_rollup", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("AnonHugePages:") {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            if f.count >= 2, let kb = Int(f[1]) { return kb * 1024 }
+        }
+        return nil
+    }
+
+    /// Allocates and fills a `bytes`-byte buffer (2 MiB or 4 KiB pages, see `hugePages`), then for each thread
+    /// count reads it once untimed and `repeats` times timed. The buffer is written before any pass, so every page
+    /// is backed by memory.
+    public static func measure(bytes: Int = 1 << 30, threadCounts: [Int], repeats: Int = 5,
+                               hugePages: Bool = false) throws -> [Measurement] {
         precondition(bytes > 0 && repeats > 0)
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
-        defer { buffer.deallocate() }
+        let hugeBefore = anonHugePageBytes()
+        guard let raw = ck_membw_alloc(bytes, hugePages ? 1 : 0) else { throw AllocationError(bytes: bytes) }
+        defer { ck_membw_free(raw, bytes) }
         // A pattern, not zeros: every page gets its own frame.
-        let words = buffer.bindMemory(to: UInt64.self, capacity: bytes / 8)
+        let words = raw.bindMemory(to: UInt64.self, capacity: bytes / 8)
         for i in 0..<(bytes / 8) { words[i] = UInt64(truncatingIfNeeded: i) &* 0x9E37_79B9_7F4A_7C15 }
-        for i in (bytes / 8 * 8)..<bytes { buffer.storeBytes(of: 0xA5, toByteOffset: i, as: UInt8.self) }
-        let view = UnsafeRawBufferPointer(start: buffer, count: bytes)
+        for i in (bytes / 8 * 8)..<bytes { raw.storeBytes(of: 0xA5, toByteOffset: i, as: UInt8.self) }
+        var huge: Int? = nil
+        if let before = hugeBefore, let after = anonHugePageBytes() { huge = max(0, min(bytes, after - before)) }
+        let view = UnsafeRawBufferPointer(start: raw, count: bytes)
         var results: [Measurement] = []
         var check: UInt64 = 0
         for threads in threadCounts {
             let pool = ThreadPool(threads: threads)
-            check &+= readOnce(view, pool: pool)   // warm-up: wakes the workers, faults nothing in (already written)
+            check &+= readOnce(view, pool: pool)   // warm-up: wakes the workers
             var seconds: [Double] = []
             for _ in 0..<repeats {
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 check &+= readOnce(view, pool: pool)
                 seconds.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
             }
-            results.append(Measurement(threads: pool.threadCount, bytes: bytes, seconds: seconds))
+            results.append(Measurement(threads: pool.threadCount, bytes: bytes, hugePages: hugePages, hugePageBytes: huge, seconds: seconds))
         }
         withExtendedLifetime(check) {}
         return results

@@ -5,7 +5,7 @@ import Foundation
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure prompt processing (pp) and generation (tg) speed, llama-bench style.",
-        discussion: "Prints the median of the repeats with min and max. --batch runs N sequences together (prompt -b-prompt, -n new tokens each) and reports their aggregate decode rate. --memory instead measures memory read bandwidth (a streaming read of a --memory-mib buffer on 1 and -t threads, best of --memory-repeats) and, for a GGUF model, the decode floor: bytes of weights read per token / bandwidth (every tensor once, the token embedding one row unless it is also the output head).")
+        discussion: "Prints the median of the repeats with min and max. --batch runs N sequences together (prompt -b-prompt, -n new tokens each) and reports their aggregate decode rate. --memory instead measures memory read bandwidth (a streaming read of a --memory-mib buffer of 4 KiB pages, then of 2 MiB pages, on 1 and -t threads, best of --memory-repeats) and, for a GGUF model, the decode floor: bytes of weights read per token / bandwidth (every tensor once, the token embedding one row unless it is also the output head).")
 
     @Option(name: .long, help: "A GGUF model file or a Hugging Face model directory (default: the default model).") var model: String?
     @Option(name: .long, help: "fast or reference.") var precision: PrecisionArgument = .fast
@@ -63,18 +63,20 @@ struct Bench: ParsableCommand {
         }
     }
 
-    /// `--memory`: bandwidth on 1 and -t threads, then the decode floor of the model's GGUF file (if it is one).
+    /// `--memory`: bandwidth on 1 and -t threads (4 KiB and 2 MiB pages), then the decode floor of the model's GGUF
+    /// file (if it is one) at -t threads.
     func runMemory() throws {
         try reportingErrors {
             let threads = t ?? ProcessInfo.processInfo.activeProcessorCount
             let counts = threads == 1 ? [1] : [1, threads]
-            let rows = Benchmark.memoryBandwidth(bytes: memoryMib << 20, threadCounts: counts, repeats: memoryRepeats)
+            let rows = try Benchmark.memoryBandwidth(bytes: memoryMib << 20, threadCounts: counts, repeats: memoryRepeats)
+            let f2 = { (x: Double) in String(format: "%.2f", x) }
             if !json { writeOut("| memory | threads | GB/s (best) | median | min |\n|---|---|---|---|---|\n") }
             for row in rows {
                 if json {
-                    writeOut(#"{"test": \#(jsonString(row.test)), "threads": \#(row.sequences), "gb_per_second": \#(String(format: "%.2f", row.max)), "median": \#(String(format: "%.2f", row.median)), "min": \#(String(format: "%.2f", row.min)), "samples": [\#(row.samples.map { String(format: "%.2f", $0) }.joined(separator: ", "))]}"# + "\n")
+                    writeOut(#"{"test": \#(jsonString(row.test)), "threads": \#(row.threads), "huge_pages": \#(row.hugePages), "huge_page_bytes": \#(row.hugePageBytes.map(String.init) ?? "null"), "gb_per_second": \#(f2(row.best)), "median": \#(f2(row.median)), "min": \#(f2(row.min)), "samples": [\#(row.samples.map(f2).joined(separator: ", "))]}"# + "\n")
                 } else {
-                    writeOut(String(format: "| %@ | %d | %.2f | %.2f | %.2f |\n", row.test, row.sequences, row.max, row.median, row.min))
+                    writeOut("| \(row.test) | \(row.threads) | \(f2(row.best)) | \(f2(row.median)) | \(f2(row.min)) |\n")
                 }
             }
             let path = try model ?? ModelFetcher.ensure()
@@ -86,16 +88,17 @@ struct Bench: ParsableCommand {
             let weights = DecodeWeightBytes(gguf: try GGUFFile(path: path))
             let name = URL(fileURLWithPath: path).lastPathComponent
             let mib = { (b: Int) in String(format: "%.1f", Double(b) / 1048576) }
+            let how = weights.tiedHead ? "all tensors; embedding = head" : "all tensors but \(mib(weights.embeddingSkipped)) MiB of embedding rows"
             if !json {
-                writeOut("\n| model | weight bytes read per token | threads | GB/s | decode floor, tok/s |\n|---|---|---|---|---|\n")
+                writeOut("\n| model | weight bytes read per token | threads | pages | GB/s | decode floor, tok/s |\n|---|---|---|---|---|---|\n")
             }
-            for row in rows {
-                let floor = weights.ceilingTokensPerSecond(gbPerSecond: row.max)
+            for row in rows where row.threads == counts.last! {
+                let floor = weights.ceilingTokensPerSecond(gbPerSecond: row.best)
+                let pages = row.hugePages ? "2 MiB" : "4 KiB"
                 if json {
-                    writeOut(#"{"model": \#(jsonString(name)), "test": "decode floor", "bytes_per_token": \#(weights.bytes), "file_tensor_bytes": \#(weights.fileTensorBytes), "tied_head": \#(weights.tiedHead), "threads": \#(row.sequences), "gb_per_second": \#(String(format: "%.2f", row.max)), "tokens_per_second": \#(String(format: "%.1f", floor))}"# + "\n")
+                    writeOut(#"{"model": \#(jsonString(name)), "test": "decode floor", "bytes_per_token": \#(weights.bytes), "file_tensor_bytes": \#(weights.fileTensorBytes), "tied_head": \#(weights.tiedHead), "threads": \#(row.threads), "huge_pages": \#(row.hugePages), "gb_per_second": \#(f2(row.best)), "tokens_per_second": \#(String(format: "%.1f", floor))}"# + "\n")
                 } else {
-                    let how = weights.tiedHead ? "all tensors; embedding = head" : "all tensors but \(mib(weights.embeddingSkipped)) MiB of embedding rows"
-                    writeOut(String(format: "| %@ | %d (%@ MiB: %@) | %d | %.2f | %.1f |\n", name, weights.bytes, mib(weights.bytes), how, row.sequences, row.max, floor))
+                    writeOut("| \(name) | \(weights.bytes) (\(mib(weights.bytes)) MiB: \(how)) | \(row.threads) | \(pages) | \(f2(row.best)) | \(String(format: "%.1f", floor)) |\n")
                 }
             }
         }

@@ -45,14 +45,31 @@ final class MemoryBandwidthTests: XCTestCase {
         }
     }
 
-    func testMeasureReportsEveryThreadCount() {
-        let m = MemoryBandwidth.measure(bytes: 8 << 20, threadCounts: [1, 2], repeats: 2)
-        XCTAssertEqual(m.map(\.threads), [1, 2])
-        for r in m {
-            XCTAssertEqual(r.seconds.count, 2)
-            XCTAssertEqual(r.bytes, 8 << 20)
-            XCTAssertTrue(r.bestGBPerSecond > 0 && r.bestGBPerSecond.isFinite, "\(r)")
-            XCTAssertGreaterThanOrEqual(r.bestGBPerSecond, r.medianGBPerSecond)
+    func testMeasureReportsEveryThreadCount() throws {
+        for huge in [false, true] {
+            let m = try MemoryBandwidth.measure(bytes: 8 << 20, threadCounts: [1, 2], repeats: 2, hugePages: huge)
+            XCTAssertEqual(m.map(\.threads), [1, 2])
+            for r in m {
+                XCTAssertEqual(r.seconds.count, 2)
+                XCTAssertEqual(r.bytes, 8 << 20)
+                XCTAssertEqual(r.hugePages, huge)
+                if let h = r.hugePageBytes { XCTAssertTrue(h >= 0 && h <= 8 << 20, "\(h)") }
+                XCTAssertTrue(r.bestGBPerSecond > 0 && r.bestGBPerSecond.isFinite, "\(r)")
+                XCTAssertGreaterThanOrEqual(r.bestGBPerSecond, r.medianGBPerSecond)
+            }
         }
+    }
+
+    /// The measurement buffer is 2 MiB aligned, writable to its last byte, for both page sizes.
+    func testAllocation() {
+        for huge: Int32 in [0, 1] {
+            let bytes = (3 << 20) + 5
+            guard let p = ck_membw_alloc(bytes, huge) else { return XCTFail("allocation failed") }
+            XCTAssertEqual(UInt(bitPattern: p) % UInt(2 << 20), 0)
+            p.storeBytes(of: 7, toByteOffset: bytes - 1, as: UInt8.self)
+            XCTAssertEqual(ck_read_sum(p + (bytes - 1), 1), 7)
+            ck_membw_free(p, bytes)
+        }
+        XCTAssertNil(ck_membw_alloc(0, 0))
     }
 }

@@ -57,14 +57,44 @@ public struct Benchmark {
         return Row(test: "tg\(tokens)", sequences: 1, samples: r.decode.samples)
     }
 
-    /// Memory read bandwidth (`MemoryBandwidth`): one `bytes` buffer read `repeats` times with each thread count. Each
-    /// row's samples are GB/s (10^9 bytes per second) of one pass; its test name says the size, threads and ISA level.
-    public static func memoryBandwidth(bytes: Int = 1 << 30, threadCounts: [Int], repeats: Int = 5) -> [Row] {
-        let isa = String(cString: ck_isa_name())
-        return MemoryBandwidth.measure(bytes: bytes, threadCounts: threadCounts, repeats: repeats).map { m in
-            Row(test: "read \(bytes >> 20) MiB, \(m.threads) thread\(m.threads == 1 ? "" : "s") (\(isa))", sequences: m.threads,
-                samples: m.seconds.map { Double(bytes) / $0 / 1e9 })
+    /// One memory bandwidth result: GB/s (10^9 bytes per second) of each timed pass.
+    public struct MemoryRow: Sendable {
+        public var threads: Int
+        public var bytes: Int
+        /// 2 MiB pages requested (else 4 KiB pages requested).
+        public var hugePages: Bool
+        /// Bytes the kernel backed with huge pages, where known.
+        public var hugePageBytes: Int?
+        /// The instruction-set level of the read loop.
+        public var isa: String
+        public var samples: [Double]
+        public var best: Double { samples.max() ?? 0 }
+        public var median: Double { Row(test: "", sequences: 0, samples: samples).median }
+        public var min: Double { samples.min() ?? 0 }
+        /// "read 1024 MiB, 2 threads, 2 MiB pages (avx512)".
+        public var test: String {
+            var pages = hugePages ? "2 MiB pages" : "4 KiB pages"
+            if hugePages, let h = hugePageBytes, h < bytes { pages += " requested, \(h >> 20) MiB granted" }
+            return "read \(bytes >> 20) MiB, \(threads) thread\(threads == 1 ? "" : "s"), \(pages) (\(isa))"
         }
+    }
+
+    /// Memory read bandwidth (`MemoryBandwidth`): a `bytes` buffer of 4 KiB pages, then one of 2 MiB pages, each read
+    /// `repeats` times with each thread count.
+    public static func memoryBandwidth(bytes: Int = 1 << 30, threadCounts: [Int], repeats: Int = 5) throws -> [MemoryRow] {
+        let isa = String(cString: ck_isa_name())
+        var rows: [MemoryRow] = []
+        for huge in [false, true] {
+            let ms: [MemoryBandwidth.Measurement]
+            do { ms = try MemoryBandwidth.measure(bytes: bytes, threadCounts: threadCounts, repeats: repeats, hugePages: huge) } catch {
+                throw CausalError.invalidArgument("\(error)")
+            }
+            rows += ms.map { m in
+                MemoryRow(threads: m.threads, bytes: bytes, hugePages: huge, hugePageBytes: m.hugePageBytes, isa: isa,
+                          samples: m.seconds.map { Double(bytes) / $0 / 1e9 })
+            }
+        }
+        return rows
     }
 
     /// `sequences` sequences, each with a `prompt`-token prompt processed together, then `tokens` decoding steps
