@@ -53,6 +53,7 @@ final class FamilyTokenizerTests: XCTestCase {
     private static let followsTransformers: [String: Set<String>] = [
         "qwen25coder": ["</s>", "<s>hi</s>"],
         "qwen25coder-llama-bpe": ["</s>", "<s>hi</s>"],
+        "qwen25coder-default": ["</s>", "<s>hi</s>"],
     ]
 
     private func check(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
@@ -92,6 +93,7 @@ final class FamilyTokenizerTests: XCTestCase {
     func testQwen25EqualsReference() throws { try check("qwen25coder") }
     func testGemma3EqualsReference() throws { try check("gemma3") }
     func testLlama3PreTokenizerEqualsReference() throws { try check("qwen25coder-llama-bpe") }
+    func testDefaultPreTokenizerEqualsReference() throws { try check("qwen25coder-default") }
 
     // MARK: End of generation
 
@@ -215,17 +217,7 @@ final class FamilyTokenizerTests: XCTestCase {
 
     func testPreTokenizerPieces() throws {
         func pieces(_ pre: String, _ text: String) throws -> [String] {
-            // GPT-2's byte alphabet: printable Latin-1 bytes stand for themselves, the other 68 for U+0100 on.
-            var bytes: [String] = []
-            var next: UInt32 = 256
-            for b in 0..<256 {
-                if (0x21...0x7E).contains(b) || (0xA1...0xAC).contains(b) || (0xAE...0xFF).contains(b) {
-                    bytes.append(String(Unicode.Scalar(UInt32(b))!))
-                } else {
-                    bytes.append(String(Unicode.Scalar(next)!))
-                    next += 1
-                }
-            }
+            let bytes = Self.byteAlphabet
             let t = try ByteLevelBPETokenizer(tokens: bytes, tokenTypes: bytes.map { _ in 1 }, merges: [], preTokenizer: pre,
                                               bosTokenID: nil, eosTokenID: nil, padTokenID: nil, unknownTokenID: nil, addBOS: false)
             return t.preTokenizedPieces(text)
@@ -235,6 +227,61 @@ final class FamilyTokenizerTests: XCTestCase {
         XCTAssertEqual(try pieces("qwen2", text), ["I", "'M", " ", "1", "2", "3", "4", "5", " (", "word", ")", "  \t\n\n", " ", " x", "+=", "1", ";\n"])
         XCTAssertEqual(try pieces("gpt2", text), ["I", "'", "M", " 12345", " (", "word", ")", "  \t\n\n ", " x", "+=", "1", ";", "\n"])
         XCTAssertEqual(try pieces("smollm", "a 12"), ["a", " ", "1", "2"])
+        // llama.cpp's `default`: punctuation runs, then GPT-2's expression, numeral runs, ASCII digits in threes.
+        XCTAssertEqual(try pieces("default", "Hi, it's 1234567 (x)`y`"), ["Hi", ",", " it", "'", "s", " ", "123", "456", "7", " ", "(", "x", ")", "`", "y", "`"])
+    }
+
+    /// GPT-2's byte alphabet: printable Latin-1 bytes stand for themselves, the other 68 for U+0100 on.
+    private static let byteAlphabet: [String] = {
+        var out: [String] = []
+        var next: UInt32 = 256
+        for b in 0..<256 {
+            if (0x21...0x7E).contains(b) || (0xA1...0xAC).contains(b) || (0xAE...0xFF).contains(b) {
+                out.append(String(Unicode.Scalar(UInt32(b))!))
+            } else {
+                out.append(String(Unicode.Scalar(next)!))
+                next += 1
+            }
+        }
+        return out
+    }()
+
+    func testTokenizerJSONSplitPatterns() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("causal-split-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let qwen2 = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        let llama3 = qwen2.replacingOccurrences(of: #"\p{N}|"#, with: #"\p{N}{1,3}|"#)
+        func write(_ pattern: String, ignoreMerges: Bool, useRegex: Bool = false) throws -> String {
+            let vocab = Dictionary(uniqueKeysWithValues: Self.byteAlphabet.enumerated().map { ($1, $0) })
+            let json: [String: Any] = [
+                "model": ["type": "BPE", "vocab": vocab, "merges": [String](), "ignore_merges": ignoreMerges],
+                "pre_tokenizer": ["type": "Sequence", "pretokenizers": [
+                    ["type": "Split", "pattern": ["Regex": pattern], "behavior": "Isolated", "invert": false],
+                    ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": useRegex],
+                ]],
+            ]
+            let path = dir.appendingPathComponent("tokenizer-\(UUID().uuidString).json").path
+            try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        let text = "I'M 12345 (word)  \t\n\n  x+=1;\n"
+        let q = try ByteLevelBPETokenizer(tokenizerJSON: write(qwen2, ignoreMerges: false))
+        XCTAssertEqual(q.preTokenizerName, "qwen2")
+        XCTAssertEqual(q.preTokenizedPieces(text), ["I", "'M", " ", "1", "2", "3", "4", "5", " (", "word", ")", "  \t\n\n", " ", " x", "+=", "1", ";\n"])
+        let l = try ByteLevelBPETokenizer(tokenizerJSON: write(llama3, ignoreMerges: true))
+        XCTAssertEqual(l.preTokenizerName, "llama-bpe")
+        XCTAssertEqual(l.preTokenizedPieces(text), ["I", "'M", " ", "123", "45", " (", "word", ")", "  \t\n\n", " ", " x", "+=", "1", ";\n"])
+        func expectError(_ path: String, field: String, line: UInt = #line) {
+            XCTAssertThrowsError(try ByteLevelBPETokenizer(tokenizerJSON: path), line: line) { error in
+                guard case let .badFormat(p, f, _)? = error as? CausalError else { return XCTFail("\(error)", line: line) }
+                XCTAssertEqual(p, path, line: line)
+                XCTAssertEqual(f, field, line: line)
+            }
+        }
+        expectError(try write(llama3, ignoreMerges: false), field: "model.ignore_merges")
+        expectError(try write(qwen2, ignoreMerges: false, useRegex: true), field: "pre_tokenizer.pretokenizers[1].use_regex")
+        expectError(try write(#"\p{L}+"#, ignoreMerges: false), field: "pre_tokenizer.pretokenizers[0].pattern")
     }
 
     func testUnknownPreTokenizerIsAnErrorNamingIt() throws {

@@ -20,6 +20,13 @@
 // take a space, punctuation runs take the newlines after them, and a whitespace run that holds a newline ends just
 // after its last \r or \n. Llama 3 also sets `ignore_merges`: a piece that is itself a vocabulary entry becomes that
 // token without running the merges (`ByteLevelBPETokenizer`).
+//
+// `default` (or no `tokenizer.ggml.pre`) is llama.cpp's rule for byte-level vocabularies that name none: four
+// expressions applied one after the other, each cutting every piece into its matches and the text between them:
+//     [\p{P}\$\+<=>\^~\|]+        runs of punctuation (and of $ + < = > ^ ~ |; not the backtick)
+//     the GPT-2 expression
+//     \p{N}+                      runs of numerals
+//     [0-9][0-9][0-9]              ASCII digits in threes from the left ("12345" → "123", "45")
 
 /// The character classes the GPT-2 expression distinguishes.
 enum ScalarClass: UInt8 {
@@ -50,16 +57,17 @@ enum ScalarClass: UInt8 {
 
 /// A pre-tokenizer rule, chosen by the GGUF `tokenizer.ggml.pre` name.
 struct PreTokenizer: Sendable {
-    enum Kind: Sendable { case gpt2, smollm, qwen2, llama3 }
+    enum Kind: Sendable { case gpt2, smollm, qwen2, llama3, llamaDefault }
     let kind: Kind
 
     /// Names accepted by `init(name:)` (llama.cpp's names for these rules).
-    static let supportedNames = ["smollm", "gpt2", "gpt-2", "default", "qwen2", "deepseek-r1-qwen", "llama-bpe", "llama3", "llama-v3"]
+    static let supportedNames = ["default", "gpt2", "gpt-2", "smollm", "qwen2", "deepseek-r1-qwen", "llama-bpe", "llama3", "llama-v3"]
 
     init?(name: String) {
         switch name {
         case "smollm": kind = .smollm
-        case "gpt2", "gpt-2", "default", "": kind = .gpt2
+        case "gpt2", "gpt-2": kind = .gpt2
+        case "default", "": kind = .llamaDefault
         case "qwen2", "deepseek-r1-qwen": kind = .qwen2
         case "llama-bpe", "llama3", "llama-v3": kind = .llama3
         default: return nil
@@ -80,6 +88,8 @@ struct PreTokenizer: Sendable {
             Self.llama3(scalars, classes, range, maxDigits: 1, into: &out)
         case .llama3:
             Self.llama3(scalars, classes, range, maxDigits: 3, into: &out)
+        case .llamaDefault:
+            Self.llamaDefault(scalars, classes, range, into: &out)
         case .smollm:
             var start = range.lowerBound
             var i = start
@@ -92,6 +102,70 @@ struct PreTokenizer: Sendable {
                 i += 1
             }
             if start < range.upperBound { Self.gpt2(scalars, classes, start..<range.upperBound, into: &out) }
+        }
+    }
+
+    /// Punctuation for llama.cpp's `default` rule: general category P*, and the ASCII symbols $ + < = > ^ ~ |.
+    @inline(__always)
+    static func isDefaultPunctuation(_ c: Unicode.Scalar) -> Bool {
+        let v = c.value
+        if v < 0x80 {
+            switch UInt8(v) {
+            case 0x21...0x2F: return true                          // ! " # $ % & ' ( ) * + , - . /
+            case 0x3A...0x40: return true                          // : ; < = > ? @
+            case 0x5B...0x5F: return true                          // [ \ ] ^ _
+            case 0x7B...0x7E: return true                          // { | } ~
+            default: return false                                  // (not the backtick)
+            }
+        }
+        switch c.properties.generalCategory {
+        case .connectorPunctuation, .dashPunctuation, .openPunctuation, .closePunctuation, .initialPunctuation,
+             .finalPunctuation, .otherPunctuation:
+            return !c.properties.isWhitespace
+        default:
+            return false
+        }
+    }
+
+    /// Cuts each piece into runs of scalars `member` accepts and the runs between them.
+    private static func cutRuns(_ pieces: [Range<Int>], _ member: (Int) -> Bool) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        out.reserveCapacity(pieces.count)
+        for p in pieces {
+            var start = p.lowerBound
+            while start < p.upperBound {
+                let inside = member(start)
+                var e = start + 1
+                while e < p.upperBound && member(e) == inside { e += 1 }
+                out.append(start..<e)
+                start = e
+            }
+        }
+        return out
+    }
+
+    /// llama.cpp's `default` rule (see the top of this file).
+    static func llamaDefault(_ s: UnsafeBufferPointer<Unicode.Scalar>, _ cls: UnsafeBufferPointer<ScalarClass>,
+                             _ range: Range<Int>, into out: inout [Range<Int>]) {
+        let punctuation = cutRuns([range]) { isDefaultPunctuation(s[$0]) }
+        var gpt2Pieces: [Range<Int>] = []
+        for p in punctuation { gpt2(s, cls, p, into: &gpt2Pieces) }
+        let numerals = cutRuns(gpt2Pieces) { cls[$0] == .number }
+        @inline(__always) func digit(_ k: Int) -> Bool { (0x30...0x39).contains(s[k].value) }
+        for p in numerals {
+            var start = p.lowerBound
+            var i = p.lowerBound
+            while i + 3 <= p.upperBound {
+                if digit(i) && digit(i + 1) && digit(i + 2) {
+                    if start < i { out.append(start..<i) }
+                    out.append(i..<(i + 3))
+                    i += 3
+                    start = i
+                } else {
+                    i += 1
+                }
+            }
+            if start < p.upperBound { out.append(start..<p.upperBound) }
         }
     }
 

@@ -3,7 +3,8 @@ import Foundation
 // Byte-level BPE tokenizers from a Hugging Face `tokenizer.json` (GPT-2, LLaMA 3, SmolLM, Qwen-style files):
 //   model            {"type": "BPE", "vocab": {token: id}, "merges": ["a b", ...] or [["a", "b"], ...]}
 //   pre_tokenizer    ByteLevel (GPT-2's split rule + byte→unicode map), optionally after Digits(individual_digits)
-//                    (SmolLM's rule: every numeral its own piece); Split with GPT-2's own pattern is accepted as GPT-2
+//                    (SmolLM's rule: every numeral its own piece); or a Split with GPT-2's, Qwen2's or Llama 3's
+//                    pattern (Isolated) before ByteLevel without its own regex
 //   added_tokens     matched in the text before BPE; special ones are control tokens, the others user-defined
 //   post_processor   ByteLevel (nothing added) or TemplateProcessing whose single template starts with a special
 //                    token (a BOS put first)
@@ -76,6 +77,11 @@ extension ByteLevelBPETokenizer {
         }
 
         let pre = try Self.preTokenizerName(o["pre_tokenizer"], path: path)
+        // Llama 3's rule takes a piece that is a vocabulary entry whole (ignore_merges); the others run the merges.
+        let ignoreMerges = model["ignore_merges"]?.boolValue ?? false
+        if ignoreMerges != (PreTokenizer(name: pre)?.ignoresMerges ?? false) {
+            throw bad("model.ignore_merges", "\(ignoreMerges) does not go with the \(pre) pre-tokenizer (only Llama 3's rule ignores merges)")
+        }
 
         // BOS: put first when the post-processor's single template starts with a special token.
         var addBOS = false
@@ -137,7 +143,8 @@ extension ByteLevelBPETokenizer {
                 return so
             }
         }
-        var digits = false, byteLevel = false, split = false
+        var digits = false, byteLevel = false
+        var split: String?
         for (i, s) in steps.enumerated() {
             let field = steps.count == 1 ? "pre_tokenizer" : "pre_tokenizer.pretokenizers[\(i)]"
             let t = s["type"]?.stringValue ?? "?"
@@ -146,25 +153,44 @@ extension ByteLevelBPETokenizer {
                 if s["add_prefix_space"]?.boolValue == true {
                     throw bad(field + ".add_prefix_space", "true is not supported")
                 }
-                if s["use_regex"]?.boolValue == false && !split {
+                if s["use_regex"]?.boolValue == false && split == nil {
                     throw bad(field + ".use_regex", "false without a Split step before it is not supported")
+                }
+                if s["use_regex"]?.boolValue != false, let rule = split, rule != "gpt2" {
+                    throw bad(field + ".use_regex", "true after a \(rule) Split step is not supported (GPT-2's expression would split its pieces again)")
                 }
                 byteLevel = true
             case "Digits" where !byteLevel:
                 guard s["individual_digits"]?.boolValue == true else { throw bad(field + ".individual_digits", "only individual digits are supported") }
                 digits = true
-            case "Split" where !byteLevel:
-                // GPT-2's own pattern written out as a Split step (ByteLevel then has use_regex false).
+            case "Split" where !byteLevel && split == nil:
+                // A known pattern written out as a Split step (ByteLevel then has use_regex false): GPT-2's,
+                // Qwen2's or Llama 3's.
                 let pattern = s["pattern"]?.objectValue?["Regex"]?.stringValue ?? ""
-                guard pattern == #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"# else {
-                    throw bad(field + ".pattern", "this split pattern is not supported (supported: GPT-2's)")
+                guard let rule = Self.splitPatterns[pattern] else {
+                    throw bad(field + ".pattern", "this split pattern is not supported (supported: GPT-2's, Qwen2's, Llama 3's)")
                 }
-                split = true
+                let behavior = s["behavior"]?.stringValue ?? "Isolated"
+                guard behavior == "Isolated", s["invert"]?.boolValue != true else {
+                    throw bad(field + ".behavior", "only Isolated, not inverted, is supported")
+                }
+                split = rule
             default:
                 throw bad(field + ".type", "'\(t)' is not supported here (supported: ByteLevel, optionally after Digits with individual_digits)")
             }
         }
         guard byteLevel else { throw bad("pre_tokenizer", "has no ByteLevel step: not a byte-level BPE tokenizer") }
-        return digits ? "smollm" : "gpt2"
+        if digits {
+            guard split == nil || split == "gpt2" else { throw bad("pre_tokenizer", "Digits before a \(split!) split is not supported") }
+            return "smollm"
+        }
+        return split ?? "gpt2"
     }
+
+    /// Split patterns (tokenizer.json spelling) → the `PreTokenizer` rule that implements them.
+    static let splitPatterns: [String: String] = [
+        #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#: "gpt2",
+        #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#: "qwen2",
+        #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#: "llama-bpe",
+    ]
 }

@@ -23,6 +23,9 @@ public indirect enum JinjaValue: Sendable, Equatable {
     case string(String)
     case array([JinjaValue])
     case object([String: JinjaValue])
+    /// A JSON value as parsed, objects keeping their key order (as Python's dicts do, so `tojson` of tools and
+    /// tool-call arguments renders exactly as transformers renders them).
+    case json(HFJSON)
 }
 
 extension JinjaValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
@@ -163,6 +166,22 @@ enum Value {
         case let .object(o):
             var d = PyDict()
             for k in o.keys.sorted() { d[k] = Value(o[k]!) }
+            self = .dict(d)
+        case let .json(j): self = Value(json: j)
+        }
+    }
+
+    init(json j: HFJSON) {
+        switch j {
+        case .null: self = .none
+        case let .bool(b): self = .bool(b)
+        case let .int(i): self = .int(i)
+        case let .double(d): self = .double(d)
+        case let .string(s): self = .string(s)
+        case let .array(a): self = .list(a.map { Value(json: $0) })
+        case let .object(o):
+            var d = PyDict()
+            for (k, v) in o.members { d[k] = Value(json: v) }
             self = .dict(d)
         }
     }
