@@ -70,8 +70,8 @@ out = open(JSONL, "a")
 
 def log(msg): print(msg, file=sys.stderr, flush=True)
 
-def record(model, engine, kind, **kw):
-    row = {"model": os.path.basename(model), "engine": engine, "kind": kind, **kw}
+def record(path, engine, kind, **kw):
+    row = {**kw, "model": os.path.basename(path), "engine": engine, "kind": kind}
     out.write(json.dumps(row) + "\n"); out.flush()
     return row
 
@@ -142,19 +142,49 @@ def memory(m):
     if p.returncode != 0: log("  causal bench --memory failed: " + first_error(p)); return
     for r in jsonl(p.stdout):
         record(m, "causal", "memory", **r)
-        if r.get("test") == "decode floor" and r["threads"] == T: results.setdefault(m, {})["floor"] = r
-        elif r.get("test") != "decode floor": results.setdefault(m, {}).setdefault("bw", {})[r["threads"]] = r["gb_per_second"]
+        key = "2M" if r.get("huge_pages") else "4K"
+        if r.get("test") == "decode floor": results.setdefault(m, {}).setdefault("floor", {})[key] = r
+        elif r["threads"] == T: results.setdefault(m, {}).setdefault("bw", {})[key] = r["gb_per_second"]
 
 def timed(cmd):
     t0 = time.perf_counter(); p = run(["/usr/bin/time", "-v"] + cmd); dt = time.perf_counter() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     return p, dt, (int(m.group(1)) * 1024 if m else None)
 
+def gguf_metadata(path):
+    """The scalar metadata of a GGUF file (arrays skipped), read from its header."""
+    import struct
+    f = open(path, "rb")
+    def rd(fmt): return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+    def rstr(): return f.read(rd("Q")).decode("utf-8", "replace")
+    sizes = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+    def value(t):
+        if t in sizes: return rd(sizes[t])
+        if t == 8: return rstr()
+        if t == 9:
+            et, n = rd("I"), rd("Q")
+            for _ in range(n): value(et)
+            return None
+        raise ValueError(f"{path}: unknown GGUF value type {t}")
+    if f.read(4) != b"GGUF": raise ValueError(f"{path}: not a GGUF file")
+    rd("I"); rd("Q"); n = rd("Q")
+    md = {}
+    for _ in range(n):
+        k = rstr(); md[k] = value(rd("I"))
+    return md
+
 def kv_bytes_per_token(m):
-    p = run([causal, "info", "--model", m])
-    lay = re.search(r"layers: (\d+)", p.stdout); hd = re.search(r"(\d+) key/value, head size (\d+)", p.stdout)
-    if not (lay and hd): return None
-    return 2 * int(lay.group(1)) * int(hd.group(1)) * int(hd.group(2)) * 4   # keys + values, fp32
+    """fp32 keys + values of one token in every layer (sliding windows ignored: an upper bound)."""
+    try:
+        md = gguf_metadata(m); a = md["general.architecture"]
+        layers, heads = md[f"{a}.block_count"], md[f"{a}.attention.head_count"]
+        kv = md.get(f"{a}.attention.head_count_kv", heads)
+        hd = md.get(f"{a}.attention.key_length") or md[f"{a}.embedding_length"] // heads
+        hv = md.get(f"{a}.attention.value_length") or hd
+        return layers * kv * (hd + hv) * 4
+    except (OSError, KeyError, ValueError, TypeError, ZeroDivisionError) as e:
+        log(f"  no KV cache size for {m}: {e}")
+        return None
 
 def memory_and_load(m):
     res = results.setdefault(m, {})
@@ -225,7 +255,8 @@ print()
 tg = f"tg{N}"
 cols = ["model (file MiB)"]
 for pp in pps: cols += [f"pp{pp} causal", "llama.cpp", "ratio"]
-cols += [f"{tg} causal", "llama.cpp", "ratio", f"read GB/s (1 / {T} thr)", "weights MiB/token", f"floor tok/s", "causal % floor", "llama.cpp % floor"]
+cols += [f"{tg} causal", "llama.cpp", "ratio", "read GB/s (4K / 2M pages)", "weights MiB/token", "floor tok/s (4K / 2M)",
+         "causal % floor (4K / 2M)", "llama.cpp % floor (4K / 2M)"]
 for b in batches: cols += [f"x{b} decode causal", "llama.cpp -fa on", "ratio"]
 if len(batches) > 1: cols += [f"causal x{max(batches)}/x{min(batches)}"]
 cols += ["peak RSS causal (bound)", "llama-bench RSS", "load to 1st token"]
@@ -241,24 +272,26 @@ for m in models:
         row += [f1(c), f1(l), ratio(c, l)]
     c, l = med(m, "causal", tg), med(m, "llama.cpp", tg)
     row += [f1(c), f1(l), ratio(c, l)]
-    bw = res.get("bw", {}); fl = res.get("floor")
-    row.append(" / ".join(f"{bw[k]:.1f}" for k in sorted(bw)))
-    row.append(mib(fl["bytes_per_token"]) if fl else "")
-    fr = fl["tokens_per_second"] if fl else None
-    row += [f1(fr), "" if not (fr and c) else f"{100 * c / fr:.0f}%", "" if not (fr and l) else f"{100 * l / fr:.0f}%"]
+    bw = res.get("bw", {}); fl = res.get("floor", {})
+    row.append(" / ".join(f"{bw[k]:.1f}" for k in ("4K", "2M") if k in bw))
+    row.append(mib(next(iter(fl.values()))["bytes_per_token"]) if fl else "")
+    frs = [fl[k]["tokens_per_second"] for k in ("4K", "2M") if k in fl]
+    row.append(" / ".join(f1(x) for x in frs))
+    row.append("" if not c else " / ".join(f"{100 * c / x:.0f}%" for x in frs))
+    row.append("" if not l else " / ".join(f"{100 * l / x:.0f}%" for x in frs))
     for b in batches:
         c, l = med(m, "causal", f"x{b}"), med(m, "llama.cpp", f"x{b}")
         row += [f1(c), f1(l), ratio(c, l)]
     if len(batches) > 1: row.append(ratio(med(m, "causal", f"x{max(batches)}"), med(m, "causal", f"x{min(batches)}")))
     rss = res.get("rss")
-    row.append("" if rss is None else f"{mib(rss)} ({mib(res.get('rss_bound'))})")
+    row.append("" if rss is None else mib(rss) + (f" ({mib(res['rss_bound'])})" if res.get("rss_bound") else ""))
     row.append(mib(res.get("llama_rss")))
     row.append("" if res.get("first_token_s") is None else f"{1000 * res['first_token_s']:.0f} ms")
     print("| " + " | ".join(row) + " |")
 print()
 print(f"Cells: medians over {ROUNDS} rounds x {R} repeats (batched: {BR} per round), tok/s. Floor: weight bytes per token "
       f"(`causal bench --memory`: every tensor once, the token embedding one row unless it is the output head) / "
-      f"{T}-thread read bandwidth of a 1 GiB buffer (best of 5), measured per model in this run. Peak RSS: "
+      f"{T}-thread read bandwidth of a 1 GiB buffer of 4 KiB pages (as a memory-mapped GGUF is read) and of 2 MiB pages, best of 5, measured per model in this run. Peak RSS: "
       f"`causal generate` of {N} tokens (bound: file + fp32 KV cache of its tokens + 64 MiB); llama-bench RSS: "
       f"`llama-bench -p 0 -n {N} -r 1`. Load to 1st token: `causal generate --max-tokens 1`, best of 3, warm.")
 PY
