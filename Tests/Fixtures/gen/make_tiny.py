@@ -125,6 +125,21 @@ json.dump({"decoder_input_ids": ref["decoder_input_ids"], "logits_single": f64,
            "hf_fp32_vs_float64_max_abs": hf_vs_f64}, open(f"{d}/logits_float64.json", "w"))
 print("t5: HF fp32 vs float64 max |diff|", hf_vs_f64)
 
+# transformers' relative-position buckets (T5Attention._relative_position_bucket), for the configurations the tests
+# use: 32 buckets / max distance 128 (tiny/t5, T5's default) and 8 / 12 (T5TrainingTests' random models), relative
+# position key - query from -200 to 200, bidirectional (encoder) and not (decoder).
+from transformers.models.t5.modeling_t5 import T5Attention
+rel = torch.arange(-200, 201)
+tables = []
+for nb, md in [(32, 128), (8, 12)]:
+    for bi in [True, False]:
+        tables.append({"num_buckets": nb, "max_distance": md, "bidirectional": bi, "first_relative_position": -200,
+                       "buckets": T5Attention._relative_position_bucket(rel, bidirectional=bi, num_buckets=nb,
+                                                                        max_distance=md).tolist()})
+json.dump({"made_by": "Tests/Fixtures/gen/make_tiny.py: transformers T5Attention._relative_position_bucket",
+           "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "tables": tables},
+          open(f"{out}/t5/relative_buckets.json", "w"))
+
 # BERT
 torch.manual_seed(4)
 bert = BertModel(BertConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,

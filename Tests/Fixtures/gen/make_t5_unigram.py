@@ -1,7 +1,7 @@
-"""Makes the Unigram (SentencePiece, T5-style) tokenizer fixtures in this folder.
+"""Makes the Unigram (SentencePiece, T5-style) tokenizer fixtures in Tests/Fixtures/t5-unigram.
 
 Run from the repository root with a Python that has `sentencepiece`, `tokenizers`, `transformers` and `protobuf`:
-    python Tests/Fixtures/t5-unigram/make_fixture.py Tests/Fixtures/t5-unigram
+    python Tests/Fixtures/gen/make_t5_unigram.py Tests/Fixtures/t5-unigram
 No hub is needed: the SentencePiece models are trained here on generated text (seeded, deterministic), converted to
 tokenizer.json with transformers' own T5/SentencePiece converter, and the expected ids and decoded text come from the
 `tokenizers` library.

@@ -1,3 +1,6 @@
+"""all-MiniLM-L6-v2 tokenizer cases from the `tokenizers` library (Tests/Fixtures/minilm/tokenizer_cases.json):
+    python Tests/Fixtures/gen/make_minilm_tokenizer_cases.py MINILM_DIR/tokenizer.json Tests/Fixtures/minilm/tokenizer_cases.json
+"""
 import json, sys
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[1])

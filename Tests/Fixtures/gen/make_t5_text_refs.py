@@ -1,10 +1,10 @@
-"""Makes refs.json for this folder: Hugging Face's text-to-text greedy generation with the tiny random T5 of ../t5
+"""Makes refs.json for Tests/Fixtures/tiny/t5-text: Hugging Face's text-to-text greedy generation with the tiny random T5 of ../t5
 and the T5-layout Unigram tokenizer of ../../t5-unigram (both have the vocabulary 0..<1000: pad/eos/unk = 0/1/2,
 <extra_id_0..99> = 999..900). config.json, generation_config.json, model.safetensors and tokenizer.json here are
 symbolic links to those files, so this directory is a complete T5 model directory that takes text.
 
 Run from the repository root with a Python that has torch, transformers and tokenizers (no hub is needed):
-    python Tests/Fixtures/tiny/t5-text/make_refs.py Tests/Fixtures/tiny/t5-text
+    python Tests/Fixtures/gen/make_t5_text_refs.py Tests/Fixtures/tiny/t5-text
 For each text: `ids` = tokenizer(text).input_ids (the text's pieces, then </s>), `greedy` = generate(max_new_tokens=16,
 do_sample=False) without the decoder start id, and its decode with and without skip_special_tokens.
 """
