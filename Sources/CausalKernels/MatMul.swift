@@ -15,6 +15,8 @@ public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, in
     guard n > 0, w.rows > 0 else { return }
     let K = w.cols
     guard K > 0 else { y.update(repeating: 0, count: n * w.rows); return }
+    // Opt-in int8 activations (ActivationPrecision, MatMulQ8.swift) for the quantized types that path supports.
+    if ck_activation_precision() != 0, matmulQ8(w, x, rows: n, into: y, pool: pool) { return }
     let tile = Int(ck_row_tile())
     let tiles = (w.rows + tile - 1) / tile
     let threads = pool.threadCount

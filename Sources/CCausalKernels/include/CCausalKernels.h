@@ -14,6 +14,7 @@
 #include "ck_t5.h"
 #include "ck_t5_train.h"
 #include "ck_membw.h"
+#include "ck_q8.h"
 
 #ifdef __cplusplus
 extern "C" {
