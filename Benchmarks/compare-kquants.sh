@@ -6,7 +6,7 @@
 #
 #   Benchmarks/compare-kquants.sh [--model PATH]... [-t 2] [-p 512] [-n 128] [-r 3] [--rounds 2]
 #                                 [--batch 1,16] [--batch-prompt 128] [--batch-repeats 1] [--no-batch]
-#                                 [--no-requant] [--no-rss] [--jsonl FILE]
+#                                 [--no-requant] [--no-rss] [--no-pp-tg] [--rt] [--jsonl FILE]
 #
 # Models: the default model (SmolLM2-135M-Instruct Q4_1), the same model re-quantized by llama-quantize
 # (--allow-requantize) to Q4_K_M and Q6_K (written under ${CAUSAL_BENCH_DIR:-~/.cache/causal-bench}/models, not in
@@ -16,21 +16,24 @@
 # --batch-prompt BP -n N` and `llama-batched-bench -fa on -npp BP -ntg N -npl B`. Cells are medians over all
 # repeats of all rounds. The floor is (weight bytes read per decoded token) / (read bandwidth on -t threads), both
 # from `causal bench --memory` in the same run; RSS from `/usr/bin/time -v`. Every raw result is also written as
-# JSON lines (--jsonl, default: a file under the bench directory, named on stderr).
+# JSON lines (--jsonl, default: a file under the bench directory, named on stderr). --rt runs every engine command
+# under `chrt -f 10` (real-time priority), which keeps other work on a shared machine from taking the benchmark's
+# cores: llama.cpp's spinning worker threads slow down several-fold when a core is taken from them, causal's less.
+# --no-pp-tg leaves out the pp/tg pair (batched decode, floor and RSS only).
 #
 # llama.cpp is built by Benchmarks/build-llama-cpp.sh on first use. NO_BUILD=1 reuses the built `causal` binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${CAUSAL_BENCH_DIR:-$HOME/.cache/causal-bench}
-T=2; P=512; N=128; R=3; ROUNDS=2; BATCH=1,16; BPROMPT=128; BREPEATS=1; REQUANT=1; RSS=1; JSONL=""; MODELS=()
+T=2; P=512; N=128; R=3; ROUNDS=2; BATCH=1,16; BPROMPT=128; BREPEATS=1; REQUANT=1; RSS=1; RT=""; PPTG=1; JSONL=""; MODELS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) MODELS+=("$2"); shift 2;;
         -t) T=$2; shift 2;; -p) P=$2; shift 2;; -n) N=$2; shift 2;; -r) R=$2; shift 2;;
         --rounds) ROUNDS=$2; shift 2;; --batch) BATCH=$2; shift 2;; --batch-prompt) BPROMPT=$2; shift 2;;
         --batch-repeats) BREPEATS=$2; shift 2;; --no-batch) BATCH=""; shift;;
-        --no-requant) REQUANT=""; shift;; --no-rss) RSS=""; shift;; --jsonl) JSONL=$2; shift 2;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0;;
+        --no-requant) REQUANT=""; shift;; --no-rss) RSS=""; shift;; --rt) RT=1; shift;; --no-pp-tg) PPTG=""; shift;; --jsonl) JSONL=$2; shift 2;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0;;
         *) echo "unknown argument: $1" >&2; exit 2;;
     esac
 done
@@ -58,11 +61,12 @@ fi
 ALL+=("${MODELS[@]}")
 [ -n "$JSONL" ] || { mkdir -p "$ROOT/results"; JSONL="$ROOT/results/kquants-$(date +%Y%m%d-%H%M%S).jsonl"; }
 echo "raw results: $JSONL" >&2
-exec python3 - "$CAUSAL" "$BIN" "$T" "$P" "$N" "$R" "$ROUNDS" "$BATCH" "$BPROMPT" "$BREPEATS" "$RSS" "$JSONL" "${ALL[@]}" <<'PY'
+exec python3 - "$CAUSAL" "$BIN" "$T" "$P" "$N" "$R" "$ROUNDS" "$BATCH" "$BPROMPT" "$BREPEATS" "$RSS" "$RT" "$PPTG" "$JSONL" "${ALL[@]}" <<'PY'
 import json, os, re, statistics, subprocess, sys, time
 
-causal, bin_dir, T, P, N, R, ROUNDS, BATCH, BP, BR, RSS, JSONL = sys.argv[1:13]
-models = sys.argv[13:]
+causal, bin_dir, T, P, N, R, ROUNDS, BATCH, BP, BR, RSS, RT, PPTG, JSONL = sys.argv[1:15]
+models = sys.argv[15:]
+PRE = ["chrt", "-f", "10"] if RT else []
 T, N, R, ROUNDS, BP, BR = int(T), int(N), int(R), int(ROUNDS), int(BP), int(BR)
 pps = [int(x) for x in P.split(",") if x]
 batches = [int(x) for x in BATCH.split(",") if x]
@@ -76,6 +80,7 @@ def record(path, engine, kind, **kw):
     return row
 
 def run(cmd, timeout=3600):
+    cmd = PRE + cmd
     log("  $ " + " ".join(cmd))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -227,8 +232,9 @@ for rnd in range(ROUNDS):
     for m in models:
         log(f"== round {rnd + 1}: {os.path.basename(m)}")
         ok = status[m] is None
-        pair = [lambda: ok and causal_bench(m), lambda: llama_bench(m)]
-        for f in (pair if rnd % 2 == 0 else pair[::-1]): f()
+        if PPTG:
+            pair = [lambda: ok and causal_bench(m), lambda: llama_bench(m)]
+            for f in (pair if rnd % 2 == 0 else pair[::-1]): f()
         if batches:
             pair = [lambda: ok and causal_batched(m), lambda: llama_batched(m)]
             for f in (pair if rnd % 2 == 0 else pair[::-1]): f()
@@ -250,7 +256,7 @@ def mib(b): return "" if b is None else f"{b / 1048576:.0f}"
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 print(f"CPU: {cpu.get('Model name', '?')}, {os.cpu_count()} cores, L3 {cpu.get('L3 cache', '?')}, L2 {cpu.get('L2 cache', '?')}; "
       f"{T} threads; {start} to {time.strftime('%H:%M')}, load average {load0} -> {loadavg()}; causal at {commit}; "
-      f"llama.cpp: {bin_dir}")
+      f"llama.cpp: {bin_dir}" + ("; every engine command under chrt -f 10" if RT else ""))
 print()
 tg = f"tg{N}"
 cols = ["model (file MiB)"]

@@ -79,7 +79,7 @@ struct Bench: ParsableCommand {
                     writeOut("| \(row.test) | \(row.threads) | \(f2(row.best)) | \(f2(row.median)) | \(f2(row.min)) |\n")
                 }
             }
-            let path = try model ?? ModelFetcher.ensure()
+            let path = try model.map { try ModelRegistry.resolve($0) } ?? ModelFetcher.ensure()   // a known name is fetched on first use
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue else {
                 FileHandle.standardError.write("causal: no decode floor: \(path) is not a GGUF file\n".data(using: .utf8)!)
