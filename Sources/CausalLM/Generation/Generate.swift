@@ -148,7 +148,7 @@ public final class Generator {
                     continue
                 }
                 if s.pending.count > 0 {
-                    let take = min(s.pending.count, chunkSize ?? Int.max)
+                    let take = model.needsWholePrompt ? s.pending.count : min(s.pending.count, chunkSize ?? Int.max)
                     let toks = Array(s.pending.prefix(take))
                     chunks.append(SequenceChunk(cache: s.cache, tokens: toks, logits: take == s.pending.count ? .last : .none))
                     states[i].pending.removeFirst(take)

@@ -15,6 +15,10 @@ public final class KVCache: @unchecked Sendable {
     private(set) var keys: [UnsafeMutablePointer<Float>]    // per layer: capacity * kvDim floats, laid out by the model
     private(set) var values: [UnsafeMutablePointer<Float>]  // (LLaMA: head-major (kvHeads, capacity, headDim); GPT-2, T5: (capacity, kvDim))
     public private(set) var isReleased = false
+    /// For a model whose prompt attention is prefix or mixed (a prefix-LM trained with `--attention prefix|mixed`):
+    /// the positions of the prompt, which attend to each other as in training. Set by the model from the first chunk
+    /// it runs on an empty cache (so that chunk must hold the whole prompt); 0 otherwise.
+    public internal(set) var promptLength: Int = 0
     /// The encoder side of an encoder-decoder sequence (nil for decoder-only models).
     public private(set) var cross: CrossAttentionCache?
 
@@ -48,6 +52,7 @@ public final class KVCache: @unchecked Sendable {
     public func truncate(to position: Int) {
         precondition(position >= 0 && position <= count)
         count = position
+        if position < promptLength { promptLength = 0 }
     }
 
     public var remaining: Int { capacity - count }

@@ -447,7 +447,7 @@ public final class Scheduler: @unchecked Sendable {
                 budget -= chunks.last!.tokens.count
             }
             for e in active where e.state!.tokens.isEmpty && !e.state!.pending.isEmpty && budget > 0 {
-                let take = min(e.state!.pending.count, budget)
+                let take = generator.model.needsWholePrompt ? e.state!.pending.count : min(e.state!.pending.count, budget)
                 let toks = Array(e.state!.pending.prefix(take))
                 chunks.append(SequenceChunk(cache: e.state!.cache, tokens: toks, logits: take == e.state!.pending.count ? .last : .none))
                 e.state!.pending.removeFirst(take)

@@ -51,9 +51,12 @@ protocol DecoderBackend: AnyObject {
     /// Writes each row's keys and values (kvHeads × headDim) into its sequence's cache of layer `layer`.
     func appendKV(_ k: BackendBuffer, _ v: BackendBuffer, rows: RaggedRows, chunks: [SequenceChunk], layer: Int,
                   kvHeads: Int, headDim: Int)
-    /// out[r] = attention of q[r] over its own sequence's keys [first(r), position(r)] in layer `layer`.
+    /// out[r] = attention of q[r] over its own sequence's keys in layer `layer`: [position - window + 1, position]
+    /// (causal, optionally windowed); for a prompt position of a prefix-LM sequence (`promptAttention` prefix or
+    /// mixed, the sequence's cache.promptLength P), the keys its training mask allowed (prefix: [0, P); mixed: heads
+    /// below H/2 causal, the others [position, P)).
     func attention(_ q: BackendBuffer, rows: RaggedRows, chunks: [SequenceChunk], layer: Int, heads: Int, kvHeads: Int,
-                   headDim: Int, scale: Float, window: Int?, into out: BackendBuffer)
+                   headDim: Int, scale: Float, window: Int?, promptAttention: AttentionMask, into out: BackendBuffer)
     /// g = act(g) · u, element-wise over `count` floats (SwiGLU: silu; GeGLU: tanh-GELU).
     func gatedActivation(_ g: BackendBuffer, _ u: BackendBuffer, count: Int, rows: Int, activation: DecoderConfig.Activation)
     /// x += y over `count` floats.
@@ -136,27 +139,44 @@ final class CPUBackend: DecoderBackend {
     }
 
     public func attention(_ q: BackendBuffer, rows: RaggedRows, chunks: [SequenceChunk], layer l: Int, heads H: Int,
-                          kvHeads Hkv: Int, headDim D: Int, scale: Float, window: Int?, into out: BackendBuffer) {
+                          kvHeads Hkv: Int, headDim D: Int, scale: Float, window: Int?, promptAttention: AttentionMask,
+                          into out: BackendBuffer) {
         let n = rows.count, qDim = H * D
         let qp = host(q), op = host(out)
-        // Keys a row reads: [first, position]; a sliding window keeps the last `window` positions.
-        var first = [Int](repeating: 0, count: n), scratchOffset = [Int](repeating: 0, count: n + 1)
-        for r in 0..<n {
-            if let w = window { first[r] = max(0, rows.position[r] - w + 1) }
-            scratchOffset[r + 1] = scratchOffset[r] + rows.position[r] - first[r] + 1
+        // Keys a (row, head) reads: [first, first + count). Causal: up to the row's own position, the last `window`
+        // of them on a sliding-window layer. A prefix-LM prompt row reads as its training mask allowed.
+        func keys(_ r: Int, _ h: Int) -> (first: Int, count: Int) {
+            let p = rows.position[r], P = chunks[rows.chunk[r]].cache.promptLength
+            if p < P {
+                switch promptAttention {
+                case .prefix, .bidirectional: return (0, P)
+                case .mixed where h >= H / 2: return (p, P - p)
+                default: break
+                }
+            }
+            let f = window.map { max(0, p - $0 + 1) } ?? 0
+            return (f, p - f + 1)
         }
-        let scores = HostBuffer(count: scratchOffset[n] * H)
+        // Scratch per row: H slots of the longest key range any of its heads reads.
+        var widest = [Int](repeating: 0, count: n), scratchOffset = [Int](repeating: 0, count: n + 1)
+        let perHead = promptAttention == .mixed
+        for r in 0..<n {
+            widest[r] = perHead ? max(keys(r, 0).count, keys(r, H - 1).count) : keys(r, 0).count
+            scratchOffset[r + 1] = scratchOffset[r] + widest[r] * H
+        }
+        let scores = HostBuffer(count: scratchOffset[n])
         // One work item per (row, key/value head), so the query heads of a group share each block of keys and
-        // values; per (row, head) when that would leave threads idle (few rows). Same results either way.
-        let group = n * Hkv >= 4 * pool.threadCount ? H / Hkv : 1
+        // values; per (row, head) when that would leave threads idle (few rows) or when heads read different keys
+        // (mixed). Same results either way.
+        let group = !perHead && n * Hkv >= 4 * pool.threadCount ? H / Hkv : 1
         let items = H / group
         pool.parallelFor(n * items) { item in
             let r = item / items, h = (item % items) * group
             let cache = chunks[rows.chunk[r]].cache
-            let f = first[r], len = rows.position[r] - f + 1
+            let (f, len) = keys(r, h)
             ck_attention_row(qp + r * qDim, cache.keys[l] + f * D, cache.values[l] + f * D, Int64(D), Int64(cache.capacity * D),
                              Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim,
-                             scores.p + scratchOffset[r] * H + h * len, Int64(h), Int64(h + group))
+                             scores.p + scratchOffset[r] + h * widest[r], Int64(h), Int64(h + group))
         }
     }
 

@@ -44,6 +44,10 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
     let ropeFactors: [Float]?
     public let pool: ThreadPool
     let backend: any DecoderBackend
+    /// How a sequence's prompt attends within itself: causal (every pretrained model), or as a prefix-LM trained with
+    /// `causal train --attention prefix|mixed` (read from its checkpoint's trainer_state.json). Generation then runs
+    /// each prompt in one chunk and its response tokens causally, as in training.
+    public var promptAttention: AttentionMask = .causal
     private let storage: AnyObject  // the GGUF file or safetensors checkpoint whose memory map the weights point into
     private var owned: [UnsafeMutableRawPointer] = []
     /// RoPE frequencies per layer (computed once).
@@ -161,7 +165,11 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
         let (H, Hkv, D) = (cfg.headCount, cfg.kvHeadCount, cfg.headDim)
         let qDim = H * D, kvDim = Hkv * D
 
-        let rows = try RaggedRows(chunks, vocabularySize: cfg.vocabularySize)
+        let mask = promptAttention
+        let rows = try RaggedRows(chunks, vocabularySize: cfg.vocabularySize) { ci, c in
+            // A prefix-LM's prompt is the first chunk on an empty cache; its later chunks continue causally.
+            if mask != .causal, c.cache.count == 0 { c.cache.promptLength = c.tokens.count }
+        }
         let n = rows.count
         guard n > 0 else { return chunks.map { _ in [] } }
 
@@ -193,7 +201,7 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
             be.rope(k, rows: n, heads: Hkv, headDim: D, ropeDim: cfg.ropeDim, angles: angles, style: cfg.ropeStyle)
             be.appendKV(k, v, rows: rows, chunks: chunks, layer: l, kvHeads: Hkv, headDim: D)
             be.attention(q, rows: rows, chunks: chunks, layer: l, heads: H, kvHeads: Hkv, headDim: D, scale: scale,
-                         window: cfg.isSliding(l) ? cfg.slidingWindow : nil, into: att)
+                         window: cfg.isSliding(l) ? cfg.slidingWindow : nil, promptAttention: mask, into: att)
             be.matmul(w.o, att, rows: n, bias: nil, into: xb)      // (n, C)
             if let pn = w.postAttnNorm { be.rmsNorm(xb, weight: pn, rows: n, width: C, eps: eps, into: xb) }
             be.add(x, xb, count: n * C)

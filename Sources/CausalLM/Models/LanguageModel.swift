@@ -41,6 +41,15 @@ public protocol LanguageModel: AnyObject {
     func forward(_ chunks: [SequenceChunk]) throws -> [[Float]]
 }
 
+extension LanguageModel {
+    /// True when the first chunk of a sequence must hold its whole prompt (a prefix-LM reads its prompt
+    /// bidirectionally); generators then never split prompts.
+    public var needsWholePrompt: Bool {
+        guard let d = self as? DecoderModel else { return false }
+        return d.promptAttention != .causal
+    }
+}
+
 /// An encoder-decoder model (T5): the decoder is the `LanguageModel` that generation steps, and each sequence's
 /// cache carries the cross-attention keys and values of its own encoder input, computed once when it starts.
 /// Generation then runs exactly as for a decoder-only model and returns only decoder output.

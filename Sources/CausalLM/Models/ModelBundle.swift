@@ -40,6 +40,8 @@ public final class ModelBundle {
             gguf = nil
             let hf = try HFDirectory(p, precision: precision, pool: pool)
             model = hf.model
+            // A prefix-LM checkpoint (`causal train --attention prefix|mixed`) generates with the mask it was trained with.
+            if let d = hf.model as? DecoderModel { d.promptAttention = try LlamaCheckpoint.promptAttention(ofCheckpoint: p) }
             // A `causal train` checkpoint has no tokenizer.json: it uses its base model's tokenizer and chat template.
             if hf.tokenizer == nil, !(hf.model is any EncoderDecoderModel),
                let source = try LlamaCheckpoint.tokenizerSource(ofCheckpoint: p) {
@@ -66,13 +68,13 @@ public final class ModelBundle {
         self.gguf = gguf
         let model = try DecoderModel(gguf: gguf, precision: precision, pool: pool)
         self.model = model
-        let tokenizer = try ByteLevelBPETokenizer(gguf: gguf)
+        let tokenizer = try makeTokenizer(gguf: gguf)   // byte-level BPE or SentencePiece BPE, as tokenizer.ggml.model says
         textTokenizer = tokenizer
         guard tokenizer.vocabularySize == model.vocabularySize else {
             throw CausalError.badFormat(path: p, field: "tokenizer.ggml.tokens",
                                         reason: "\(tokenizer.vocabularySize) tokens but the model has a vocabulary of \(model.vocabularySize)")
         }
-        endTokenIDs = Set([tokenizer.eosTokenID].compactMap { $0 })
+        endTokenIDs = try endOfGenerationIDs(gguf: gguf)   // EOS, EOT, EOM and the control tokens that end a turn
         padTokenID = tokenizer.padTokenID
         missingTokenizer = ""
         if gguf.has("tokenizer.chat_template") {
@@ -238,7 +240,8 @@ struct HFDirectory {
             tokenizer = nil
             missingTokenizer = "no tokenizer.json in this model directory: text cannot be tokenized; give token ids (input_ids) instead"
         }
-        endTokenIDs = Set(eos.isEmpty ? [tokenizer?.eosTokenID].compactMap { $0 } : eos)
+        // The config's EOS list plus every special token that ends a turn (`<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`...).
+        endTokenIDs = tokenizer.map { endOfGenerationIDs(tokenizer: $0, eos: eos) } ?? Set(eos)
         padTokenID = pad ?? tokenizer?.padTokenID
 
         // Chat template: tokenizer_config.json's chat_template (a string, or a list of {name, template}: "default").

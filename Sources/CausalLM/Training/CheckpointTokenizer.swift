@@ -8,6 +8,19 @@ extension LlamaCheckpoint {
     /// The model whose tokenizer and chat template a `causal train` checkpoint uses: `base_model` of its
     /// trainer_state.json, followed through checkpoints trained from checkpoints to the first GGUF file or directory
     /// with a tokenizer.json. nil when `directory` has no trainer_state.json or it records no base model.
+    /// The attention mask a checkpoint was trained with (`attention` in its trainer_state.json): causal when absent.
+    /// Bidirectional is refused (an LM trained with it has seen its targets); errors name the file and field.
+    public static func promptAttention(ofCheckpoint directory: String) throws -> AttentionMask {
+        let statePath = URL(fileURLWithPath: directory).appendingPathComponent("trainer_state.json").path
+        guard FileManager.default.fileExists(atPath: statePath) else { return .causal }
+        let state = try HFJSON.parse(contentsOf: statePath)
+        guard let v = state["attention"], !v.isNull else { return .causal }
+        guard let s = v.stringValue, let mask = AttentionMask(rawValue: s), mask != .bidirectional else {
+            throw CausalError.badFormat(path: statePath, field: "attention", reason: "expected causal, prefix or mixed, found \(v.brief)")
+        }
+        return mask
+    }
+
     public static func tokenizerSource(ofCheckpoint directory: String) throws -> String? {
         var dir = directory
         var visited: [String] = []
