@@ -8,14 +8,15 @@ struct Info: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let path = try modelOptions.model ?? ModelFetcher.ensure()
+            let path = try modelOptions.model.map { try ModelRegistry.resolve($0) } ?? ModelFetcher.ensure()
             var isDir: ObjCBool = false
             if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
                 return try describeDirectory(path)
             }
             let gguf = try GGUFFile(path: path)
-            let cfg = try LlamaConfig(gguf: gguf)
-            let tok = try ByteLevelBPETokenizer(gguf: gguf)
+            let cfg = try DecoderConfig(gguf: gguf)
+            let tok = try makeTokenizer(gguf: gguf)
+            let eog = try endOfGenerationIDs(gguf: gguf)
             var types: [String: Int] = [:]
             var params = 0, bytes = 0
             for t in gguf.tensors { types[t.type.name, default: 0] += 1; params += t.elementCount; bytes += t.byteCount }
@@ -30,6 +31,7 @@ struct Info: ParsableCommand {
                 "layers: \(cfg.layerCount), hidden: \(cfg.hiddenSize), MLP: \(cfg.intermediateSize)",
                 "heads: \(cfg.headCount) query, \(cfg.kvHeadCount) key/value, head size \(cfg.headDim)",
                 "RoPE: theta \(cfg.ropeTheta), dims \(cfg.ropeDim); RMSNorm eps \(cfg.rmsNormEps)",
+                "decoder options: \(cfg.features)",
                 "context length: \(cfg.contextLength)",
                 "tokenizer: \((try? gguf.string("tokenizer.ggml.model")) ?? "?") (pre: \((try? gguf.string("tokenizer.ggml.pre")) ?? "?")), \(tok.vocabularySize) tokens",
             ]
@@ -40,6 +42,7 @@ struct Info: ParsableCommand {
             lines.append(idLine("BOS", tok.bosTokenID))
             lines.append(idLine("EOS", tok.eosTokenID))
             lines.append(idLine("PAD", tok.padTokenID))
+            lines.append("end of generation: " + eog.sorted().map { id in "\(id) \(tok.tokenString(id).map { jsonString($0) } ?? "")" }.joined(separator: ", "))
             lines.append("chat template: " + (gguf.has("tokenizer.chat_template") ? "yes" : "no"))
             writeOut(lines.joined(separator: "\n") + "\n")
         }
@@ -63,10 +66,11 @@ struct Info: ParsableCommand {
         ]
         if let m = bundle.model as? LlamaModel {
             let c = m.config
-            lines += ["architecture: llama",
+            lines += ["architecture: \(c.architecture)",
                       "layers: \(c.layerCount), hidden: \(c.hiddenSize), MLP: \(c.intermediateSize)",
                       "heads: \(c.headCount) query, \(c.kvHeadCount) key/value, head size \(c.headDim)",
-                      "RoPE: theta \(c.ropeTheta), dims \(c.ropeDim); RMSNorm eps \(c.rmsNormEps)"]
+                      "RoPE: theta \(c.ropeTheta), dims \(c.ropeDim); RMSNorm eps \(c.rmsNormEps)",
+                      "decoder options: \(c.features)"]
         } else if let m = bundle.model as? GPT2Model {
             let c = m.config
             lines += ["architecture: gpt2",

@@ -82,6 +82,29 @@ public struct DecoderConfig: Sendable, Equatable {
             && finalLogitSoftcap == nil && ropeStyle == .adjacent
     }
 
+    /// The options that differ from a plain LLaMA block, in words ("none" for LLaMA): what `causal info` prints.
+    public var features: String {
+        var f: [String] = []
+        if attentionBias { f.append("q/k/v biases") }
+        if qkNorm { f.append("QK-norm") }
+        if activation == .geluTanh { f.append("GeGLU (tanh)") }
+        switch ropeScaling {
+        case .none: break
+        case let .linear(factor): f.append("linear RoPE scaling x\(factor)")
+        case let .llama3(factor, low, high, original): f.append("llama3 RoPE scaling (factor \(factor), low \(low), high \(high), original context \(original))")
+        }
+        if ropeStyle == .half { f.append("rotate-half RoPE") }
+        if let w = slidingWindow {
+            let n = slidingLayers.filter { $0 }.count
+            f.append("sliding window \(w) on \(n) of \(layerCount) layers" + (localRopeTheta.map { " (RoPE base \($0))" } ?? ""))
+        }
+        if postNorms { f.append("post-attention/MLP norms") }
+        if let s = embeddingScale { f.append("embeddings x\(s)") }
+        if let s = attentionScale { f.append("attention scale \(s)") }
+        if let c = finalLogitSoftcap { f.append("final logit soft-cap \(c)") }
+        return f.isEmpty ? "none (plain LLaMA)" : f.joined(separator: ", ")
+    }
+
     /// Whether layer `l` attends over a sliding window.
     public func isSliding(_ l: Int) -> Bool { slidingWindow != nil && l < slidingLayers.count && slidingLayers[l] }
 
