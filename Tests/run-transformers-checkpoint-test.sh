@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that a checkpoint written by `causal train` loads in Hugging Face transformers and gives CausalLM's logits.
 #
-# Not part of `swift test` or .ci/run: it installs torch + transformers (large) with pip into a virtual environment.
+# Run by TransformersCheckpointTests (`swift test`) when .venv-train imports torch; .ci/run installs it there first.
+# Run by hand, it installs torch + transformers (large) with pip into that virtual environment.
 #   Tests/run-transformers-checkpoint-test.sh [SCRATCH]   (SCRATCH: the swift build directory, default .build)
 # Steps: builds `causal` (release), trains 2 steps on 4 pairs into a temp dir, loads the dir with
 # AutoModelForCausalLM.from_pretrained (fp32), and compares transformers' mean cross-entropy over the response
@@ -16,7 +17,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, transfo
   if [ -n "${CAUSAL_NO_INSTALL:-}" ]; then echo "torch/transformers not importable by $VENV/bin/python" >&2; exit 77; fi
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q torch
-  "$VENV/bin/pip" install -q transformers safetensors numpy
+  "$VENV/bin/pip" install -q transformers safetensors numpy gguf
 fi
 # CAUSAL: a built binary to use as it is (the XCTest wrapper passes the one under test).
 if [ -z "${CAUSAL:-}" ]; then

@@ -8,8 +8,8 @@
 #      T5ForConditionalGeneration.from_pretrained, and transformers' loss on it equals `causal eval --json`;
 #   3. that loss equals transformers' loss after one torch.optim.AdamW step (lr 1e-3, no weight decay) in float64
 #      (the fp32 step is printed beside it: on the tiny relu model it is itself 9e-4 from the float64 step).
-# Each to 1e-4 relative. Not part of `swift test` or .ci/run: it needs torch + transformers (installed with pip into
-# .venv-train, as Tests/run-transformers-checkpoint-test.sh does).
+# Each to 1e-4 relative. Run by TransformersCheckpointTests (`swift test`, and so .ci/run, which installs torch +
+# transformers into .venv-train first); by hand it installs them there as Tests/run-transformers-checkpoint-test.sh does.
 #   Tests/run-transformers-t5-checkpoint-test.sh [SCRATCH]   (SCRATCH: the swift build directory, default .build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
