@@ -5,8 +5,9 @@ import Foundation
 /// the caches, split into chunks that the pool's threads read front to back (`ck_read_sum`: AVX-512, AVX2 or
 /// scalar loads, whichever level is in use).
 ///
-/// The page size matters on a virtual machine, where every TLB miss walks two page tables: reading 4 KiB pages can
-/// be a third slower than reading 2 MiB pages. `hugePages` picks which one the buffer asks the kernel for.
+/// The page size matters on a virtual machine, where every TLB miss walks two page tables: on the project's 2-core
+/// VM, 4 KiB pages read 5-20% slower than 2 MiB pages when the machine is quiet and up to a third slower while other
+/// work runs. `hugePages` picks which one the buffer asks the kernel for.
 public enum MemoryBandwidth {
     public struct Measurement: Sendable {
         public var threads: Int
