@@ -2,23 +2,29 @@
 // defines the quantized activation row and the canonical operation sequence every level performs.
 //
 // Why it is exact across levels: within a 32-element block every integer sum is exact (|isum| < 2^24, so its
-// conversion to fp32 is exact too), and the only rounding steps — S = dw * da, M = mw * da and the two fused
-// multiply-adds into lane b % 16 of a 16-lane accumulator — are single IEEE operations on the same operands in the
-// same order on every level. How a level forms the integer (vpdpbusd, maddubs + madd, plain C, offsets folded in
-// through the activation sums, lane order of the partial sums) cannot change it.
+// conversion to fp32 is exact too), and the only rounding steps — dw * da, the activation row's ds = da * sum(a),
+// and the fused multiply-adds into lane b % 16 of a 16-lane accumulator — are single IEEE operations on the same
+// operands in the same order on every level. How a level forms the integer (vpdpbusd, maddubs + madd, plain C,
+// offsets folded in through the activation sums, lane order of the partial sums) cannot change it.
 //
-//   scalar      row_scalar: the sequence written out block by block.
-//   AVX2        a chunk of 8 blocks at a time: one ymm of codes per block, maddubs + madd into 8 int32 lanes per
-//               block, a hadd tree to 8 block sums, then 8 lanes of the accumulator (lanes 0-7 for even chunks,
-//               8-15 for odd ones).
-//   AVX-512     a group of 16 blocks at a time (VNNI): one zmm per pair of blocks (j, j + 4) of a chunk (the
-//               activation layout stores those pairs side by side), vpdpbusd into 16 int32 lanes, an in-lane
-//               transpose-and-add tree to the 16 block sums in block order, then all 16 accumulator lanes.
-// Unsigned x signed products: the weight codes are made unsigned with an offset (Q8_0, IQ4_NL: + 128; Q4_0: 8,
-// Q5_0: 16, Q6_K: 32 are the stored codes) whose contribution, offset x (sum of the activations), is subtracted
-// with the block (or half-block) sums stored beside the activations. AVX2 multiplies Q8_0 / IQ4_NL's signed values
-// with the sign trick instead (|w| x sign(a, w)); either way the same integer. maddubs cannot saturate: its pairs
-// are at most 2 x 128 x 127 (signed types, sign trick) or 2 x 63 x 127 (unsigned codes).
+// Both SIMD levels work on groups of 16 blocks (512 values) and keep the 16 accumulator lanes of a (row, token)
+// pair in "transposed" order: position p = 4 i + q holds lane 4 q + i (the activation layout stores the block
+// scales and sums in that order too). The order is undone once per pair, before the lane tree.
+//   scalar      row_scalar: the sequence written out block by block, lanes in natural order.
+//   AVX-512     (VNNI + VBMI) one zmm of codes per (quad q, half h) of a group: 128-bit lane i holds the 16 codes
+//               of half h of block 4 q + i, as the activation layout holds the activations (32-element types: four
+//               blocks gathered from two loads by one byte permute; K-quants: nibble planes and 64-bit permutes,
+//               high bits by multishift). vpdpbusd of both halves into one int32 vector per quad (block 4 q + i's
+//               partial sums in 128-bit lane i), then a two-level in-lane transpose-and-add gives the 16 block sums
+//               in transposed order. One function per (type, tokens, quads of the last group), so that every
+//               vector index is a constant and nothing spills.
+//   AVX2        the same with ymm halves (blocks 4 q, 4 q + 1 | 4 q + 2, 4 q + 3), maddubs + madd into int32, and a
+//               hadd tree to the same transposed order.
+// Unsigned x signed products: the weight codes are made unsigned with an offset (Q8_0, IQ4_NL: + 128 on AVX-512;
+// Q4_0: 8, Q5_0: 16, Q6_K: 32 are the stored codes) whose contribution, offset x (sum of the activations), is
+// subtracted with the block or half-block sums stored beside the activations. AVX2 multiplies Q8_0 / IQ4_NL's
+// signed values with the sign trick instead (|w| x sign(a, w)); either way the same integer. maddubs cannot
+// saturate: its pairs are at most 2 x 128 x 127 (sign trick) or 2 x 63 x 127 (unsigned codes).
 #include "CCausalKernels.h"
 #include "ck_q8.h"
 
@@ -30,7 +36,7 @@
 #if defined(__x86_64__)
 #define Q8_X86 1
 #include <immintrin.h>
-#define Q8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define Q8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,f16c,bmi2")))
 #define Q8_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define Q8_X86 0
@@ -39,7 +45,7 @@
 #define Q8_INLINE static inline __attribute__((always_inline))
 
 // ---------------------------------------------------------------------------------------------------------------
-// Helpers
+// Helpers and the activation layout
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 static inline uint32_t rd32(const uint8_t *p) {
@@ -50,13 +56,7 @@ static inline uint32_t bits_of_f(float f) { uint32_t u; memcpy(&u, &f, 4); retur
 
 static const int8_t q8_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
-// Slot of block j (0..7) within its chunk of the activation codes: pairs (j, j + 4) side by side.
-static const int q8_slot[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-
-// Position of 16-element group g (0..15) of a chunk in its 16 half sums (see ck_q8.h).
-static inline int s16_pos(int g) { return g < 8 ? 4 * (g & 1) + (g >> 1) : 4 * (2 + (g & 1)) + ((g - 8) >> 1); }
-
-typedef struct { int64_t nb, npb; size_t d, s32, s16, bytes; } q8_layout;
+typedef struct { int64_t nb, npb; size_t d, s32, slo, shi, ds, bytes; } q8_layout;
 
 static q8_layout q8_layout_of(int64_t K) {
     q8_layout L;
@@ -64,9 +64,21 @@ static q8_layout q8_layout_of(int64_t K) {
     L.npb = (L.nb + 15) / 16 * 16;
     L.d = (size_t)L.npb * 32;
     L.s32 = L.d + (size_t)L.npb * 4;
-    L.s16 = L.s32 + (size_t)L.npb * 4;
-    L.bytes = L.s16 + (size_t)L.npb * 8;
+    L.slo = L.s32 + (size_t)L.npb * 4;
+    L.shi = L.slo + (size_t)L.npb * 4;
+    L.ds = L.shi + (size_t)L.npb * 4;
+    L.bytes = L.ds + (size_t)L.npb * 4;
     return L;
+}
+
+// Byte offset of the 16 codes of half h of block b, and the index of block b in the per-block arrays.
+static inline size_t code_off(int64_t b, int h) {
+    const int64_t r = b & 15;
+    return (size_t)(512 * (b >> 4) + 128 * (r >> 2) + 64 * h + 16 * (r & 3));
+}
+static inline int64_t tpos(int64_t b) {
+    const int64_t r = b & 15;
+    return 16 * (b >> 4) + 4 * (r & 3) + (r >> 2);
 }
 
 size_t ck_q8_row_bytes(int64_t K) {
@@ -95,7 +107,7 @@ static int cpu_has_vnni(void) {
     v = 0;
 #if Q8_X86
     __builtin_cpu_init();
-    v = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+    v = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("bmi2") ? 1 : 0;
 #endif
     atomic_store_explicit(&g_vnni, v, memory_order_relaxed);
     return v;
@@ -154,7 +166,8 @@ static inline int rne(float v) {
     return i < -127 ? -127 : i > 127 ? 127 : i;
 }
 
-static void qblock_scalar(const float *x, int8_t *q, float *d, int32_t *s32, int32_t *sa, int32_t *sb) {
+// One block: codes of the two halves to q0 and q1 (16 each), its scale and sums.
+static void qblock_scalar(const float *x, int8_t *q0, int8_t *q1, float *d, int32_t *s32, int32_t *sa, int32_t *sb) {
     uint32_t mb = 0;
     for (int i = 0; i < 32; i++) {
         const uint32_t a = bits_of_f(x[i]) & 0x7FFFFFFFu;
@@ -162,15 +175,15 @@ static void qblock_scalar(const float *x, int8_t *q, float *d, int32_t *s32, int
     }
     float id;
     if (block_scale(mb, d, &id) != 0) {
-        memset(q, 0, 32);
+        memset(q0, 0, 16);
+        memset(q1, 0, 16);
         *s32 = *sa = *sb = 0;
         return;
     }
     int32_t h0 = 0, h1 = 0;
     for (int i = 0; i < 32; i++) {
         const int v = rne(x[i] * id);
-        q[i] = (int8_t)v;
-        if (i < 16) h0 += v; else h1 += v;
+        if (i < 16) { q0[i] = (int8_t)v; h0 += v; } else { q1[i - 16] = (int8_t)v; h1 += v; }
     }
     *sa = h0;
     *sb = h1;
@@ -187,7 +200,7 @@ Q8_INLINE Q8_AVX2 int32_t hsum8_epi32(__m256i v) {
 
 // The same bytes as qblock_scalar: the integer max of the magnitudes' bits, the same scalar d and id, one fp32
 // product per element rounded to nearest-even by an explicit rounding (not the MXCSR mode), the same clamp.
-static Q8_AVX2 void qblock_avx2(const float *x, int8_t *q, float *d, int32_t *s32, int32_t *sa, int32_t *sb) {
+static Q8_AVX2 void qblock_avx2(const float *x, int8_t *q0, int8_t *q1, float *d, int32_t *s32, int32_t *sa, int32_t *sb) {
     const __m256i am = _mm256_set1_epi32(0x7FFFFFFF);
     __m256i v[4];
     for (int i = 0; i < 4; i++) v[i] = _mm256_castps_si256(_mm256_loadu_ps(x + 8 * i));
@@ -198,7 +211,8 @@ static Q8_AVX2 void qblock_avx2(const float *x, int8_t *q, float *d, int32_t *s3
     m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0xB1));
     float id;
     if (block_scale((uint32_t)_mm_cvtsi128_si32(m4), d, &id) != 0) {
-        memset(q, 0, 32);
+        memset(q0, 0, 16);
+        memset(q1, 0, 16);
         *s32 = *sa = *sb = 0;
         return;
     }
@@ -212,7 +226,8 @@ static Q8_AVX2 void qblock_avx2(const float *x, int8_t *q, float *d, int32_t *s3
     }
     const __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]), p16b = _mm256_packs_epi32(qi[2], qi[3]);
     const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i *)q, p8);
+    _mm_storeu_si128((__m128i *)q0, _mm256_castsi256_si128(p8));
+    _mm_storeu_si128((__m128i *)q1, _mm256_extracti128_si256(p8, 1));
     const int32_t h0 = hsum8_epi32(_mm256_add_epi32(qi[0], qi[1])), h1 = hsum8_epi32(_mm256_add_epi32(qi[2], qi[3]));
     *sa = h0;
     *sb = h1;
@@ -224,27 +239,28 @@ void ck_quantize_activations_q8(const float *x, int64_t K, void *out) {
     if (K <= 0 || K % 32 != 0) return;
     const q8_layout L = q8_layout_of(K);
     uint8_t *o = (uint8_t *)out;
-    int8_t *qs = (int8_t *)o;
     float *d = (float *)(o + L.d);
-    int32_t *s32 = (int32_t *)(o + L.s32), *s16 = (int32_t *)(o + L.s16);
+    int32_t *s32 = (int32_t *)(o + L.s32), *slo = (int32_t *)(o + L.slo), *shi = (int32_t *)(o + L.shi);
+    float *ds = (float *)(o + L.ds);
 #if Q8_X86
     const int simd = ck_q8_isa() >= CK_ISA_AVX2;
 #endif
     for (int64_t b = 0; b < L.npb; b++) {
-        const int64_t c = b >> 3;
-        const int j = (int)(b & 7);
-        int8_t *q = qs + 32 * (8 * c + q8_slot[j]);
-        int32_t *sa = s16 + 16 * c + s16_pos(2 * j), *sb = s16 + 16 * c + s16_pos(2 * j + 1);
+        int8_t *q0 = (int8_t *)(o + code_off(b, 0)), *q1 = (int8_t *)(o + code_off(b, 1));
+        const int64_t p = tpos(b);
         if (b >= L.nb) {
-            memset(q, 0, 32);
-            d[b] = 0.0f;
-            s32[b] = *sa = *sb = 0;
+            memset(q0, 0, 16);
+            memset(q1, 0, 16);
+            d[p] = ds[p] = 0.0f;
+            s32[p] = slo[p] = shi[p] = 0;
             continue;
         }
 #if Q8_X86
-        if (simd) { qblock_avx2(x + 32 * b, q, d + b, s32 + b, sa, sb); continue; }
+        if (simd) qblock_avx2(x + 32 * b, q0, q1, d + p, s32 + p, slo + p, shi + p);
+        else
 #endif
-        qblock_scalar(x + 32 * b, q, d + b, s32 + b, sa, sb);
+        qblock_scalar(x + 32 * b, q0, q1, d + p, s32 + p, slo + p, shi + p);
+        ds[p] = d[p] * (float)s32[p];
     }
 }
 
@@ -255,8 +271,8 @@ void ck_quantize_activations_q8_rows(const float *x, int64_t ldx, int64_t n, int
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Weight blocks, portable: the integer codes q (offsets applied), the half scales sc0/sc1, the min coefficient
-// mc and the fp32 factors dw, mw of block b of a row (ck_q8.h's table). Returns 1 for types with a min.
+// Weight blocks, portable: the integer codes q, the half scales sc0/sc1 and the fp32 factors dw, mw of block b of
+// a row (ck_q8.h's table). Returns 1 for types with a min.
 
 static inline float h2f(const uint8_t *p) { return ck_half_to_float(rd16(p)); }
 
@@ -271,9 +287,8 @@ static inline void k4_sm(const uint8_t *s, int j, int *sc, int *m) {
     }
 }
 
-static int wblock(int type, const uint8_t *w, int64_t b, int q[32], int sc[2], int *mc, float *dw, float *mw) {
+static int wblock(int type, const uint8_t *w, int64_t b, int q[32], int sc[2], float *dw, float *mw) {
     sc[0] = sc[1] = 1;
-    *mc = 0;
     *mw = 0.0f;
     switch (type) {
     case CK_TYPE_Q8_0: {
@@ -296,7 +311,6 @@ static int wblock(int type, const uint8_t *w, int64_t b, int q[32], int sc[2], i
         const uint8_t *p = w + 20 * b;
         *dw = h2f(p);
         *mw = h2f(p + 2);
-        *mc = 1;
         for (int i = 0; i < 32; i++) q[i] = i < 16 ? p[4 + i] & 15 : p[4 + i - 16] >> 4;
         return 1;
     }
@@ -311,7 +325,7 @@ static int wblock(int type, const uint8_t *w, int64_t b, int q[32], int sc[2], i
             const int code = (i < 16 ? qs[i] & 15 : qs[i - 16] >> 4) | (int)((qh >> i) & 1u) << 4;
             q[i] = one ? code : code - 16;
         }
-        if (one) { *mw = h2f(p + 2); *mc = 1; }
+        if (one) *mw = h2f(p + 2);
         return one;
     }
     case CK_TYPE_Q4_K:
@@ -319,12 +333,10 @@ static int wblock(int type, const uint8_t *w, int64_t b, int q[32], int sc[2], i
         const int five = type == CK_TYPE_Q5_K;
         const int j = (int)(b & 7);
         const uint8_t *p = w + (five ? 176 : 144) * (b >> 3);
-        *dw = h2f(p);
-        *mw = -h2f(p + 2);
         int s, m;
         k4_sm(p + 4, j, &s, &m);
-        sc[0] = sc[1] = s;
-        *mc = m;
+        *dw = h2f(p) * (float)s;         // exact
+        *mw = -(h2f(p + 2) * (float)m);  // exact
         const uint8_t *qs = p + (five ? 48 : 16) + 32 * (j >> 1);
         for (int l = 0; l < 32; l++) {
             int code = j & 1 ? qs[l] >> 4 : qs[l] & 15;
@@ -373,22 +385,19 @@ static void row_scalar(int type, const uint8_t *w, int64_t K, const uint8_t *xq,
         float acc[8][16];
         memset(acc, 0, sizeof acc);
         for (int64_t b = 0; b < L.nb; b++) {
-            int q[32], sc[2], mc;
+            int q[32], sc[2];
             float dw, mw;
-            const int has_min = wblock(type, w, b, q, sc, &mc, &dw, &mw);
-            const int64_t slot = 8 * (b >> 3) + q8_slot[b & 7];
+            const int has_min = wblock(type, w, b, q, sc, &dw, &mw);
             for (int t = 0; t < T; t++) {
                 const uint8_t *row = xq + (size_t)(t0 + t) * xs;
-                const int8_t *a = (const int8_t *)row + 32 * slot;
-                const float da = ((const float *)(row + L.d))[b];
-                int32_t lo = 0, hi = 0, as = 0;
-                for (int i = 0; i < 16; i++) lo += q[i] * a[i];
-                for (int i = 16; i < 32; i++) hi += q[i] * a[i];
-                for (int i = 0; i < 32; i++) as += a[i];
+                const int8_t *a0 = (const int8_t *)(row + code_off(b, 0)), *a1 = (const int8_t *)(row + code_off(b, 1));
+                const float da = ((const float *)(row + L.d))[tpos(b)];
+                int32_t lo = 0, hi = 0;
+                for (int i = 0; i < 16; i++) { lo += q[i] * a0[i]; hi += q[16 + i] * a1[i]; }
                 const int32_t isum = sc[0] * lo + sc[1] * hi;
                 float *ac = &acc[t][b & 15];
                 *ac = fmaf(dw * da, (float)isum, *ac);
-                if (has_min) *ac = fmaf(mw * da, (float)(mc * as), *ac);
+                if (has_min) *ac = fmaf(mw, ((const float *)(row + L.ds))[tpos(b)], *ac);
             }
         }
         for (int t = 0; t < T; t++) y[(t0 + t) * ldy] = tree16(acc[t]);
@@ -414,16 +423,14 @@ static inline int block_bytes(int type) {
 }
 
 static inline int is_kquant(int type) { return type == CK_TYPE_Q4_K || type == CK_TYPE_Q5_K || type == CK_TYPE_Q6_K; }
-
-// log2 of the offset subtracted through the block sums on the AVX-512 level (0: none).
-static inline int offset_shift512(int type) {
-    switch (type) {
-    case CK_TYPE_Q8_0: case CK_TYPE_IQ4_NL: return 7;
-    case CK_TYPE_Q4_0: return 3;
-    case CK_TYPE_Q5_0: return 4;
-    default: return 0;
-    }
+static inline int has_min_t(int type) {
+    return type == CK_TYPE_Q4_1 || type == CK_TYPE_Q5_1 || type == CK_TYPE_Q4_K || type == CK_TYPE_Q5_K;
 }
+// Offset of the nibbles in a 32-element block (nibble types), of qh (5-bit types).
+static inline int qs_off(int type) {
+    return type == CK_TYPE_Q4_1 ? 4 : type == CK_TYPE_Q5_0 ? 6 : type == CK_TYPE_Q5_1 ? 8 : 2;
+}
+static inline int qh_off(int type) { return type == CK_TYPE_Q5_1 ? 4 : 2; }
 
 // The 8 scales and 8 mins of a Q4_K / Q5_K super-block as bytes (sub-block j in byte j).
 static inline void k4_scales8(const uint8_t *s, uint64_t *sc, uint64_t *mn) {
@@ -435,376 +442,541 @@ static inline void k4_scales8(const uint8_t *s, uint64_t *sc, uint64_t *mn) {
     *mn = m_lo | (uint64_t)m_hi << 32;
 }
 
+// Byte p of the result = byte (block at position p) of 16 bytes in block order: transposed order.
+#define T_ORDER 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15
+// Q6_K: the low-half scale index within its super-block's 16 scales for the block at position p (+ 1: high half).
+#define Q6_LO_IDX 0, 8, 0, 8, 2, 10, 2, 10, 4, 12, 4, 12, 6, 14, 6, 14
+#define Q6_HI_IDX 1, 9, 1, 9, 3, 11, 3, 11, 5, 13, 5, 13, 7, 15, 7, 15
+// Positions whose block is in the second super-block of a group (blocks 8-15): p % 4 >= 2.
+#define SECOND_SB 0xCCCC
+
 Q8_INLINE Q8_AVX2 float h2f_f16c(const uint8_t *p) {
     return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(rd16(p))));
+}
+
+// Q6_K's half scales of a group in transposed order (int8 bytes): sc0 (elements 0-15 of each block), sc1 (16-31).
+// pb NULL: the group has one super-block (the scales of the second are 0).
+Q8_INLINE Q8_AVX512 void q6_scales(const uint8_t *pa, const uint8_t *pb, __m128i *sc0, __m128i *sc1) {
+    const __m128i a = _mm_loadu_si128((const __m128i *)(pa + 192));
+    const __m128i b = pb ? _mm_loadu_si128((const __m128i *)(pb + 192)) : _mm_setzero_si128();
+    const __m128i lo = _mm_setr_epi8(Q6_LO_IDX), hi = _mm_setr_epi8(Q6_HI_IDX);
+    *sc0 = _mm_mask_blend_epi8((__mmask16)SECOND_SB, _mm_shuffle_epi8(a, lo), _mm_shuffle_epi8(b, lo));
+    *sc1 = _mm_mask_blend_epi8((__mmask16)SECOND_SB, _mm_shuffle_epi8(a, hi), _mm_shuffle_epi8(b, hi));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // AVX-512 (VNNI) level
 
-// Q6_K's 16 scales in the order of the half sums (ck_q8.h's s16 order).
-#define Q6_ORDER 0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15
-
-Q8_INLINE Q8_AVX512 __m512i pair512(__m256i lo, __m256i hi) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-Q8_INLINE Q8_AVX512 __m256i ld256(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
-
-// Four vectors of 16 int32 partial sums (vector e: blocks e and e + 4 of a chunk, 8 lanes each) to one vector
-// whose lane 4 L + e is the sum of vector e's 128-bit lane L (16 elements: L = 0, 1 block e, L = 2, 3 block e + 4).
-Q8_INLINE Q8_AVX512 __m512i red4(__m512i a, __m512i b, __m512i c, __m512i d) {
-    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+// Per-quad int32 partial sums r0..r3 (block 4 q + i's in 128-bit lane i of rq) to the 16 block sums, position
+// 4 i + q.
+Q8_INLINE Q8_AVX512 __m512i red512(__m512i r0, __m512i r1, __m512i r2, __m512i r3) {
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(r0, r1), _mm512_unpackhi_epi32(r0, r1));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(r2, r3), _mm512_unpackhi_epi32(r2, r3));
     return _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
 }
-// Two red4 results (chunks 0 and 1 of a group) to the 16 block sums in block order.
-Q8_INLINE Q8_AVX512 __m512i red_final(__m512i t0, __m512i t1) {
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
-                            _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)));
-}
 
-Q8_INLINE Q8_AVX512 float tree512(__m512 v) {
-    const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
-}
+// The codes of a group: c[2 q + h] holds half h of blocks 4 q + i in 128-bit lane i; unsigned (offset) form.
+// Plus the weight factor vectors (transposed order).
+typedef struct { __m512i c[8]; __m512 dw, mw; __m512i sc0, sc1; } grp512;
 
-// Codes of a pair of 32-element blocks (pa: lower 256 bits; pb: upper, or NULL for zeros), unsigned, offset form.
-Q8_INLINE Q8_AVX512 __m512i codes32_512(const int type, const uint8_t *pa, const uint8_t *pb) {
-    if (type == CK_TYPE_Q8_0) {
-        const __m512i z = pair512(ld256(pa + 2), pb ? ld256(pb + 2) : _mm256_setzero_si256());
-        return _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80));
+// Per-type permute indices of the 32-element types (made once per call).
+typedef struct { __m512i iq, ih, idw, ms6, ms5[2]; } idx512;
+
+Q8_INLINE Q8_AVX512 void make_idx512(const int type, idx512 *X) {
+    const int bb = block_bytes(type), qo = type == CK_TYPE_Q8_0 ? 2 : qs_off(type);
+    uint8_t ib[64], hb[64] = {0};
+    uint16_t wb[32];
+    for (int j = 0; j < 64; j++) ib[j] = (uint8_t)(bb * (j >> 4) + qo + (j & 15));       // lane i: block i's 16 bytes
+    for (int j = 0; j < 64; j++)  // lane i, both qwords: block i's 4 qh bytes, then 4 zeros (unused)
+        hb[j] = (uint8_t)(bb * (j >> 4) + qh_off(type) + (j & 3));
+    for (int j = 0; j < 32; j++) wb[j] = (uint16_t)(bb / 2 * ((j & 15) >> 2) + (j >> 4));  // d (m) of block (j & 15) / 4
+    // Multishift controls moving bit s_L of each byte of 128-bit lane L to bit 4: byte j of a qword takes the 8 bits
+    // from bit 8 j + s_L - 4 (mod 64). Q6_K: s_L = 2 L (bits 2 L, 2 L + 1 to 4, 5); Q5_K: s_L = 4 qq + L.
+    // Q5_0 / Q5_1 (qh of the lane's block in each qword): byte l of lane i's half h takes bit 16 h + l.
+    uint8_t m6[64], m50[64], m51[64];
+    const int five = type == CK_TYPE_Q5_0 || type == CK_TYPE_Q5_1;
+    for (int j = 0; j < 64; j++) {
+        const int L = j >> 4, k = j & 7, l = j & 15;
+        m6[j] = (uint8_t)((8 * k + 2 * L - 4) & 63);
+        m50[j] = (uint8_t)((five ? l - 4 : 8 * k + L - 4) & 63);
+        m51[j] = (uint8_t)((five ? 16 + l - 4 : 8 * k + 4 + L - 4) & 63);
     }
-    const int qo = type == CK_TYPE_Q4_1 ? 4 : type == CK_TYPE_Q5_0 ? 6 : type == CK_TYPE_Q5_1 ? 8 : 2;
-    const __m256i a = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(pa + qo)));
-    const __m256i b = pb ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(pb + qo))) : _mm256_setzero_si256();
-    // 16-bit shift counts per 128-bit lane: 0 (elements 0-15, low nibbles), 4 (elements 16-31), 0, 4.
-    const int S = 0x00040004;
-    const __m512i sh = _mm512_setr_epi32(0, 0, 0, 0, S, S, S, S, 0, 0, 0, 0, S, S, S, S);
-    __m512i c = _mm512_and_si512(_mm512_srlv_epi16(pair512(a, b), sh), _mm512_set1_epi8(15));
+    X->ms6 = _mm512_loadu_si512((const void *)m6);
+    X->ms5[0] = _mm512_loadu_si512((const void *)m50);
+    X->ms5[1] = _mm512_loadu_si512((const void *)m51);
+    X->iq = _mm512_loadu_si512((const void *)ib);
+    X->ih = _mm512_loadu_si512((const void *)hb);
+    X->idw = _mm512_loadu_si512((const void *)wb);
+}
+
+// Quad q of a group of a 32-element type: blocks 4 q .. 4 q + 3 from P, `need` bytes of them present (4 bb for a
+// full quad), through two 64-byte masked loads (bytes past the row's end are never read: missing blocks come out as
+// zero bytes) and byte permutes: the 16 nibble bytes (or Q8_0's 16 values of a half) of block i to 128-bit lane i,
+// its d (and m) to word 4 i + q (and 16 + 4 i + q) of *dvec, Q5's qh bits to 64-bit masks.
+Q8_INLINE Q8_AVX512 void quad512(const int type, const idx512 *X, const uint8_t *P, const int need, const int q,
+                                 grp512 *G, __m512i *dvec) {
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const __m512i L0 = _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, (unsigned)(need < 64 ? need : 64)), P);
+    const __m512i L1 = _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, (unsigned)(need > 64 ? need - 64 : 0)), P + 64);
+    *dvec = _mm512_mask_mov_epi16(*dvec, (__mmask32)(0x11111111u << q), _mm512_permutex2var_epi16(L0, X->idw, L1));
+    if (type == CK_TYPE_Q8_0) {
+        const int need1 = need - 16;
+        const __m512i M0 = _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, (unsigned)(need1 <= 0 ? 0 : need1 < 64 ? need1 : 64)), P + 16);
+        const __m512i M1 = _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, (unsigned)(need1 > 64 ? need1 - 64 : 0)), P + 80);
+        const __m512i x80 = _mm512_set1_epi8((char)0x80);
+        G->c[2 * q] = _mm512_xor_si512(_mm512_permutex2var_epi8(L0, X->iq, L1), x80);
+        G->c[2 * q + 1] = _mm512_xor_si512(_mm512_permutex2var_epi8(M0, X->iq, M1), x80);
+        return;
+    }
+    const __m512i z = _mm512_permutex2var_epi8(L0, X->iq, L1);
+    __m512i c0 = _mm512_and_si512(z, m4), c1 = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
     if (type == CK_TYPE_Q5_0 || type == CK_TYPE_Q5_1) {
-        const int ho = type == CK_TYPE_Q5_1 ? 4 : 2;
-        const uint64_t k = (uint64_t)rd32(pa + ho) | (pb ? (uint64_t)rd32(pb + ho) << 32 : 0);
-        c = _mm512_mask_add_epi8(c, _cvtu64_mask64(k), c, _mm512_set1_epi8(16));
+        // Both qwords of lane i hold block i's qh in their low 32 bits; multishift moves bit 16 h + l to bit 4.
+        const __m512i qh = _mm512_permutex2var_epi8(L0, X->ih, L1), m10 = _mm512_set1_epi8(16);
+        c0 = _mm512_ternarylogic_epi32(c0, _mm512_multishift_epi64_epi8(X->ms5[0], qh), m10, 0xF8);
+        c1 = _mm512_ternarylogic_epi32(c1, _mm512_multishift_epi64_epi8(X->ms5[1], qh), m10, 0xF8);
     } else if (type == CK_TYPE_IQ4_NL) {
         const __m512i tab = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 24, 45, 63, 79, 93, 106, 118, (char)129, (char)141,
                                                                  (char)153, (char)166, (char)181, (char)197, (char)217, (char)241));
-        c = _mm512_shuffle_epi8(tab, c);  // kvalues + 128
+        c0 = _mm512_shuffle_epi8(tab, c0);  // kvalues + 128
+        c1 = _mm512_shuffle_epi8(tab, c1);
     }
-    return c;
+    G->c[2 * q] = c0;
+    G->c[2 * q + 1] = c1;
 }
 
-// One weight row against T <= 4 activation rows.
-Q8_INLINE Q8_AVX512 void row512(const int type, const int T, const uint8_t *w, int64_t K, const uint8_t *xq,
-                                size_t xs, float *y, int64_t ldy) {
-    const q8_layout L = q8_layout_of(K);
-    const int64_t nb = L.nb, ng = L.npb / 16;
+// nq (a constant): the quads present; partial (a constant): the row's last group with nb - 16 g < 16 blocks
+// (its last quad may hold 1-3 blocks).
+Q8_INLINE Q8_AVX512 void decode512(const int type, const idx512 *X, const uint8_t *w, int64_t g, int64_t nb, const int nq,
+                                   const int partial, grp512 *G) {
     const int bb = block_bytes(type);
-    const int kq = is_kquant(type);
-    const int has_min = type == CK_TYPE_Q4_1 || type == CK_TYPE_Q5_1 || type == CK_TYPE_Q4_K || type == CK_TYPE_Q5_K;
-    const int osh = offset_shift512(type);
     const __m512i m4 = _mm512_set1_epi8(15);
-    __m512 acc[4];
-    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
-
-    for (int64_t g = 0; g < ng; g++) {
-        __m512i c[8];
-        __m512 dv, mv = _mm512_setzero_ps();
-        __m512i scv = _mm512_setzero_si512(), mcv = _mm512_setzero_si512(), scA = scv, scB = scv;
+    if (!is_kquant(type)) {
         const int64_t b0 = 16 * g;
-        if (!kq) {
-            const int nbg = nb - b0 < 16 ? (int)(nb - b0) : 16;
-            const uint8_t *base = w + (size_t)b0 * bb;
-            for (int h = 0; h < 2; h++)
-                for (int p = 0; p < 4; p++) {
-                    const int ja = 8 * h + p, jb = ja + 4;
-                    c[4 * h + p] = ja < nbg ? codes32_512(type, base + (size_t)ja * bb, jb < nbg ? base + (size_t)jb * bb : NULL)
-                                            : _mm512_setzero_si512();
-                }
-            const __m512i idx = _mm512_mullo_epi32(_mm512_set1_epi32(bb), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-            const __mmask16 km = nbg == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nbg) - 1u);
-            const __m512i hv = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), km, idx, base, 1);
-            dv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hv));
-            if (has_min) mv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hv, 16)));
+        const int nbg = nb - b0 < 16 ? (int)(nb - b0) : 16;
+        __m512i dvec = _mm512_setzero_si512();
+        const uint8_t *base = w + (size_t)b0 * bb;
+        if (!partial) {
+            for (int q = 0; q < 4; q++) quad512(type, X, base + (size_t)(4 * q) * bb, 4 * bb, q, G, &dvec);
         } else {
-            const int two = 2 * g + 1 < nb / 8;  // second super-block present
-            const uint8_t *pa = w + (size_t)(2 * g) * bb, *pb = two ? pa + bb : NULL;
-            float dA = 0.0f, dB = 0.0f, mA = 0.0f, mB = 0.0f;
-            for (int h = 0; h < 2; h++) {
-                const uint8_t *p = h ? pb : pa;
-                __m512i *cc = c + 4 * h;
-                if (!p) { cc[0] = cc[1] = cc[2] = cc[3] = _mm512_setzero_si512(); continue; }
-                if (type == CK_TYPE_Q6_K) {
-                    const __m512i za = pair512(ld256(p), ld256(p + 64)), zb = pair512(ld256(p + 32), ld256(p + 96));
-                    const __m512i zh = pair512(ld256(p + 128), ld256(p + 160)), m30 = _mm512_set1_epi8(0x30);
-                    cc[0] = _mm512_or_si512(_mm512_and_si512(za, m4), _mm512_and_si512(_mm512_slli_epi16(zh, 4), m30));
-                    cc[1] = _mm512_or_si512(_mm512_and_si512(zb, m4), _mm512_and_si512(_mm512_slli_epi16(zh, 2), m30));
-                    cc[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(za, 4), m4), _mm512_and_si512(zh, m30));
-                    cc[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(zb, 4), m4),
-                                            _mm512_and_si512(_mm512_srli_epi16(zh, 2), m30));
-                    const __m512i s = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 192)),
-                                                                            _mm_setr_epi8(Q6_ORDER)));
-                    if (h) { scB = s; dB = h2f_f16c(p + 208); } else { scA = s; dA = h2f_f16c(p + 208); }
-                } else {
-                    const int qo = type == CK_TYPE_Q5_K ? 48 : 16;
-                    const __m512i za = pair512(ld256(p + qo), ld256(p + qo + 64)), zb = pair512(ld256(p + qo + 32), ld256(p + qo + 96));
-                    cc[0] = _mm512_and_si512(za, m4);
-                    cc[1] = _mm512_and_si512(_mm512_srli_epi16(za, 4), m4);
-                    cc[2] = _mm512_and_si512(zb, m4);
-                    cc[3] = _mm512_and_si512(_mm512_srli_epi16(zb, 4), m4);
-                    if (type == CK_TYPE_Q5_K) {
-                        const __m256i qh = ld256(p + 16);
-                        const __m512i zq = pair512(qh, _mm256_srli_epi16(qh, 4)), m10 = _mm512_set1_epi8(0x10);
-                        cc[0] = _mm512_or_si512(cc[0], _mm512_and_si512(_mm512_slli_epi16(zq, 4), m10));
-                        cc[1] = _mm512_or_si512(cc[1], _mm512_and_si512(_mm512_slli_epi16(zq, 3), m10));
-                        cc[2] = _mm512_or_si512(cc[2], _mm512_and_si512(_mm512_slli_epi16(zq, 2), m10));
-                        cc[3] = _mm512_or_si512(cc[3], _mm512_and_si512(_mm512_slli_epi16(zq, 1), m10));
-                    }
-                    if (h) { dB = h2f_f16c(p); mB = -h2f_f16c(p + 2); } else { dA = h2f_f16c(p); mA = -h2f_f16c(p + 2); }
-                }
-            }
-            dv = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(dA), _mm512_set1_ps(dB));
-            if (type != CK_TYPE_Q6_K) {
-                mv = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(mA), _mm512_set1_ps(mB));
-                uint64_t sa, ma, sb = 0, mb = 0;
-                k4_scales8(pa + 4, &sa, &ma);
-                if (pb) k4_scales8(pb + 4, &sb, &mb);
-                scv = _mm512_cvtepu8_epi32(_mm_set_epi64x((long long)sb, (long long)sa));
-                mcv = _mm512_cvtepu8_epi32(_mm_set_epi64x((long long)mb, (long long)ma));
-            }
+            for (int q = 0; q < nq - 1; q++) quad512(type, X, base + (size_t)(4 * q) * bb, 4 * bb, q, G, &dvec);
+            quad512(type, X, base + (size_t)(4 * (nq - 1)) * bb, (nbg - 4 * (nq - 1)) * bb, nq - 1, G, &dvec);  // 1-4 blocks
         }
-
-        for (int t = 0; t < T; t++) {
-            const uint8_t *row = xq + (size_t)t * xs;
-            const uint8_t *a = row + 512 * g;
-            __m512i r[8];
-            for (int i = 0; i < 8; i++)
-                r[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[i], _mm512_loadu_si512((const void *)(a + 64 * i)));
-            const __m512i s32 = _mm512_loadu_si512((const void *)(row + L.s32 + 64 * g));
-            __m512i isum;
+        G->dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dvec));
+        if (has_min_t(type)) G->mw = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dvec, 1));
+        return;
+    }
+    const uint8_t *pa = w + (size_t)(2 * g) * bb, *pb = nq == 4 ? pa + bb : NULL;
+    // Nibble bytes of 64 codes-bytes Q: lo = Q & 15, hi = Q >> 4 (16-byte lanes of Q: pieces 0-3). Layout: code
+    // vector (quad, half h) holds in lane i the half h of block 4 quad + i.
+    const __m512i pick0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), pick1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    for (int s = 0; s < 2; s++) {
+        const uint8_t *sp = s ? pb : pa;
+        __m512i *c = G->c + 4 * s;
+        if (!sp) continue;  // quads 2, 3 absent (group512 skips them)
+        for (int qq = 0; qq < 2; qq++) {
             if (type == CK_TYPE_Q6_K) {
-                const __m512i s16a = _mm512_loadu_si512((const void *)(row + L.s16 + 128 * g));
-                const __m512i s16b = _mm512_loadu_si512((const void *)(row + L.s16 + 128 * g + 64));
-                const __m512i tA = _mm512_mullo_epi32(_mm512_sub_epi32(red4(r[0], r[1], r[2], r[3]), _mm512_slli_epi32(s16a, 5)), scA);
-                const __m512i tB = _mm512_mullo_epi32(_mm512_sub_epi32(red4(r[4], r[5], r[6], r[7]), _mm512_slli_epi32(s16b, 5)), scB);
-                isum = red_final(tA, tB);
+                // Blocks 4 qq + g (g = lane): ql bytes 64 qq + 32 (g & 1) + 16 h, nibble g >= 2; qh bytes
+                // 128 + 32 qq + 16 h, bits 2 g (moved to bits 4-5 by a multishift: byte j of a qword takes the 8
+                // bits from bit 8 j + 2 g - 4, rotating).
+                const __m512i Q = _mm512_loadu_si512((const void *)(sp + 64 * qq));
+                const __m512i lo = _mm512_and_si512(Q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(Q, 4), m4);
+                const __m512i sel0 = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), sel1 = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
+                for (int h = 0; h < 2; h++) {
+                    const __m512i nib = _mm512_permutex2var_epi64(lo, h ? sel1 : sel0, hi);
+                    const __m512i hb = _mm512_multishift_epi64_epi8(X->ms6, _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(sp + 128 + 32 * qq + 16 * h))));
+                    c[2 * qq + h] = _mm512_ternarylogic_epi32(nib, hb, _mm512_set1_epi8(0x30), 0xF8);  // nib | (hb & 0x30)
+                }
             } else {
-                isum = red_final(red4(r[0], r[1], r[2], r[3]), red4(r[4], r[5], r[6], r[7]));
-                if (osh) isum = _mm512_sub_epi32(isum, _mm512_sll_epi32(s32, _mm_cvtsi32_si128(osh)));
-                if (kq) isum = _mm512_mullo_epi32(isum, scv);
-            }
-            const __m512 da = _mm512_loadu_ps((const float *)(row + L.d) + 16 * g);
-            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dv, da), _mm512_cvtepi32_ps(isum), acc[t]);
-            if (has_min) {
-                const __m512i msum = kq ? _mm512_mullo_epi32(mcv, s32) : s32;
-                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(mv, da), _mm512_cvtepi32_ps(msum), acc[t]);
+                // Sub-blocks 4 qq + i: qs bytes 32 (2 qq + i / 2) + 16 h, nibble i & 1.
+                const uint8_t *qs = sp + (type == CK_TYPE_Q5_K ? 48 : 16) + 64 * qq;
+                const __m512i Q = _mm512_loadu_si512((const void *)qs);
+                const __m512i lo = _mm512_and_si512(Q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(Q, 4), m4);
+                for (int h = 0; h < 2; h++) {
+                    __m512i code = _mm512_permutex2var_epi64(lo, h ? pick1 : pick0, hi);
+                    if (type == CK_TYPE_Q5_K) {
+                        // Bit (4 qq + i) of qh[16 h + l] to bit 4: byte j of a qword takes the 8 bits from bit
+                        // 8 j + (4 qq + i) - 4, rotating.
+                        const __m512i qh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(sp + 16 + 16 * h)));
+                        code = _mm512_ternarylogic_epi32(code, _mm512_multishift_epi64_epi8(X->ms5[qq], qh), _mm512_set1_epi8(0x10), 0xF8);
+                    }
+                    c[2 * qq + h] = code;
+                }
             }
         }
     }
-    for (int t = 0; t < T; t++) y[t * ldy] = tree512(acc[t]);
+    // Factors: [dA, mA, dB, mB] (Q6_K: d at 208) as one conversion, spread by lane (positions with p % 4 >= 2: B).
+    const int doff = type == CK_TYPE_Q6_K ? 208 : 0;
+    const __m128i hv = _mm_setr_epi32((int)rd32(pa + doff), pb ? (int)rd32(pb + doff) : 0, 0, 0);
+    const __m512 f4 = _mm512_castps128_ps512(_mm_cvtph_ps(hv));  // dA, mA, dB, mB
+    const __m512 dv = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2), f4);
+    if (type == CK_TYPE_Q6_K) {
+        __m128i s0, s1;
+        q6_scales(pa, pb, &s0, &s1);
+        G->dw = dv;
+        G->sc0 = _mm512_cvtepi8_epi32(s0);
+        G->sc1 = _mm512_cvtepi8_epi32(s1);
+    } else {
+        const __m512 mv = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 3, 3, 1, 1, 3, 3, 1, 1, 3, 3, 1, 1, 3, 3), f4);
+        uint64_t sa, ma, sb = 0, mb = 0;
+        k4_scales8(pa + 4, &sa, &ma);
+        if (pb) k4_scales8(pb + 4, &sb, &mb);
+        const __m128i t = _mm_setr_epi8(T_ORDER);
+        const __m128i scb = _mm_shuffle_epi8(_mm_set_epi64x((long long)sb, (long long)sa), t);
+        const __m128i mnb = _mm_shuffle_epi8(_mm_set_epi64x((long long)mb, (long long)ma), t);
+        G->dw = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(scb)));                                      // d * sc, exact
+        G->mw = _mm512_xor_ps(_mm512_set1_ps(-0.0f), _mm512_mul_ps(mv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mnb))));  // -(dmin * m)
+    }
 }
 
-typedef void (*row_fn)(const uint8_t *w, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy);
-
-// One function per (type, T): a frame holds one inlined copy (debug builds keep every copy's locals).
-#define ROW512(NAME, TYPE, T) \
-    static Q8_AVX512 void NAME(const uint8_t *w, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy) { \
-        row512(TYPE, T, w, K, xq, xs, y, ldy); \
+// One group of one weight row against one activation row: the block sums, then the two fused multiply-adds.
+// nq: the quads present (a constant: 4, or fewer in a row's last group; the others are zero blocks and skipped).
+Q8_INLINE Q8_AVX512 __m512 group512(const int type, const grp512 *G, const uint8_t *row, const q8_layout *L, int64_t g,
+                                    const int nq, __m512 acc) {
+    const uint8_t *a = row + 512 * g;
+    __m512i isum;
+    if (type == CK_TYPE_Q6_K) {
+        __m512i r[8];
+        for (int i = 0; i < 8; i++)
+            r[i] = i < 2 * nq ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), G->c[i], _mm512_loadu_si512((const void *)(a + 64 * i)))
+                              : _mm512_setzero_si512();
+        const __m512i lo = _mm512_sub_epi32(red512(r[0], r[2], r[4], r[6]), _mm512_slli_epi32(_mm512_loadu_si512((const void *)(row + L->slo + 64 * g)), 5));
+        const __m512i hi = _mm512_sub_epi32(red512(r[1], r[3], r[5], r[7]), _mm512_slli_epi32(_mm512_loadu_si512((const void *)(row + L->shi + 64 * g)), 5));
+        isum = _mm512_add_epi32(_mm512_mullo_epi32(lo, G->sc0), _mm512_mullo_epi32(hi, G->sc1));
+    } else {
+        __m512i r[4];
+        for (int q = 0; q < 4; q++)
+            r[q] = q < nq ? _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), G->c[2 * q], _mm512_loadu_si512((const void *)(a + 128 * q))),
+                                                G->c[2 * q + 1], _mm512_loadu_si512((const void *)(a + 128 * q + 64)))
+                          : _mm512_setzero_si512();
+        isum = red512(r[0], r[1], r[2], r[3]);
+        const int osh = type == CK_TYPE_Q8_0 || type == CK_TYPE_IQ4_NL ? 7 : type == CK_TYPE_Q4_0 ? 3 : type == CK_TYPE_Q5_0 ? 4 : 0;
+        if (osh) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(_mm512_loadu_si512((const void *)(row + L->s32 + 64 * g)), osh));
     }
-#define ROW512_TYPE(TAG, TYPE) ROW512(r512_##TAG##_1, TYPE, 1) ROW512(r512_##TAG##_2, TYPE, 2) \
-    ROW512(r512_##TAG##_3, TYPE, 3) ROW512(r512_##TAG##_4, TYPE, 4)
-ROW512_TYPE(q8_0, CK_TYPE_Q8_0)
-ROW512_TYPE(q4_0, CK_TYPE_Q4_0)
-ROW512_TYPE(q4_1, CK_TYPE_Q4_1)
-ROW512_TYPE(q5_0, CK_TYPE_Q5_0)
-ROW512_TYPE(q5_1, CK_TYPE_Q5_1)
-ROW512_TYPE(iq4_nl, CK_TYPE_IQ4_NL)
-ROW512_TYPE(q4_k, CK_TYPE_Q4_K)
-ROW512_TYPE(q5_k, CK_TYPE_Q5_K)
-ROW512_TYPE(q6_k, CK_TYPE_Q6_K)
+    const __m512 da = _mm512_loadu_ps((const float *)(row + L->d) + 16 * g);
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(G->dw, da), _mm512_cvtepi32_ps(isum), acc);
+    if (has_min_t(type)) acc = _mm512_fmadd_ps(G->mw, _mm512_loadu_ps((const float *)(row + L->ds) + 16 * g), acc);
+    return acc;
+}
 
-#define FNS(TAG, P) {P##_##TAG##_1, P##_##TAG##_2, P##_##TAG##_3, P##_##TAG##_4}
+// The fixed tree of four accumulators at once, in transposed order (position 4 i + q = lane 4 q + i): the same
+// pairs are added as tree512 adds, so each result has the same bits. Lane j + j+8 is position p + p+2 (q < 2),
+// j + j+4 (j < 4) is 4 i + 4 i+1, then 128-bit lanes 0 + 2 and 1 + 3, then 0 + 1.
+Q8_INLINE Q8_AVX512 __m128 tree512x4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 v[4] = {a, b, c, d};
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm512_add_ps(v[k], _mm512_shuffle_ps(v[k], v[k], _MM_SHUFFLE(1, 0, 3, 2)));
+        v[k] = _mm512_add_ps(v[k], _mm512_shuffle_ps(v[k], v[k], _MM_SHUFFLE(2, 3, 0, 1)));
+    }
+    // Element 0 of 128-bit lane i of v[k]: lane-i partial of accumulator k. Gather them: lane i = [a, b, c, d].
+    const __m512 ab = _mm512_unpacklo_ps(v[0], v[1]), cd = _mm512_unpacklo_ps(v[2], v[3]);
+    const __m512 u = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd)));
+    const __m512 w = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_add_ps(_mm512_castps512_ps128(w), _mm512_extractf32x4_ps(w, 1));
+}
 
-static const row_fn *fns512(int type) {
-    static const row_fn q8_0[4] = FNS(q8_0, r512), q4_0[4] = FNS(q4_0, r512), q4_1[4] = FNS(q4_1, r512),
-                        q5_0[4] = FNS(q5_0, r512), q5_1[4] = FNS(q5_1, r512), iq4_nl[4] = FNS(iq4_nl, r512),
-                        q4_k[4] = FNS(q4_k, r512), q5_k[4] = FNS(q5_k, r512), q6_k[4] = FNS(q6_k, r512);
+// Rows [0, R) (stride rb) against T <= 4 activation rows.
+// TQ (a constant): the quads of the rows' last group when it is partial (K / 32 % 16 blocks), else 0.
+Q8_INLINE Q8_AVX512 void rows512(const int type, const int T, const int TQ, const uint8_t *W, size_t rb, int64_t R, int64_t K,
+                                 const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
+    const q8_layout L = q8_layout_of(K);
+    const int64_t ngf = L.nb / 16;
+    idx512 X;
+    make_idx512(type, &X);
+    for (int64_t o0 = 0; o0 < R; o0 += 4) {
+        // Four rows, one after the other, then their lane trees together.
+        const int rr = R - o0 < 4 ? (int)(R - o0) : 4;
+        __m512 acc[4][4];
+        for (int r = 0; r < 4; r++)
+            for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+        for (int r = 0; r < rr; r++) {
+            const uint8_t *w = W + (size_t)(o0 + r) * rb;
+            for (int64_t g = 0; g < ngf; g++) {
+                grp512 G;
+                decode512(type, &X, w, g, L.nb, 4, 0, &G);
+                for (int t = 0; t < T; t++) acc[r][t] = group512(type, &G, xq + (size_t)t * xs, &L, g, 4, acc[r][t]);
+            }
+            if (TQ) {
+                grp512 G;
+                decode512(type, &X, w, ngf, L.nb, TQ, 1, &G);
+                for (int t = 0; t < T; t++) acc[r][t] = group512(type, &G, xq + (size_t)t * xs, &L, ngf, TQ, acc[r][t]);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            const __m128 res = tree512x4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+            if (rr == 4) _mm_storeu_ps(y + t * ldy + o0, res);
+            else {
+                float tmp[4];
+                _mm_storeu_ps(tmp, res);
+                for (int r = 0; r < rr; r++) y[t * ldy + o0 + r] = tmp[r];
+            }
+        }
+    }
+}
+
+typedef void (*rows_fn)(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy);
+
+// One function per (type, T, TQ): a frame holds one inlined copy (debug builds keep every copy's locals), and every
+// vector index is a constant (runtime-bounded loops over vector arrays put them on the stack).
+#define ROWS512(TAG, TYPE, T, TQ) \
+    static Q8_AVX512 void r512_##TAG##_##T##_##TQ(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy) { \
+        rows512(TYPE, T, TQ, W, rb, R, K, xq, xs, y, ldy); \
+    }
+#define ROWS512_TQ(TAG, TYPE, TQ) ROWS512(TAG, TYPE, 1, TQ) ROWS512(TAG, TYPE, 2, TQ) ROWS512(TAG, TYPE, 4, TQ)
+#define ROWS512_32(TAG, TYPE) ROWS512_TQ(TAG, TYPE, 0) ROWS512_TQ(TAG, TYPE, 1) ROWS512_TQ(TAG, TYPE, 2) ROWS512_TQ(TAG, TYPE, 3) ROWS512_TQ(TAG, TYPE, 4)
+#define ROWS512_K(TAG, TYPE) ROWS512_TQ(TAG, TYPE, 0) ROWS512_TQ(TAG, TYPE, 2)
+ROWS512_32(q8_0, CK_TYPE_Q8_0)
+ROWS512_32(q4_0, CK_TYPE_Q4_0)
+ROWS512_32(q4_1, CK_TYPE_Q4_1)
+ROWS512_32(q5_0, CK_TYPE_Q5_0)
+ROWS512_32(q5_1, CK_TYPE_Q5_1)
+ROWS512_32(iq4_nl, CK_TYPE_IQ4_NL)
+ROWS512_K(q4_k, CK_TYPE_Q4_K)
+ROWS512_K(q5_k, CK_TYPE_Q5_K)
+ROWS512_K(q6_k, CK_TYPE_Q6_K)
+
+#define FNS_T(TAG, P, TQ) {P##_##TAG##_1_##TQ, P##_##TAG##_2_##TQ, NULL, P##_##TAG##_4_##TQ}
+#define FNS_32(TAG, P) {FNS_T(TAG, P, 0), FNS_T(TAG, P, 1), FNS_T(TAG, P, 2), FNS_T(TAG, P, 3), FNS_T(TAG, P, 4)}
+#define FNS_K(TAG, P) {FNS_T(TAG, P, 0), {NULL}, FNS_T(TAG, P, 2), {NULL}, {NULL}}
+
+// The functions for a type, by [TQ][T - 1].
+typedef rows_fn rows_table[5][4];
+static const rows_table *fns512(int type) {
+    static const rows_table q8_0 = FNS_32(q8_0, r512), q4_0 = FNS_32(q4_0, r512), q4_1 = FNS_32(q4_1, r512),
+                            q5_0 = FNS_32(q5_0, r512), q5_1 = FNS_32(q5_1, r512), iq4_nl = FNS_32(iq4_nl, r512),
+                            q4_k = FNS_K(q4_k, r512), q5_k = FNS_K(q5_k, r512), q6_k = FNS_K(q6_k, r512);
     switch (type) {
-    case CK_TYPE_Q8_0: return q8_0;
-    case CK_TYPE_Q4_0: return q4_0;
-    case CK_TYPE_Q4_1: return q4_1;
-    case CK_TYPE_Q5_0: return q5_0;
-    case CK_TYPE_Q5_1: return q5_1;
-    case CK_TYPE_IQ4_NL: return iq4_nl;
-    case CK_TYPE_Q4_K: return q4_k;
-    case CK_TYPE_Q5_K: return q5_k;
-    case CK_TYPE_Q6_K: return q6_k;
+    case CK_TYPE_Q8_0: return &q8_0;
+    case CK_TYPE_Q4_0: return &q4_0;
+    case CK_TYPE_Q4_1: return &q4_1;
+    case CK_TYPE_Q5_0: return &q5_0;
+    case CK_TYPE_Q5_1: return &q5_1;
+    case CK_TYPE_IQ4_NL: return &iq4_nl;
+    case CK_TYPE_Q4_K: return &q4_k;
+    case CK_TYPE_Q5_K: return &q5_k;
+    case CK_TYPE_Q6_K: return &q6_k;
     default: return NULL;
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// AVX2 level: chunks of 8 blocks, one ymm of codes per block.
+// AVX2 level: the same groups as ymm pairs. Half h of quad q is two ymm: part 0 (blocks 4 q, 4 q + 1) and part 1
+// (4 q + 2, 4 q + 3), one block per 128-bit lane.
 
-Q8_INLINE Q8_AVX2 __m256i ld256b(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+// 16 bytes whose byte l is 16 where bit l of m is set.
+Q8_INLINE Q8_AVX2 __m128i bits16(uint32_t m) {
+    const __m128i sel = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m128i bit = _mm_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m128i v = _mm_and_si128(_mm_shuffle_epi8(_mm_cvtsi32_si128((int)m), sel), bit);
+    return _mm_and_si128(_mm_cmpeq_epi8(v, bit), _mm_set1_epi8(16));
+}
 
-// Codes of 32-element block p: unsigned codes (offset types keep the stored code), or, for Q8_0 / IQ4_NL, the
-// signed values (multiplied with the sign trick).
-Q8_INLINE Q8_AVX2 __m256i codes32_256(const int type, const uint8_t *p) {
-    if (type == CK_TYPE_Q8_0) return ld256b(p + 2);
-    const int qo = type == CK_TYPE_Q4_1 ? 4 : type == CK_TYPE_Q5_0 ? 6 : type == CK_TYPE_Q5_1 ? 8 : 2;
-    const __m128i x = _mm_loadu_si128((const __m128i *)(p + qo));
-    __m256i c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(15));
-    if (type == CK_TYPE_Q5_0 || type == CK_TYPE_Q5_1) {
-        const uint32_t qh = rd32(p + (type == CK_TYPE_Q5_1 ? 4 : 2));
-        const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                             2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-        const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-        const __m256i hb = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), sel), bit), bit);
-        c = _mm256_or_si256(c, _mm256_and_si256(hb, _mm256_set1_epi8(16)));
-    } else if (type == CK_TYPE_IQ4_NL) {
-        const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q8_iq4nl));
-        c = _mm256_shuffle_epi8(tab, c);
+// The codes of a group: c[4 q + 2 h + part]; unsigned codes, or signed values for Q8_0 / IQ4_NL.
+typedef struct { __m256i c[16]; __m256 dw[2], mw[2]; __m256i sc0[2], sc1[2]; } grp256;
+
+// Codes of half h of 32-element block p (NULL: zeros), 16 bytes.
+Q8_INLINE Q8_AVX2 __m128i half32_128(const int type, const uint8_t *p, int h) {
+    if (!p) return _mm_setzero_si128();
+    if (type == CK_TYPE_Q8_0) return _mm_loadu_si128((const __m128i *)(p + 2 + 16 * h));
+    const __m128i x = _mm_loadu_si128((const __m128i *)(p + qs_off(type)));
+    __m128i c = _mm_and_si128(h ? _mm_srli_epi16(x, 4) : x, _mm_set1_epi8(15));
+    if (type == CK_TYPE_Q5_0 || type == CK_TYPE_Q5_1) c = _mm_or_si128(c, bits16(rd32(p + qh_off(type)) >> (16 * h)));
+    else if (type == CK_TYPE_IQ4_NL) c = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)q8_iq4nl), c);
+    return c;
+}
+
+// Codes of half h of K-quant block j of super-block sp, 16 bytes.
+Q8_INLINE Q8_AVX2 __m128i halfk_128(const int type, const uint8_t *sp, int j, int h) {
+    const __m128i m4 = _mm_set1_epi8(15);
+    if (type == CK_TYPE_Q6_K) {
+        const int hh = j >> 2, g = j & 3;
+        const __m128i ql = _mm_loadu_si128((const __m128i *)(sp + 64 * hh + 32 * (g & 1) + 16 * h));
+        const __m128i nib = _mm_and_si128(g >= 2 ? _mm_srli_epi16(ql, 4) : ql, m4);
+        const __m128i qh = _mm_loadu_si128((const __m128i *)(sp + 128 + 32 * hh + 16 * h));
+        const __m128i hb = g == 0 ? _mm_slli_epi16(qh, 4) : g == 1 ? _mm_slli_epi16(qh, 2) : g == 2 ? qh : _mm_srli_epi16(qh, 2);
+        return _mm_or_si128(nib, _mm_and_si128(hb, _mm_set1_epi8(0x30)));
+    }
+    const __m128i q = _mm_loadu_si128((const __m128i *)(sp + (type == CK_TYPE_Q5_K ? 48 : 16) + 32 * (j >> 1) + 16 * h));
+    __m128i c = _mm_and_si128(j & 1 ? _mm_srli_epi16(q, 4) : q, m4);
+    if (type == CK_TYPE_Q5_K) {
+        const __m128i qh = _mm_loadu_si128((const __m128i *)(sp + 16 + 16 * h));
+        const __m128i hb = j <= 4 ? _mm_sll_epi16(qh, _mm_cvtsi32_si128(4 - j)) : _mm_srl_epi16(qh, _mm_cvtsi32_si128(j - 4));
+        c = _mm_or_si128(c, _mm_and_si128(hb, _mm_set1_epi8(0x10)));
     }
     return c;
 }
 
-// One weight row against T <= 4 activation rows.
-Q8_INLINE Q8_AVX2 void row256(const int type, const int T, const uint8_t *w, int64_t K, const uint8_t *xq,
-                              size_t xs, float *y, int64_t ldy) {
-    const q8_layout L = q8_layout_of(K);
-    const int64_t nb = L.nb, nc = (nb + 7) / 8;
+Q8_INLINE Q8_AVX2 void decode256(const int type, const uint8_t *w, int64_t g, int64_t nb, grp256 *G) {
     const int bb = block_bytes(type);
-    const int kq = is_kquant(type);
-    const int sign = type == CK_TYPE_Q8_0 || type == CK_TYPE_IQ4_NL;
-    const int has_min = type == CK_TYPE_Q4_1 || type == CK_TYPE_Q5_1 || type == CK_TYPE_Q4_K || type == CK_TYPE_Q5_K;
-    const int osh = type == CK_TYPE_Q4_0 ? 3 : type == CK_TYPE_Q5_0 ? 4 : 0;
-    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256 acc[4][2];
-    for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-
-    for (int64_t ci = 0; ci < nc; ci++) {
-        __m256i c[8];
-        __m256 dv, mv = _mm256_setzero_ps();
-        __m256i scv = _mm256_setzero_si256(), mcv = scv, sclo = scv, schi = scv;
-        const int64_t b0 = 8 * ci;
-        if (!kq) {
-            const int nbc = nb - b0 < 8 ? (int)(nb - b0) : 8;
-            const uint8_t *base = w + (size_t)b0 * bb;
-            uint16_t dh[8] = {0}, mh[8] = {0};
-            for (int j = 0; j < 8; j++) {
-                if (j >= nbc) { c[j] = _mm256_setzero_si256(); continue; }
-                const uint8_t *p = base + (size_t)j * bb;
-                c[j] = codes32_256(type, p);
-                dh[j] = rd16(p);
-                mh[j] = rd16(p + 2);
-            }
-            dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
-            if (has_min) mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh));
-        } else {
-            const uint8_t *p = w + (size_t)ci * bb;
-            if (type == CK_TYPE_Q6_K) {
-                for (int j = 0; j < 8; j++) {
-                    const int h = j >> 2, g = j & 3;
-                    const __m256i ql = ld256b(p + 64 * h + 32 * (g & 1));
-                    const __m256i nib = g < 2 ? _mm256_and_si256(ql, m4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4);
-                    const __m256i qh = ld256b(p + 128 + 32 * h);
-                    const __m256i hb = g == 0 ? _mm256_slli_epi16(qh, 4) : g == 1 ? _mm256_slli_epi16(qh, 2)
-                                     : g == 2 ? qh : _mm256_srli_epi16(qh, 2);
-                    c[j] = _mm256_or_si256(nib, _mm256_and_si256(hb, _mm256_set1_epi8(0x30)));
+    if (!is_kquant(type)) {
+        const int64_t b0 = 16 * g;
+        const int nbg = nb - b0 < 16 ? (int)(nb - b0) : 16;
+        const uint8_t *base = w + (size_t)b0 * bb;
+        const uint8_t *p[16];
+        for (int j = 0; j < 16; j++) p[j] = j < nbg ? base + (size_t)j * bb : NULL;
+        for (int q = 0; q < 4; q++)
+            for (int h = 0; h < 2; h++)
+                for (int part = 0; part < 2; part++) {
+                    const int j = 4 * q + 2 * part;
+                    G->c[4 * q + 2 * h + part] = _mm256_set_m128i(half32_128(type, p[j + 1], h), half32_128(type, p[j], h));
                 }
-                const __m128i s = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 192)), _mm_setr_epi8(Q6_ORDER));
-                sclo = _mm256_cvtepi8_epi32(s);
-                schi = _mm256_cvtepi8_epi32(_mm_srli_si128(s, 8));
-                dv = _mm256_set1_ps(h2f_f16c(p + 208));
-            } else {
-                const int five = type == CK_TYPE_Q5_K;
-                const uint8_t *qs = p + (five ? 48 : 16);
-                for (int i = 0; i < 4; i++) {
-                    const __m256i q = ld256b(qs + 32 * i);
-                    c[2 * i] = _mm256_and_si256(q, m4);
-                    c[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                }
-                if (five) {
-                    const __m256i qh = ld256b(p + 16), m10 = _mm256_set1_epi8(0x10);
-                    c[0] = _mm256_or_si256(c[0], _mm256_and_si256(_mm256_slli_epi16(qh, 4), m10));
-                    c[1] = _mm256_or_si256(c[1], _mm256_and_si256(_mm256_slli_epi16(qh, 3), m10));
-                    c[2] = _mm256_or_si256(c[2], _mm256_and_si256(_mm256_slli_epi16(qh, 2), m10));
-                    c[3] = _mm256_or_si256(c[3], _mm256_and_si256(_mm256_slli_epi16(qh, 1), m10));
-                    c[4] = _mm256_or_si256(c[4], _mm256_and_si256(qh, m10));
-                    c[5] = _mm256_or_si256(c[5], _mm256_and_si256(_mm256_srli_epi16(qh, 1), m10));
-                    c[6] = _mm256_or_si256(c[6], _mm256_and_si256(_mm256_srli_epi16(qh, 2), m10));
-                    c[7] = _mm256_or_si256(c[7], _mm256_and_si256(_mm256_srli_epi16(qh, 3), m10));
-                }
-                uint64_t sa, ma;
-                k4_scales8(p + 4, &sa, &ma);
-                scv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sa));
-                mcv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)ma));
-                dv = _mm256_set1_ps(h2f_f16c(p));
-                mv = _mm256_set1_ps(-h2f_f16c(p + 2));
-            }
+        uint16_t dh[16], mh[16];
+        for (int pp = 0; pp < 16; pp++) {
+            const uint8_t *bp = p[4 * (pp & 3) + (pp >> 2)];
+            dh[pp] = bp ? rd16(bp) : 0;
+            mh[pp] = bp ? rd16(bp + 2) : 0;
         }
-
-        for (int t = 0; t < T; t++) {
-            const uint8_t *row = xq + (size_t)t * xs;
-            const uint8_t *a = row + 256 * ci;
-            __m256i v[8];
-            for (int j = 0; j < 8; j++) {
-                const __m256i aj = ld256b(a + 32 * q8_slot[j]);
-                const __m256i p16 = sign ? _mm256_maddubs_epi16(_mm256_sign_epi8(c[j], c[j]), _mm256_sign_epi8(aj, c[j]))
-                                         : _mm256_maddubs_epi16(c[j], aj);
-                v[j] = _mm256_madd_epi16(p16, ones);
-            }
-            __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-            __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-            const __m256i s32 = _mm256_loadu_si256((const __m256i *)(row + L.s32 + 32 * ci));
-            if (type == CK_TYPE_Q6_K) {
-                const __m256i s16a = _mm256_loadu_si256((const __m256i *)(row + L.s16 + 64 * ci));
-                const __m256i s16b = _mm256_loadu_si256((const __m256i *)(row + L.s16 + 64 * ci + 32));
-                h0 = _mm256_mullo_epi32(_mm256_sub_epi32(h0, _mm256_slli_epi32(s16a, 5)), sclo);
-                h1 = _mm256_mullo_epi32(_mm256_sub_epi32(h1, _mm256_slli_epi32(s16b, 5)), schi);
-            }
-            __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
-            if (osh) isum = _mm256_sub_epi32(isum, _mm256_sll_epi32(s32, _mm_cvtsi32_si128(osh)));
-            if (kq && type != CK_TYPE_Q6_K) isum = _mm256_mullo_epi32(isum, scv);
-            const __m256 da = _mm256_loadu_ps((const float *)(row + L.d) + 8 * ci);
-            __m256 *ac = &acc[t][ci & 1];
-            *ac = _mm256_fmadd_ps(_mm256_mul_ps(dv, da), _mm256_cvtepi32_ps(isum), *ac);
-            if (has_min) {
-                const __m256i msum = kq ? _mm256_mullo_epi32(mcv, s32) : s32;
-                *ac = _mm256_fmadd_ps(_mm256_mul_ps(mv, da), _mm256_cvtepi32_ps(msum), *ac);
-            }
+        for (int k = 0; k < 2; k++) {
+            G->dw[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(dh + 8 * k)));
+            if (has_min_t(type)) G->mw[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mh + 8 * k)));
         }
+        return;
     }
-    for (int t = 0; t < T; t++) {
-        const __m256 a = _mm256_add_ps(acc[t][0], acc[t][1]);  // j + j+8
-        const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-        y[t * ldy] = _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+    const int two = 2 * g + 1 < nb / 8;
+    const uint8_t *pa = w + (size_t)(2 * g) * bb, *pb = two ? pa + bb : NULL;
+    for (int q = 0; q < 4; q++) {
+        const uint8_t *sp = q < 2 ? pa : pb;
+        for (int h = 0; h < 2; h++)
+            for (int part = 0; part < 2; part++) {
+                const int j = 4 * (q & 1) + 2 * part;  // block within the super-block
+                G->c[4 * q + 2 * h + part] = sp ? _mm256_set_m128i(halfk_128(type, sp, j + 1, h), halfk_128(type, sp, j, h))
+                                                : _mm256_setzero_si256();
+            }
+    }
+    // Factors in transposed order (computed as the AVX-512 level computes them, with 8-lane ops).
+    uint64_t sa, ma, sb = 0, mb = 0;
+    float dA, dB = 0.0f, mA = 0.0f, mB = 0.0f;
+    int8_t s0[16], s1[16];
+    uint8_t scb[16], mnb[16];
+    static const int8_t lo_idx[16] = {Q6_LO_IDX};
+    if (type == CK_TYPE_Q6_K) {
+        dA = h2f_f16c(pa + 208);
+        if (pb) dB = h2f_f16c(pb + 208);
+        for (int pp = 0; pp < 16; pp++) {
+            const uint8_t *sp = (pp & 3) >= 2 ? pb : pa;
+            s0[pp] = sp ? (int8_t)sp[192 + lo_idx[pp]] : 0;
+            s1[pp] = sp ? (int8_t)sp[192 + lo_idx[pp] + 1] : 0;
+        }
+    } else {
+        k4_scales8(pa + 4, &sa, &ma);
+        if (pb) k4_scales8(pb + 4, &sb, &mb);
+        static const int t_idx[16] = {T_ORDER};
+        for (int pp = 0; pp < 16; pp++) {
+            const int j = t_idx[pp];
+            scb[pp] = (uint8_t)((j < 8 ? sa >> (8 * j) : sb >> (8 * (j - 8))) & 0xFF);
+            mnb[pp] = (uint8_t)((j < 8 ? ma >> (8 * j) : mb >> (8 * (j - 8))) & 0xFF);
+        }
+        dA = h2f_f16c(pa);
+        mA = h2f_f16c(pa + 2);
+        if (pb) { dB = h2f_f16c(pb); mB = h2f_f16c(pb + 2); }
+    }
+    for (int k = 0; k < 2; k++) {
+        // Positions 8 k .. 8 k + 7; those with p % 4 >= 2 belong to the second super-block.
+        const __m256 dv = _mm256_blend_ps(_mm256_set1_ps(dA), _mm256_set1_ps(dB), 0xCC);
+        if (type == CK_TYPE_Q6_K) {
+            G->dw[k] = dv;
+            G->sc0[k] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(s0 + 8 * k)));
+            G->sc1[k] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(s1 + 8 * k)));
+        } else {
+            const __m256 mv = _mm256_blend_ps(_mm256_set1_ps(mA), _mm256_set1_ps(mB), 0xCC);
+            G->dw[k] = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(scb + 8 * k)))));
+            G->mw[k] = _mm256_xor_ps(_mm256_set1_ps(-0.0f), _mm256_mul_ps(mv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(mnb + 8 * k))))));
+        }
     }
 }
 
-#define ROW256(NAME, TYPE, T) \
-    static Q8_AVX2 void NAME(const uint8_t *w, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy) { \
-        row256(TYPE, T, w, K, xq, xs, y, ldy); \
-    }
-#define ROW256_TYPE(TAG, TYPE) ROW256(r256_##TAG##_1, TYPE, 1) ROW256(r256_##TAG##_2, TYPE, 2) \
-    ROW256(r256_##TAG##_3, TYPE, 3) ROW256(r256_##TAG##_4, TYPE, 4)
-ROW256_TYPE(q8_0, CK_TYPE_Q8_0)
-ROW256_TYPE(q4_0, CK_TYPE_Q4_0)
-ROW256_TYPE(q4_1, CK_TYPE_Q4_1)
-ROW256_TYPE(q5_0, CK_TYPE_Q5_0)
-ROW256_TYPE(q5_1, CK_TYPE_Q5_1)
-ROW256_TYPE(iq4_nl, CK_TYPE_IQ4_NL)
-ROW256_TYPE(q4_k, CK_TYPE_Q4_K)
-ROW256_TYPE(q5_k, CK_TYPE_Q5_K)
-ROW256_TYPE(q6_k, CK_TYPE_Q6_K)
+// int32 sums of one ymm of codes (two blocks' halves) with activations: 4 lanes per 128-bit lane.
+Q8_INLINE Q8_AVX2 __m256i dot256(const int sign, __m256i c, __m256i a) {
+    const __m256i p = sign ? _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(a, c)) : _mm256_maddubs_epi16(c, a);
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
 
-static const row_fn *fns256(int type) {
-    static const row_fn q8_0[4] = FNS(q8_0, r256), q4_0[4] = FNS(q4_0, r256), q4_1[4] = FNS(q4_1, r256),
-                        q5_0[4] = FNS(q5_0, r256), q5_1[4] = FNS(q5_1, r256), iq4_nl[4] = FNS(iq4_nl, r256),
-                        q4_k[4] = FNS(q4_k, r256), q5_k[4] = FNS(q5_k, r256), q6_k[4] = FNS(q6_k, r256);
+// Eight vectors v[part][q] (4 int32 lanes per block) to the block sums in transposed order: positions 0-7 from
+// part 0 (blocks 4q, 4q + 1), 8-15 from part 1.
+Q8_INLINE Q8_AVX2 __m256i red256(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+}
+
+Q8_INLINE Q8_AVX2 void group256(const int type, const grp256 *G, const uint8_t *row, const q8_layout *L, int64_t g,
+                                __m256 acc[2]) {
+    const uint8_t *a = row + 512 * g;
+    const int sign = type == CK_TYPE_Q8_0 || type == CK_TYPE_IQ4_NL;
+    __m256i isum[2];
+    if (type == CK_TYPE_Q6_K) {
+        for (int part = 0; part < 2; part++) {
+            __m256i v[2][4];
+            for (int q = 0; q < 4; q++)
+                for (int h = 0; h < 2; h++)
+                    v[h][q] = dot256(0, G->c[4 * q + 2 * h + part], _mm256_loadu_si256((const __m256i *)(a + 128 * q + 64 * h + 32 * part)));
+            const __m256i slo = _mm256_loadu_si256((const __m256i *)(row + L->slo + 64 * g + 32 * part));
+            const __m256i shi = _mm256_loadu_si256((const __m256i *)(row + L->shi + 64 * g + 32 * part));
+            const __m256i lo = _mm256_sub_epi32(red256(v[0][0], v[0][1], v[0][2], v[0][3]), _mm256_slli_epi32(slo, 5));
+            const __m256i hi = _mm256_sub_epi32(red256(v[1][0], v[1][1], v[1][2], v[1][3]), _mm256_slli_epi32(shi, 5));
+            isum[part] = _mm256_add_epi32(_mm256_mullo_epi32(lo, G->sc0[part]), _mm256_mullo_epi32(hi, G->sc1[part]));
+        }
+    } else {
+        const int osh = type == CK_TYPE_Q4_0 ? 3 : type == CK_TYPE_Q5_0 ? 4 : 0;
+        for (int part = 0; part < 2; part++) {
+            __m256i v[4];
+            for (int q = 0; q < 4; q++)
+                v[q] = _mm256_add_epi32(dot256(sign, G->c[4 * q + part], _mm256_loadu_si256((const __m256i *)(a + 128 * q + 32 * part))),
+                                        dot256(sign, G->c[4 * q + 2 + part], _mm256_loadu_si256((const __m256i *)(a + 128 * q + 64 + 32 * part))));
+            isum[part] = red256(v[0], v[1], v[2], v[3]);
+            if (osh) isum[part] = _mm256_sub_epi32(isum[part], _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(row + L->s32 + 64 * g + 32 * part)), osh));
+        }
+    }
+    for (int part = 0; part < 2; part++) {
+        const __m256 da = _mm256_loadu_ps((const float *)(row + L->d) + 16 * g + 8 * part);
+        acc[part] = _mm256_fmadd_ps(_mm256_mul_ps(G->dw[part], da), _mm256_cvtepi32_ps(isum[part]), acc[part]);
+        if (has_min_t(type)) acc[part] = _mm256_fmadd_ps(G->mw[part], _mm256_loadu_ps((const float *)(row + L->ds) + 16 * g + 8 * part), acc[part]);
+    }
+}
+
+Q8_INLINE Q8_AVX2 void rows256(const int type, const int T, const uint8_t *W, size_t rb, int64_t R, int64_t K,
+                               const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
+    const q8_layout L = q8_layout_of(K);
+    const int64_t ng = L.npb / 16;
+    for (int64_t o = 0; o < R; o++) {
+        const uint8_t *w = W + (size_t)o * rb;
+        __m256 acc[4][2];
+        for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < ng; g++) {
+            grp256 G;
+            decode256(type, w, g, L.nb, &G);
+            for (int t = 0; t < T; t++) group256(type, &G, xq + (size_t)t * xs, &L, g, acc[t]);
+        }
+        for (int t = 0; t < T; t++) {
+            float tl[16], nat[16];
+            _mm256_storeu_ps(tl, acc[t][0]);
+            _mm256_storeu_ps(tl + 8, acc[t][1]);
+            for (int j = 0; j < 16; j++) nat[j] = tl[4 * (j & 3) + (j >> 2)];
+            y[t * ldy + o] = tree16(nat);
+        }
+    }
+}
+
+#define ROWS256(NAME, TYPE, T) \
+    static Q8_AVX2 void NAME(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy) { \
+        rows256(TYPE, T, W, rb, R, K, xq, xs, y, ldy); \
+    }
+#define ROWS256_TYPE(TAG, TYPE) ROWS256(r256_##TAG##_1, TYPE, 1) ROWS256(r256_##TAG##_2, TYPE, 2) \
+    ROWS256(r256_##TAG##_3, TYPE, 3) ROWS256(r256_##TAG##_4, TYPE, 4)
+ROWS256_TYPE(q8_0, CK_TYPE_Q8_0)
+ROWS256_TYPE(q4_0, CK_TYPE_Q4_0)
+ROWS256_TYPE(q4_1, CK_TYPE_Q4_1)
+ROWS256_TYPE(q5_0, CK_TYPE_Q5_0)
+ROWS256_TYPE(q5_1, CK_TYPE_Q5_1)
+ROWS256_TYPE(iq4_nl, CK_TYPE_IQ4_NL)
+ROWS256_TYPE(q4_k, CK_TYPE_Q4_K)
+ROWS256_TYPE(q5_k, CK_TYPE_Q5_K)
+ROWS256_TYPE(q6_k, CK_TYPE_Q6_K)
+
+#define FNS(TAG, P) {P##_##TAG##_1, P##_##TAG##_2, P##_##TAG##_3, P##_##TAG##_4}
+
+static const rows_fn *fns256(int type) {
+    static const rows_fn q8_0[4] = FNS(q8_0, r256), q4_0[4] = FNS(q4_0, r256), q4_1[4] = FNS(q4_1, r256),
+                         q5_0[4] = FNS(q5_0, r256), q5_1[4] = FNS(q5_1, r256), iq4_nl[4] = FNS(iq4_nl, r256),
+                         q4_k[4] = FNS(q4_k, r256), q5_k[4] = FNS(q5_k, r256), q6_k[4] = FNS(q6_k, r256);
     switch (type) {
     case CK_TYPE_Q8_0: return q8_0;
     case CK_TYPE_Q4_0: return q4_0;
@@ -829,20 +1001,28 @@ int ck_matmul_q8(int type, const void *W, int64_t K, int64_t row_begin, int64_t 
     if (!ck_q8_supports(type) || rb == 0 || K % 32 != 0) return -1;
     if (n <= 0 || row_end <= row_begin) return 0;
     const size_t xs = ck_q8_row_bytes(K);
-    const uint8_t *Wb = (const uint8_t *)W, *X = (const uint8_t *)xq;
+    const uint8_t *Wb = (const uint8_t *)W + (size_t)row_begin * rb, *X = (const uint8_t *)xq;
+    const int64_t R = row_end - row_begin;
+    y += row_begin;
     const int level = ck_q8_isa();
 #if Q8_X86
     if (level != CK_ISA_SCALAR) {
-        const row_fn *f = level == CK_ISA_AVX512 ? fns512(type) : fns256(type);
-        for (int64_t o = row_begin; o < row_end; o++)
-            for (int64_t t0 = 0; t0 < n; t0 += 4) {
-                const int T = n - t0 < 4 ? (int)(n - t0) : 4;
-                f[T - 1](Wb + (size_t)o * rb, K, X + (size_t)t0 * xs, xs, y + t0 * ldy + o, ldy);
+        const int tq = (int)((K / 32 % 16 + 3) / 4);
+        const rows_fn *f = level == CK_ISA_AVX512 ? (*fns512(type))[tq] : fns256(type);
+        // Blocks of 16 rows stay in the core's cache while every tile of up to 4 tokens passes over them.
+        const int64_t RB = n <= 4 ? R : 16;
+        for (int64_t o0 = 0; o0 < R; o0 += RB) {
+            const int64_t rr = R - o0 < RB ? R - o0 : RB;
+            for (int64_t t0 = 0; t0 < n;) {
+                const int T = n - t0 >= 4 ? 4 : n - t0 >= 2 ? 2 : 1;  // the AVX-512 level has no 3-token kernel
+                f[T - 1](Wb + (size_t)o0 * rb, rb, rr, K, X + (size_t)t0 * xs, xs, y + t0 * ldy + o0, ldy);
+                t0 += T;
             }
+        }
         return 0;
     }
 #endif
     (void)level;
-    for (int64_t o = row_begin; o < row_end; o++) row_scalar(type, Wb + (size_t)o * rb, K, X, xs, n, y + o, ldy);
+    for (int64_t o = 0; o < R; o++) row_scalar(type, Wb + (size_t)o * rb, K, X, xs, n, y + o, ldy);
     return 0;
 }

@@ -90,12 +90,14 @@ public func matmulQ8(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, 
 }
 
 /// The int8 path's quantized activations of one row, decoded from the layout of ck_q8.h: the codes of each
-/// 32-element block in block order, the block scales and the block and half-block sums. For tests and tools.
+/// 32-element block in block order, the block scales, the block and half-block sums and the scaled sums
+/// (scale x block sum, one fp32 product). For tests and tools.
 public struct QuantizedActivations: Equatable, Sendable {
     public var codes: [Int8]
     public var scales: [Float]
     public var blockSums: [Int32]
     public var halfSums: [Int32]
+    public var scaledSums: [Float]
 
     /// Quantizes `x` (count a positive multiple of 32) with the kernels.
     public init(quantizing x: [Float]) {
@@ -110,37 +112,37 @@ public struct QuantizedActivations: Equatable, Sendable {
     /// Reads a quantized row of `cols` values from its bytes.
     public init(layout buf: [UInt8], cols K: Int) {
         let nb = K / 32, npb = (nb + 15) / 16 * 16
-        let dOff = npb * 32, s32Off = dOff + npb * 4, s16Off = s32Off + npb * 4
+        let d = npb * 32, s32 = d + npb * 4, slo = s32 + npb * 4, shi = slo + npb * 4, ds = shi + npb * 4
         func u32(_ o: Int) -> UInt32 { UInt32(buf[o]) | UInt32(buf[o + 1]) << 8 | UInt32(buf[o + 2]) << 16 | UInt32(buf[o + 3]) << 24 }
-        let slot = [0, 2, 4, 6, 1, 3, 5, 7]
-        func s16Pos(_ g: Int) -> Int { g < 8 ? 4 * (g & 1) + (g >> 1) : 4 * (2 + (g & 1)) + ((g - 8) >> 1) }
-        var codes = [Int8](), scales = [Float](), blockSums = [Int32](), halfSums = [Int32]()
+        var codes = [Int8](), scales = [Float](), blockSums = [Int32](), halfSums = [Int32](), scaledSums = [Float]()
         for b in 0..<nb {
-            let base = 32 * (8 * (b / 8) + slot[b % 8])
-            for i in 0..<32 { codes.append(Int8(bitPattern: buf[base + i])) }
-            scales.append(Float(bitPattern: u32(dOff + 4 * b)))
-            blockSums.append(Int32(bitPattern: u32(s32Off + 4 * b)))
+            let g = b / 16, q = (b % 16) / 4, i = b % 4
             for h in 0..<2 {
-                let g = 2 * (b % 8) + h
-                halfSums.append(Int32(bitPattern: u32(s16Off + 4 * (16 * (b / 8) + s16Pos(g)))))
+                let base = 512 * g + 128 * q + 64 * h + 16 * i
+                for l in 0..<16 { codes.append(Int8(bitPattern: buf[base + l])) }
             }
+            let p = 4 * (16 * g + 4 * i + q)
+            scales.append(Float(bitPattern: u32(d + p)))
+            blockSums.append(Int32(bitPattern: u32(s32 + p)))
+            halfSums.append(Int32(bitPattern: u32(slo + p)))
+            halfSums.append(Int32(bitPattern: u32(shi + p)))
+            scaledSums.append(Float(bitPattern: u32(ds + p)))
         }
+        self.init(codes: codes, scales: scales, blockSums: blockSums, halfSums: halfSums, scaledSums: scaledSums)
+    }
+
+    public init(codes: [Int8], scales: [Float], blockSums: [Int32], halfSums: [Int32], scaledSums: [Float]) {
         self.codes = codes
         self.scales = scales
         self.blockSums = blockSums
         self.halfSums = halfSums
+        self.scaledSums = scaledSums
     }
 
-    public init(codes: [Int8], scales: [Float], blockSums: [Int32], halfSums: [Int32]) {
-        self.codes = codes
-        self.scales = scales
-        self.blockSums = blockSums
-        self.halfSums = halfSums
-    }
-
-    /// Bitwise equality (scales compared by bit pattern, so NaN scales compare equal to themselves).
+    /// Bitwise equality (floats compared by bit pattern, so NaN scales compare equal to themselves).
     public static func == (a: QuantizedActivations, b: QuantizedActivations) -> Bool {
         a.codes == b.codes && a.blockSums == b.blockSums && a.halfSums == b.halfSums
             && a.scales.map(\.bitPattern) == b.scales.map(\.bitPattern)
+            && a.scaledSums.map(\.bitPattern) == b.scaledSums.map(\.bitPattern)
     }
 }

@@ -22,7 +22,7 @@ final class MatMulQ8Tests: XCTestCase {
 
     /// The quantization rule of ck_q8.h, written out in Swift.
     static func quantizeTwin(_ x: [Float]) -> QuantizedActivations {
-        var codes = [Int8](), scales = [Float](), sums = [Int32](), halves = [Int32]()
+        var codes = [Int8](), scales = [Float](), sums = [Int32](), halves = [Int32](), scaled = [Float]()
         for b in 0..<x.count / 32 {
             let blk = x[(32 * b)..<(32 * b + 32)]
             let amaxBits = blk.map { $0.bitPattern & 0x7FFF_FFFF }.max()!
@@ -40,13 +40,14 @@ final class MatMulQ8Tests: XCTestCase {
             let lo = q[0..<16].reduce(0, +), hi = q[16..<32].reduce(0, +)
             halves += [Int32(lo), Int32(hi)]
             sums.append(Int32(lo + hi))
+            scaled.append(scales.last! * Float(lo + hi))
         }
-        return QuantizedActivations(codes: codes, scales: scales, blockSums: sums, halfSums: halves)
+        return QuantizedActivations(codes: codes, scales: scales, blockSums: sums, halfSums: halves, scaledSums: scaled)
     }
 
-    /// One 32-element weight block in the terms of ck_q8.h's table: integer codes q, half scales, min coefficient,
-    /// dw and (for types with a min) mw. Written from the block layouts of CCausalKernels.h.
-    struct Block { var q: [Int]; var sc0: Int; var sc1: Int; var mc: Int; var dw: Float; var mw: Float? }
+    /// One 32-element weight block in the terms of ck_q8.h's table: integer codes q, half scales, dw and (for types
+    /// with a min) mw. Written from the block layouts of CCausalKernels.h.
+    struct Block { var q: [Int]; var sc0: Int; var sc1: Int; var dw: Float; var mw: Float? }
 
     static func block(_ w: WeightMatrix, row: Int, block b: Int) -> Block {
         let p = (w.data + row * w.rowBytes).assumingMemoryBound(to: UInt8.self)
@@ -57,18 +58,18 @@ final class MatMulQ8Tests: XCTestCase {
         switch w.dtype {
         case .q8_0:
             let o = 34 * b
-            return Block(q: (0..<32).map { Int(Int8(bitPattern: p[o + 2 + $0])) }, sc0: 1, sc1: 1, mc: 0, dw: h(o), mw: nil)
+            return Block(q: (0..<32).map { Int(Int8(bitPattern: p[o + 2 + $0])) }, sc0: 1, sc1: 1, dw: h(o), mw: nil)
         case .q4_0, .iq4_nl:
             let o = 18 * b
-            return Block(q: (0..<32).map { w.dtype == .q4_0 ? nib(o + 2, $0) - 8 : kv[nib(o + 2, $0)] }, sc0: 1, sc1: 1, mc: 0, dw: h(o), mw: nil)
+            return Block(q: (0..<32).map { w.dtype == .q4_0 ? nib(o + 2, $0) - 8 : kv[nib(o + 2, $0)] }, sc0: 1, sc1: 1, dw: h(o), mw: nil)
         case .q4_1:
             let o = 20 * b
-            return Block(q: (0..<32).map { nib(o + 4, $0) }, sc0: 1, sc1: 1, mc: 1, dw: h(o), mw: h(o + 2))
+            return Block(q: (0..<32).map { nib(o + 4, $0) }, sc0: 1, sc1: 1, dw: h(o), mw: h(o + 2))
         case .q5_0, .q5_1:
             let one = w.dtype == .q5_1, o = (one ? 24 : 22) * b
             let qh = u32(o + (one ? 4 : 2)), qs = o + (one ? 8 : 6)
             let codes = (0..<32).map { nib(qs, $0) | Int((qh >> UInt32($0)) & 1) << 4 }
-            return Block(q: one ? codes : codes.map { $0 - 16 }, sc0: 1, sc1: 1, mc: one ? 1 : 0, dw: h(o), mw: one ? h(o + 2) : nil)
+            return Block(q: one ? codes : codes.map { $0 - 16 }, sc0: 1, sc1: 1, dw: h(o), mw: one ? h(o + 2) : nil)
         case .q4_k, .q5_k:
             let five = w.dtype == .q5_k, o = (five ? 176 : 144) * (b / 8), j = b % 8, s = o + 4
             let sc = j < 4 ? Int(p[s + j] & 63) : Int(p[s + j + 4] & 15) | Int(p[s + j - 4] >> 6) << 4
@@ -78,7 +79,7 @@ final class MatMulQ8Tests: XCTestCase {
                 let c = j % 2 == 0 ? Int(p[qs + l] & 15) : Int(p[qs + l] >> 4)
                 return five ? c | Int((p[o + 16 + l] >> UInt8(j)) & 1) << 4 : c
             }
-            return Block(q: q, sc0: sc, sc1: sc, mc: m, dw: h(o), mw: -h(o + 2))
+            return Block(q: q, sc0: 1, sc1: 1, dw: h(o) * Float(sc), mw: -(h(o + 2) * Float(m)))
         case .q6_k:
             let o = 210 * (b / 8), j = b % 8, hh = j / 4, g = j % 4
             let q = (0..<32).map { l -> Int in
@@ -87,7 +88,7 @@ final class MatMulQ8Tests: XCTestCase {
                 return (lo | Int((p[o + 128 + 32 * hh + l] >> UInt8(2 * g)) & 3) << 4) - 32
             }
             return Block(q: q, sc0: Int(Int8(bitPattern: p[o + 192 + 2 * j])), sc1: Int(Int8(bitPattern: p[o + 193 + 2 * j])),
-                         mc: 0, dw: h(o + 208), mw: nil)
+                         dw: h(o + 208), mw: nil)
         default:
             fatalError("\(w.dtype.name) has no int8 path")
         }
@@ -108,7 +109,7 @@ final class MatMulQ8Tests: XCTestCase {
             XCTAssertLessThan(abs(isum), 1 << 24)
             let da = a.scales[b]
             acc[b % 16] = acc[b % 16].addingProduct(blk.dw * da, Float(isum))
-            if let mw = blk.mw { acc[b % 16] = acc[b % 16].addingProduct(mw * da, Float(blk.mc * asum)) }
+            if let mw = blk.mw { acc[b % 16] = acc[b % 16].addingProduct(mw, da * Float(asum)) }
         }
         for s in [8, 4, 2] { for j in 0..<s { acc[j] = acc[j] + acc[j + s] } }
         return acc[0] + acc[1]
@@ -161,12 +162,18 @@ final class MatMulQ8Tests: XCTestCase {
                 var raw = [UInt8](repeating: 0xAA, count: xs)
                 raw.withUnsafeMutableBytes { b in x.withUnsafeBufferPointer { ck_quantize_activations_q8($0.baseAddress!, Int64(K), b.baseAddress!) } }
                 let nb = K / 32, npb = (nb + 15) / 16 * 16
+                XCTAssertEqual(xs, npb * 52)
                 var padding = 0
                 for b in nb..<npb {
-                    let slot = 8 * (b / 8) + [0, 2, 4, 6, 1, 3, 5, 7][b % 8]
-                    padding += raw[(32 * slot)..<(32 * slot + 32)].filter { $0 != 0 }.count
-                    padding += raw[(npb * 32 + 4 * b)..<(npb * 32 + 4 * b + 4)].filter { $0 != 0 }.count
-                    padding += raw[(npb * 36 + 4 * b)..<(npb * 36 + 4 * b + 4)].filter { $0 != 0 }.count
+                    let g = b / 16, q = (b % 16) / 4, i = b % 4, p = 16 * g + 4 * i + q
+                    for h in 0..<2 {
+                        let o = 512 * g + 128 * q + 64 * h + 16 * i
+                        padding += raw[o..<(o + 16)].filter { $0 != 0 }.count
+                    }
+                    for a in 0..<5 {  // d, s32, slo, shi, ds
+                        let o = npb * 32 + a * npb * 4 + 4 * p
+                        padding += raw[o..<(o + 4)].filter { $0 != 0 }.count
+                    }
                 }
                 XCTAssertEqual(padding, 0, "K=\(K) \(isa): padding not zero")
             }
@@ -179,12 +186,12 @@ final class MatMulQ8Tests: XCTestCase {
         }
         XCTAssertEqual(ck_q8_row_bytes(0), 0)
         XCTAssertEqual(ck_q8_row_bytes(48), 0)
-        XCTAssertEqual(ck_q8_row_bytes(32), 16 * 48)
+        XCTAssertEqual(ck_q8_row_bytes(32), 16 * 52)
     }
 
     // MARK: Products
 
-    /// The Swift twin's reading of each block (dw * sc * q + mw * mc) reproduces the dequantized weights, so the
+    /// The Swift twin's reading of each block (dw * sc * q + mw) reproduces the dequantized weights, so the
     /// twin reads the layouts as the dequantizers do.
     func testTwinBlocksReproduceDequantizedWeights() {
         var rng = SplitMix64(seed: 82)
@@ -197,7 +204,7 @@ final class MatMulQ8Tests: XCTestCase {
                 for b in 0..<K / 32 {
                     let blk = Self.block(w.matrix, row: r, block: b)
                     for i in 0..<32 {
-                        let v = Double(blk.dw) * Double(i < 16 ? blk.sc0 : blk.sc1) * Double(blk.q[i]) + Double(blk.mw ?? 0) * Double(blk.mc)
+                        let v = Double(blk.dw) * Double(i < 16 ? blk.sc0 : blk.sc1) * Double(blk.q[i]) + Double(blk.mw ?? 0)
                         XCTAssertEqual(v, Double(deq[32 * b + i]), accuracy: 1e-6 * max(1, abs(v)), "\(dt.name) row \(r) element \(32 * b + i)")
                     }
                 }
@@ -207,11 +214,12 @@ final class MatMulQ8Tests: XCTestCase {
 
     /// Every level equals the Swift twin of the canonical sequence bit for bit, on random blocks (random bytes, scale
     /// fields of mixed sign and size, subnormal and zero included) and on quantized rows, for K with partial
-    /// groups of 16 blocks and odd super-block counts.
+    /// groups of 16 blocks (every count of quads, partial quads) and odd super-block counts.
     func testEveryLevelEqualsCanonicalTwin() {
         var rng = SplitMix64(seed: 83)
         for dt in Self.types {
-            for K in dt.blockSize == 256 ? [256, 768, 1024] : [32, 224, 512, 896] {
+            // Blocks per row: 1, 7, 15 (a last group of 1, 2 or 4 quads, partial quads), 16, 28, 45 (13 after a full group).
+            for K in dt.blockSize == 256 ? [256, 768, 1024] : [32, 224, 480, 512, 896, 1440] {
                 let rows = 21, n = 3
                 let weights = [KQuantTests.randomWeights(dt, rows: rows, cols: K, rng: &rng), nil]
                 let owned = OwnedWeights(dt, rows: rows, cols: K, rng: &rng)

@@ -22,15 +22,17 @@ extern "C" {
 // (rne: round to nearest, ties to even, whatever the FPU's rounding mode), and the exact integer sums of the a_i
 // over each half (16 elements) and over the block. Every ISA level computes the same bytes.
 //
-// Layout of one quantized row (ck_q8_row_bytes(K) bytes; the blocks are padded with zero blocks up to a multiple
-// of 16, npb = 16 * ceil(nb / 16); padding has codes, scale and sums 0):
-//     int8    qs [32 * npb]   block b's 32 codes at slot 8 (b / 8) + s(b % 8), s = 0,2,4,6,1,3,5,7 for 0..7
-//                             (so that each 64 bytes hold blocks j and j + 4 of a chunk of 8 blocks)
-//     float   d  [npb]        block scales, in block order
-//     int32   s32[npb]        block sums, in block order
-//     int32   s16[2 * npb]    half sums, chunk by chunk (16 per chunk of 8 blocks); within a chunk, the sum of
-//                             16-element group g (0..15) at position 4 L + e with (L, e) = (g % 2, g / 2) for
-//                             g < 8 and (2 + g % 2, (g - 8) / 2) for g >= 8
+// Layout of one quantized row (ck_q8_row_bytes(K) bytes). The blocks are padded with zero blocks up to a multiple
+// of 16 (npb = 16 * ceil(nb / 16); padding has codes, scale and sums 0) and taken in groups of 16: block b is in
+// group G = b / 16 as block r = b % 16 = 4 q + i (quad q, index i in the quad), at "transposed" position
+// p = 4 i + q of its group.
+//     int8    qs [32 * npb]   half h (elements 16 h .. 16 h + 15) of block b at byte 512 G + 128 q + 64 h + 16 i
+//                             (so each 64 bytes hold one half of the four blocks of a quad, a block per 16 bytes)
+//     float   d  [npb]        block scales, block b at index 16 G + p
+//     int32   s32[npb]        block sums (same order)
+//     int32   slo[npb]        sums of elements 0-15 (same order)
+//     int32   shi[npb]        sums of elements 16-31 (same order)
+//     float   ds [npb]        d * (float)s32, one fp32 product (same order)
 /// Bytes of one quantized activation row (a multiple of 64), or 0 if K <= 0 or K % 32 != 0.
 size_t ck_q8_row_bytes(int64_t K);
 
@@ -49,19 +51,19 @@ void ck_quantize_activations_q8_rows(const float *x, int64_t ldx, int64_t n, int
 //     acc[16] = +0
 //     for b = 0, 1, ..., K/32 - 1:                                   (32-element blocks in increasing k)
 //         isum = sc0 * sum_{i<16} q_i a_i + sc1 * sum_{16<=i<32} q_i a_i      exact integer (|isum| < 2^24)
-//         acc[b % 16] = fma(S, (float)isum, acc[b % 16])            S = dw * da (fp32 product)
-//         types with a min:  msum = mc * sum_i a_i                   exact integer
-//                            acc[b % 16] = fma(M, (float)msum, acc[b % 16])   M = mw * da
+//         acc[b % 16] = fma(dw * da, (float)isum, acc[b % 16])      (dw * da: one fp32 product)
+//         types with a min:  acc[b % 16] = fma(mw, ds, acc[b % 16])  (ds = da * sum_i a_i, from the row)
 //     y = ((acc[j] + acc[j+8]) then + [j+4], then + [j+2], then lane 0 + lane 1)   (the tree of CCausalKernels.h)
 //
-// with a_i, da the block's activation codes and scale, and per weight type (block layouts: CCausalKernels.h):
+// with a_i, da, ds the block's activation codes, scale and scaled sum, and per weight type (block layouts:
+// CCausalKernels.h; every dw and mw is exact in fp32):
 //     Q8_0   q = qs                     sc0 = sc1 = 1      dw = d
 //     Q4_0   q = nibble - 8             sc = 1             dw = d
 //     Q5_0   q = code - 16              sc = 1             dw = d
 //     IQ4_NL q = kvalues[nibble]        sc = 1             dw = d
-//     Q4_1   q = nibble                 sc = 1             dw = d     mc = 1     mw = m
-//     Q5_1   q = code                   sc = 1             dw = d     mc = 1     mw = m
-//     Q4_K   q = code (sub-block j)     sc = sc_j          dw = d     mc = m_j   mw = -dmin
+//     Q4_1   q = nibble                 sc = 1             dw = d              mw = m
+//     Q5_1   q = code                   sc = 1             dw = d              mw = m
+//     Q4_K   q = code (sub-block j)     sc = 1             dw = d * sc_j       mw = -(dmin * m_j)
 //     Q5_K   as Q4_K with 5-bit codes
 //     Q6_K   q = code - 32              sc0, sc1 = the two 16-element scales of the block; dw = d (super-block)
 // Each (token, row) pair performs exactly this sequence on every ISA level (scalar; AVX2 with maddubs; AVX-512
@@ -76,8 +78,9 @@ int ck_q8_supports(int type);
 int ck_matmul_q8(int type, const void *W, int64_t K, int64_t row_begin, int64_t row_end, const void *xq, int64_t n,
                  float *y, int64_t ldy);
 
-/// The level ck_matmul_q8 uses now: CK_ISA_AVX512 needs the AVX-512 level in use (ck_get_isa) and AVX512-VNNI;
-/// otherwise CK_ISA_AVX2 when the AVX2 level is in use; otherwise scalar.
+/// The level ck_matmul_q8 uses now: CK_ISA_AVX512 needs the AVX-512 level in use (ck_get_isa) and AVX512-VNNI,
+/// AVX512-VBMI and BMI2 (Ice Lake, Zen 4 and later); otherwise CK_ISA_AVX2 when the AVX2 level is in use; otherwise
+/// scalar.
 int ck_q8_isa(void);
 /// "avx512vnni", "avx2" or "scalar".
 const char *ck_q8_isa_name(void);
