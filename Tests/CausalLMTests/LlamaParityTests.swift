@@ -53,27 +53,31 @@ final class LlamaParityTests: XCTestCase {
         }
     }
 
-    /// Fast precision: quantized weights in place, fp32 activations. Reports the distance to reference.
+    /// Fast precision: quantized weights in place, fp32 activations. docs/benchmarks.md claims the two precisions give
+    /// bit-identical logits on these prompts (max |Δ| = 0, KL = 0): every logit at every position is compared by bit
+    /// pattern (the distance and KL are printed too).
     func testFastAgainstReference() throws {
         let V = 49152
-        var worstKL = 0.0
+        var differing = 0
         for c in try Self.logitCases() {
             let r = try Self.logits(Self.reference, c.ids)
             let f = try Self.logits(Self.fast, c.ids)
+            XCTAssertEqual(r.count, c.ids.count * V)
+            XCTAssertEqual(f.count, r.count)
             var maxDiff: Float = 0
             var klSum = 0.0
+            var here = 0
             for pos in 0..<c.ids.count {
                 let a = Array(r[(pos * V)..<((pos + 1) * V)]), b = Array(f[(pos * V)..<((pos + 1) * V)])
-                for i in 0..<V { maxDiff = max(maxDiff, abs(a[i] - b[i])) }
+                for i in 0..<V where a[i].bitPattern != b[i].bitPattern { here += 1; maxDiff = max(maxDiff, abs(a[i] - b[i])) }
                 klSum += Self.kl(a, b)
-                XCTAssertEqual(Sampler.argmax(a), Sampler.argmax(b), "'\(c.prompt)' position \(pos): fast and reference disagree on the top token")
             }
             let kl = klSum / Double(c.ids.count)
-            worstKL = max(worstKL, kl)
-            print("[fast-vs-reference] '\(c.prompt)': max |Δlogit| = \(maxDiff), mean KL(ref‖fast) = \(kl)")
-            XCTAssertLessThan(maxDiff, 1e-2)
+            print("[fast-vs-reference] '\(c.prompt)': \(here) of \(r.count) logits differ in bits, max |Δlogit| = \(maxDiff), mean KL(ref‖fast) = \(kl)")
+            XCTAssertEqual(here, 0, "'\(c.prompt)': fast and reference logits differ (max |Δ| \(maxDiff), KL \(kl))")
+            differing += here
         }
-        XCTAssertLessThan(worstKL, 1e-5)
+        XCTAssertEqual(differing, 0)
     }
 
     static func kl(_ p: [Float], _ q: [Float]) -> Double {
@@ -118,17 +122,15 @@ final class LlamaParityTests: XCTestCase {
         }
     }
 
-    /// In fast precision the greedy answers keep the reference's (the quality bar for the activation precision).
+    /// In fast precision the greedy answers are the reference's (and HF's), token for token, on every prompt.
     func testFastGreedyKeepsReferenceAnswers() throws {
         let cases = try Self.greedyCases()
         let requests = cases.map { SequenceRequest(prompt: $0.promptIDs, parameters: GenerateParameters(maxNewTokens: 48, temperature: 0)) }
         let results = try Self.fast.makeGenerator().generate(requests)
-        var same = 0
+        XCTAssertEqual(results.count, cases.count)
         for (c, r) in zip(cases, results) {
-            if r.tokens == c.tokens { same += 1 } else { print("[fast greedy] '\(c.prompt)' differs: \(r.text.debugDescription)") }
+            XCTAssertEqual(r.tokens, c.tokens, "'\(c.prompt)': fast gives \(r.text.debugDescription)")
         }
-        print("[fast greedy] \(same)/\(cases.count) answers identical to reference")
         XCTAssertTrue(results[0].text.contains("Paris"), results[0].text)
-        XCTAssertGreaterThanOrEqual(same, cases.count - 1)
     }
 }
