@@ -3,7 +3,8 @@ import XCTest
 import CausalLM
 
 /// The Jinja chat-template interpreter. Expected strings come from Jinja2 3.1.6 with Hugging Face's settings
-/// (`trim_blocks=True, lstrip_blocks=True`, loopcontrols, `raise_exception`, `tojson` = `json.dumps`).
+/// (`trim_blocks=True, lstrip_blocks=True`, loopcontrols, `raise_exception`, `tojson` = `json.dumps`), written to
+/// Tests/Fixtures/chat_template/cases.json by Tests/Fixtures/gen/make_chat_template_cases.py.
 final class ChatTemplateTests: XCTestCase {
     // MARK: Templates
 
@@ -60,13 +61,6 @@ final class ChatTemplateTests: XCTestCase {
         {%- endif %}
         """#
 
-    static let conversation = [
-        ChatMessage(role: "system", content: "  You are terse.  "),
-        ChatMessage(role: "user", content: "Hi\n"),
-        ChatMessage(role: "assistant", content: " Hello! "),
-        ChatMessage(role: "user", content: "Bye"),
-    ]
-
     static let question = [ChatMessage(role: "user", content: "What is 2+2?")]
 
     // MARK: SmolLM2 reference renderings
@@ -93,26 +87,48 @@ final class ChatTemplateTests: XCTestCase {
         }
     }
 
-    func testSmolLM2WithoutGenerationPrompt() throws {
-        let text = try ChatTemplate(Self.smolLM2).render(messages: Self.question, addGenerationPrompt: false)
-        XCTAssertEqual(text, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-            + "<|im_start|>user\nWhat is 2+2?<|im_end|>\n")
+    // MARK: Jinja2's renderings (Tests/Fixtures/chat_template/cases.json)
+
+    struct JinjaCase: Decodable {
+        let name: String
+        let template: String
+        let messages: [ChatMessage]
+        let add_generation_prompt: Bool
+        let bos_token: String?
+        let eos_token: String?
+        let expected: String
     }
 
-    // MARK: Llama-3 and Qwen style templates
+    static func jinjaCases() throws -> [JinjaCase] {
+        struct File: Decodable { let jinja2: String; let cases: [JinjaCase] }
+        let file = try JSONDecoder().decode(File.self, from: Fixtures.data("chat_template/cases.json"))
+        XCTAssertEqual(file.jinja2, "3.1.6")
+        return file.cases
+    }
+
+    /// Renders each named fixture case and compares it with Jinja2's output; `template` (if given) must be the
+    /// fixture's template, so the static templates above cannot drift from what Jinja2 rendered.
+    func assertMatchesJinja2(_ prefix: String, template: String? = nil, count: Int) throws {
+        let cases = try Self.jinjaCases().filter { $0.name.hasPrefix(prefix) }
+        XCTAssertEqual(cases.count, count, prefix)
+        for c in cases {
+            if let template { XCTAssertEqual(c.template, template, "\(c.name): the fixture renders another template") }
+            do {
+                let text = try ChatTemplate(c.template).render(messages: c.messages, addGenerationPrompt: c.add_generation_prompt,
+                                                               bosToken: c.bos_token ?? "", eosToken: c.eos_token ?? "")
+                XCTAssertEqual(text, c.expected, "\(c.name): template: \(c.template)")
+            } catch {
+                XCTFail("\(c.name): template: \(c.template)\nthrew: \(error)")
+            }
+        }
+    }
+
+    func testSmolLM2WithoutGenerationPrompt() throws {
+        try assertMatchesJinja2("smollm2-", template: Self.smolLM2, count: 1)
+    }
 
     func testLlama3Style() throws {
-        let t = try ChatTemplate(Self.llama3Style)
-        XCTAssertEqual(
-            try t.render(messages: Self.conversation, addGenerationPrompt: true, bosToken: "<|begin_of_text|>", eosToken: "<|eot_id|>"),
-            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>"
-                + "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                + "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
-                + "<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>"
-                + "<|start_header_id|>assistant<|end_header_id|>\n\n")
-        XCTAssertEqual(
-            try t.render(messages: Self.question, addGenerationPrompt: false, bosToken: "<|begin_of_text|>"),
-            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>")
+        try assertMatchesJinja2("llama3-", template: Self.llama3Style, count: 2)
     }
 
     func testLlama3StyleRejectsUnknownRole() throws {
@@ -126,86 +142,15 @@ final class ChatTemplateTests: XCTestCase {
     }
 
     func testQwenStyle() throws {
-        let t = try ChatTemplate(Self.qwenStyle)
-        XCTAssertEqual(
-            try t.render(messages: Self.conversation, addGenerationPrompt: true),
-            "<|im_start|>system\n  You are terse.  <|im_end|>\n<|im_start|>user\nHi\n<|im_end|>\n"
-                + "<|im_start|>assistant\n Hello! <|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n")
-        XCTAssertEqual(
-            try t.render(messages: Self.question, addGenerationPrompt: false),
-            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-                + "<|im_start|>user\nWhat is 2+2?<|im_end|>\n")
+        try assertMatchesJinja2("qwen-", template: Self.qwenStyle, count: 2)
     }
 
-    // MARK: Targeted cases, each checked against Jinja2
-
-    /// Rendered with messages = [system "You are terse.", user "Hi", assistant " Hello! ", user "Bye"],
-    /// add_generation_prompt = true, bos "<s>", eos "</s>".
-    static let jinjaCases: [(template: String, expected: String)] = [
-        ("  {% if true %}\n  x\n  {% endif %}\n  {# comment #}\nend\n",
-         "  x\nend"),
-        ("a\n  {%- if true %}\n    b\n  {%- endif %}\nc",
-         "a    bc"),
-        ("a\n  {% if true -%}\n    b\n  {% endif +%}\nc\n  {%+ if true %}d{% endif %}",
-         "a\nb\n\nc\n  d"),
-        ("{%- for m in messages -%}\n  {{- m.role }}\n{%- endfor %}\n  {{ 'x' }}  \n{{- ' y' }}",
-         "systemuserassistantuser  x y"),
-        ("x  \n{# comment #}\ny\n  {#- c #}\nz",
-         "x  \nyz"),
-        ("{% raw %}{{ not rendered }}{% endraw %}|  {% raw -%}  x  {%- endraw %}|",
-         "{{ not rendered }}|  x|"),
-        ("{% for m in messages %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/{{ loop.length }}/{{ loop.first }}/{{ loop.last }}:{{ m.role }};{% endfor %}",
-         "1/0/4/3/4/True/False:system;2/1/3/2/4/False/False:user;3/2/2/1/4/False/False:assistant;4/3/1/0/4/False/True:user;"),
-        ("{% set x = 1 %}{% for i in [1, 2] %}{% if loop.first %}{% set x = 5 %}{% endif %}{{ x }}{% endfor %}{{ x }}",
-         "511"),
-        ("{% set ns = namespace(found=false, n=0) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.found = true %}{% set ns.n = ns.n + 1 %}{% endif %}{% endfor %}{{ ns.found }} {{ ns.n }}",
-         "True 2"),
-        ("{% for x in [1, 2, 3, 4, 5] %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif %}{{ x }}{% endfor %}",
-         "13"),
-        ("{% for x in [] %}a{% else %}empty{% endfor %}|{% for x in [1, 2, 3] if x != 2 %}{{ x }}{{ loop.length }}{% endfor %}|{% for a, b in [[1, 2], [3, 4]] %}{{ a * b }},{% endfor %}",
-         "empty|1232|2,12,"),
-        ("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }},{% endfor %}{{ {'a': 1}.get('a') }}{{ {'a': 1}.get('b', 'dflt') }}{{ {'a': 1}.get('b') }}",
-         "a=1,b=2,1dfltNone"),
-        ("{{ [1, 'a', none, true, 1.5, {'a': 1}] }}|{{ (1, 2) }}|{{ \"it's\" }}|{{ 'say \"hi\"' }}|{{ 'tab\\tnew\\nline\\\\ \\'q\\'' }}|{{ True }}{{ None }}",
-         "[1, 'a', None, True, 1.5, {'a': 1}]|(1, 2)|it's|say \"hi\"|tab\tnew\nline\\ 'q'|TrueNone"),
-        ("{{ 'abc'[::-1] }}|{{ [1, 2, 3][-1] }}|{{ [1, 2, 3][1:] }}|{{ 'abc'[5] }}|{{ [1, 2, 3, 4, 5][1:4:2] }}|{{ [1, 2, 3, 4, 5][-2:] }}|{{ [1, 2, 3, 4, 5][:-2] }}|{{ 'hello'[-3:-1] }}|{{ messages[-1]['content'] }}|{{ messages.0.role }}",
-         "cba|3|[2, 3]||[2, 4]|[4, 5]|[1, 2, 3]|ll|Bye|system"),
-        ("{{ 1 / 2 }}|{{ 4 / 2 }}|{{ 7 // 2 }}|{{ -7 // 2 }}|{{ -7 % 3 }}|{{ 2 ** 10 }}|{{ 1e20 }}|{{ 0.1 + 0.2 }}|{{ 'x' ~ 1 ~ none ~ true }}|{{ 1 + 2 * 3 - 4 / 2 }}|{{ [1] + [2] }}|{{ 'ab' * 3 }}|{{ -2 ** 2 }}",
-         "0.5|2.0|3|-4|2|1024|1e+20|0.30000000000000004|x1NoneTrue|5.0|[1, 2]|ababab|4"),
-        ("{{ 1 == 1.0 }}{{ 1 != 2 }}{{ 1 < 2 < 3 }}{{ 3 > 2 > 2 }}{{ 'a' in 'cat' }}{{ 1 in [1, 2] }}{{ 3 not in [1, 2] }}{{ 'k' in {'k': 1} }}{{ not 1 }}|{{ true and 'x' }}|{{ false or 'y' }}|{{ none or 0 }}|{{ 'a' if false }}|{{ 'x' if 1 > 2 else 'y' }}",
-         "TrueTrueTrueFalseTrueTrueTrueTrueFalse|x|y|0||y"),
-        ("{{ x is defined }}{{ x is not defined }}{{ none is none }}{{ 'a' is string }}{{ 1 is string }}{{ 1 is number }}{{ 3 is odd }}{{ 9 is divisibleby 3 }}{{ {} is mapping }}{{ messages[0] is mapping }}{{ 1 is integer }}",
-         "FalseTrueTrueTrueFalseTrueTrueTrueTrueTrueTrue"),
-        ("[{{ x }}]{{ x|default('d') }}{{ x|length }}{{ x ~ 'a' }}{% for i in x %}no{% endfor %}{% if not x %}falsy{% endif %}{{ messages[0].nope is defined }}",
-         "[]d0afalsyFalse"),
-        ("{{ '  hi  '|trim }}|{{ 'abc'|length }}|{{ 'aBc'|upper }}{{ 'aBc'|lower }}|{{ none|default('d') }}|{{ ''|default('d', true) }}|{{ 1|string ~ 2 }}|{{ [1, 2, 3]|join('-') }}|{{ [1, 2]|first }}{{ [1, 2]|last }}|{{ 'abc'|list }}|{{ 'hello world'|capitalize }}|{{ 'aXbX'|replace('X', 'y') }}",
-         "hi|3|ABCabc|None|d|12|1-2-3|12|['a', 'b', 'c']|Hello world|ayby"),
-        ("{{ messages|map(attribute='role')|join(',') }}|{{ messages|selectattr('role', 'equalto', 'user')|list|length }}|{{ messages|rejectattr('role', 'eq', 'user')|map(attribute='content')|list }}|{{ ['b', 'A', 'c']|sort }}|{{ [1, 2, 3]|sum }}",
-         "system,user,assistant,user|2|['You are terse.', ' Hello! ']|['A', 'b', 'c']|6"),
-        ("{{ messages[1]|tojson }}|{{ {'b': [1, 2.5, none, true, 'x\"\\né'], 'a': {}}|tojson }}|{{ {'k': [1, {'n': none}]}|tojson(indent=2) }}",
-         "{\"role\": \"user\", \"content\": \"Hi\"}|{\"b\": [1, 2.5, null, true, \"x\\\"\\né\"], \"a\": {}}|{\n  \"k\": [\n    1,\n    {\n      \"n\": null\n    }\n  ]\n}"),
-        ("{{ '  x  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ '  x '.lstrip() }}|{{ ' x  '.rstrip() }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b c '.split() }}|{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith(('x', 'c')) }}|{{ 'abc'.upper() }}{{ 'ABC'.lower() }}|{{ range(3)|list }}{{ range(1, 10, 3)|list }}",
-         "x|hi|x | x|['a', 'b', '', 'c']|['a', 'b', 'c']|TrueTrue|ABCabc|[0, 1, 2][1, 4, 7]"),
-        ("{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('Bob') }} {{ greet('Al', punct='?') }}|{% set s %} block {{ 1 + 1 }} {% endset %}[{{ s }}]|{% filter upper %}up {{ 'x' }}{% endfilter %}",
-         "Hi Bob! Hi Al?|[ block 2 ]|UP X"),
-    ]
-
+    /// 23 targeted templates (whitespace control, comments, raw, loops and loop variables, namespace and scoping,
+    /// literals, slicing, arithmetic, comparisons, tests, undefined values, filters, tojson, string methods, macros,
+    /// set and filter blocks), rendered with messages = [system "You are terse.", user "Hi", assistant " Hello! ",
+    /// user "Bye"], add_generation_prompt = true, bos "<s>", eos "</s>".
     func testMatchesJinja2() throws {
-        let messages = [
-            ChatMessage(role: "system", content: "You are terse."),
-            ChatMessage(role: "user", content: "Hi"),
-            ChatMessage(role: "assistant", content: " Hello! "),
-            ChatMessage(role: "user", content: "Bye"),
-        ]
-        for (template, expected) in Self.jinjaCases {
-            do {
-                let text = try ChatTemplate(template).render(messages: messages, addGenerationPrompt: true,
-                                                             bosToken: "<s>", eosToken: "</s>")
-                XCTAssertEqual(text, expected, "template: \(template)")
-            } catch {
-                XCTFail("template: \(template)\nthrew: \(error)")
-            }
-        }
+        try assertMatchesJinja2("targeted-", count: 23)
     }
 
     func testContextVariables() throws {

@@ -3,7 +3,7 @@ import XCTest
 import CausalLM
 
 /// Unigram (SentencePiece / T5) tokenizers from tokenizer.json against the `tokenizers` library's own ids and decoded
-/// text (Tests/Fixtures/t5-unigram/, made by make_fixture.py there).
+/// text (Tests/Fixtures/t5-unigram/, made by Tests/Fixtures/gen/make_t5_unigram.py).
 final class UnigramTests: XCTestCase {
     static let files = ["tokenizer.json", "tokenizer-legacy.json", "tokenizer-bytefallback.json"]
 

@@ -55,20 +55,46 @@ final class WordPieceTests: XCTestCase {
         print("WordPiece: \(list.count - failures)/\(list.count) tokenizers-library cases equal")
     }
 
+    /// Tests/Fixtures/wordpiece/cases.json (the `tokenizers` library, gen/make_wordpiece_cases.py).
+    static func libraryCases() throws -> [String: Any] {
+        let d = try XCTUnwrap(Fixtures.json("wordpiece/cases.json") as? [String: Any])
+        XCTAssertEqual(d["tokenizers"] as? String, "0.23.3")
+        return d
+    }
+
+    /// Checks `tok` against one fixture section: `encode` (tokens when `tokens`, ids with and without [CLS]/[SEP]),
+    /// `decode` (texts encoded then decoded) and `decode_ids`.
+    func assertMatchesLibrary(_ tok: WordPieceTokenizer, _ section: [String: Any], tokens: Bool, _ label: String) throws {
+        let enc = try XCTUnwrap(section["encode"] as? [[String: Any]])
+        XCTAssertFalse(enc.isEmpty)
+        for c in enc {
+            let text = try XCTUnwrap(c["text"] as? String)
+            XCTAssertEqual(tok.encode(text, addSpecialTokens: false), try XCTUnwrap(c["ids_no_special"] as? [Int]), "\(label) \(text.debugDescription)")
+            XCTAssertEqual(tok.encode(text), try XCTUnwrap(c["ids"] as? [Int]), "\(label) \(text.debugDescription)")
+            if tokens { XCTAssertEqual(tok.tokenize(text), try XCTUnwrap(c["tokens"] as? [String]), "\(label) \(text.debugDescription)") }
+        }
+        for c in (section["decode"] as? [[String: Any]] ?? []) + (section["decode_ids"] as? [[String: Any]] ?? []) {
+            let ids = try XCTUnwrap(c["ids"] as? [Int])
+            if let text = c["text"] as? String { XCTAssertEqual(tok.encode(text), ids, "\(label) \(text.debugDescription)") }
+            XCTAssertEqual(try tok.decode(ids), try XCTUnwrap(c["decoded"] as? String), "\(label) decode \(ids)")
+            XCTAssertEqual(try tok.decode(ids, skipSpecialTokens: false), try XCTUnwrap(c["decoded_with_special"] as? String), "\(label) decode \(ids)")
+        }
+    }
+
     func testMiniLMDecodeAndTruncate() throws {
         let tok = MiniLM.tokenizer
-        XCTAssertEqual(tok.vocabularySize, 30522)
+        let mini = try XCTUnwrap(try Self.libraryCases()["minilm"] as? [String: Any])
+        XCTAssertEqual(tok.vocabularySize, try XCTUnwrap(mini["vocab_size"] as? Int))
         XCTAssertEqual(tok.unknownTokenID, 100)
         XCTAssertEqual(tok.clsTokenID, 101)
         XCTAssertEqual(tok.sepTokenID, 102)
         XCTAssertEqual(tok.specialTokenCount, 2)
-        XCTAssertEqual(try tok.decode(tok.encode("Hello, world! Don't stop the unaffable reimplementation.")),
-                       "hello, world! don ' t stop the unaffable reimplementation.", "the tokenizers library's per-token cleanup")
-        XCTAssertEqual(try tok.decode(tok.encode("a b"), skipSpecialTokens: false), "[CLS] a b [SEP]")
-        XCTAssertEqual(tok.tokenize("unaffable"), ["una", "##ffa", "##ble"])
-        XCTAssertEqual(tok.encode("one two three four", maxLength: 4), [101, 2028, 2048, 102])
-        XCTAssertEqual(tok.encode("one two", addSpecialTokens: false), [2028, 2048])
-        XCTAssertEqual(tok.encode("one", maxLength: 2), [101, 102])
+        // Including the decoder's per-token cleanup ("don ' t") and "unaffable" → una ##ffa ##ble.
+        try assertMatchesLibrary(tok, mini, tokens: true, "MiniLM")
+        for c in try XCTUnwrap(mini["truncated"] as? [[String: Any]]) {
+            let text = try XCTUnwrap(c["text"] as? String), n = try XCTUnwrap(c["max_length"] as? Int)
+            XCTAssertEqual(tok.encode(text, maxLength: n), try XCTUnwrap(c["ids"] as? [Int]), "\(text) truncated to \(n)")
+        }
         XCTAssertThrowsError(try tok.decode([30522]))
     }
 
@@ -105,38 +131,37 @@ final class WordPieceTests: XCTestCase {
 
     let smallVocab = ["[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able", "aff", "a", "##b", "b", "!", "$", "é", "e", "中", "x", "##x", "[MASK]"]
 
-    func testGreedyLongestMatchAndUnknown() throws {
-        let (tok, _) = try makeTokenizer(vocab: smallVocab)
-        func t(_ s: String) -> [String] { tok.tokenize(s) }
-        XCTAssertEqual(t("unaffable"), ["un", "##aff", "##able"])
-        XCTAssertEqual(t("UnAffable!"), ["un", "##aff", "##able", "!"])
-        XCTAssertEqual(t("ab b"), ["a", "##b", "b"])
-        XCTAssertEqual(t("unz"), ["[UNK]"], "a word with an unmatched rest is one [UNK]")
-        XCTAssertEqual(t("xxxxxxxxx"), Array(["x"] + Array(repeating: "##x", count: 8)))
-        XCTAssertEqual(t("xxxxxxxxxx"), ["[UNK]"], "10 characters > max_input_chars_per_word 9")
-        XCTAssertEqual(t("ééééééééé"), ["[UNK]"], "accents stripped: e, then no ##e in the vocabulary")
-        XCTAssertEqual(t("$a"), ["$", "a"], "$ is punctuation in BERT's ASCII ranges")
-        XCTAssertEqual(t("É"), ["e"], "accents stripped when lowercasing (strip_accents null)")
-        XCTAssertEqual(t("a中b"), ["a", "中", "b"], "CJK ideographs are spaced out")
-        XCTAssertEqual(t("a\u{200B}b"), ["a", "##b"], "format characters are removed")
-        XCTAssertEqual(t("a\u{3000}b"), ["a", "b"], "Unicode whitespace splits")
-        XCTAssertEqual(tok.encode("ab"), [1, 7, 8, 2])
-        XCTAssertEqual(try tok.decode([1, 3, 4, 5, 10, 2]), "unaffable!")
-        // [MASK] is in the vocabulary but not an added token: text "[MASK]" is split as punctuation and letters.
-        XCTAssertEqual(t("[MASK]"), ["[UNK]", "[UNK]", "[UNK]"])
+    /// A tokenizer from the fixture's tokenizer.json text.
+    func fixtureTokenizer(_ json: String) throws -> WordPieceTokenizer {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("causal-wp-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        let url = dir.appendingPathComponent("tokenizer.json")
+        try json.write(to: url, atomically: true, encoding: .utf8)
+        return try WordPieceTokenizer(path: url.path)
     }
 
+    /// The uncased small tokenizer (vocabulary `smallVocab`, max_input_chars_per_word 9) against the library: greedy
+    /// longest match ("unaffable" → un ##aff ##able), a word with an unmatched rest is one [UNK], 10 characters > 9 is
+    /// [UNK], accents stripped when lowercasing ("É" → e; "ééééééééé" → e then no ##e), "$" is punctuation in BERT's
+    /// ASCII ranges, CJK ideographs spaced out, format characters removed, Unicode whitespace splits, and "[MASK]" in
+    /// the vocabulary but not an added token splits as punctuation and letters.
+    func testGreedyLongestMatchAndUnknown() throws {
+        let section = try XCTUnwrap((try Self.libraryCases()["small"] as? [String: Any])?["uncased"] as? [String: Any])
+        let tok = try fixtureTokenizer(try XCTUnwrap(section["tokenizer_json"] as? String))
+        XCTAssertEqual((section["encode"] as? [Any])?.count, 14)
+        try assertMatchesLibrary(tok, section, tokens: true, "uncased")
+    }
+
+    /// Cased normalizer and `[MASK]` as an lstrip special added token: "a [MASK]b" → a [MASK] b, accents kept,
+    /// decomposed é differs from the vocabulary's é, decode skips [MASK]. (The library's token string for an lstrip
+    /// added token includes the stripped space, so ids are compared here.)
     func testAddedTokensAndCasedNormalizer() throws {
-        let extra = #", {"id": 17, "content": "[MASK]", "special": true, "normalized": false, "lstrip": true}"#
-        let (tok, _) = try makeTokenizer(vocab: smallVocab, extra: extra,
-                                         normalizer: #"{"type": "BertNormalizer", "lowercase": false, "strip_accents": null}"#)
+        let section = try XCTUnwrap((try Self.libraryCases()["small"] as? [String: Any])?["cased"] as? [String: Any])
+        let tok = try fixtureTokenizer(try XCTUnwrap(section["tokenizer_json"] as? String))
+        XCTAssertEqual((section["encode"] as? [Any])?.count, 5)
+        try assertMatchesLibrary(tok, section, tokens: false, "cased")
         XCTAssertEqual(tok.tokenize("a [MASK]b"), ["a", "[MASK]", "b"])
-        XCTAssertEqual(tok.tokenize("[MASK][MASK]"), ["[MASK]", "[MASK]"])
-        XCTAssertEqual(tok.tokenize("é"), ["é"], "cased: accents kept")
-        XCTAssertEqual(tok.tokenize("e\u{301}"), ["[UNK]"], "decomposed é is a different byte string from the vocabulary's é")
-        XCTAssertEqual(tok.tokenize("B"), ["[UNK]"])
-        XCTAssertEqual(try tok.decode(tok.encode("a [MASK]")), "a")
-        XCTAssertEqual(try tok.decode(tok.encode("a [MASK]"), skipSpecialTokens: false), "[CLS] a [MASK] [SEP]")
     }
 
     func testTokenizerJSONErrorsNameTheField() throws {
