@@ -30,7 +30,8 @@ final class HFDecoderSFTLossTests: XCTestCase {
                 XCTAssertEqual(count, 9)
                 let loss = sum / Double(count)
                 print("SFT loss \(name) \(precision): \(loss) vs HF \(want) (rel \(abs(loss - want) / want))")
-                XCTAssertEqual(loss, want, accuracy: 1e-4 * abs(want), "\(name) \(precision): \(loss) vs HF \(want)")
+                // docs/training.md: the tiny LLaMA's loss to ~1e-7 (measured 2.3e-8; GPT-2 9.2e-9).
+                XCTAssertEqual(loss, want, accuracy: 1e-7 * abs(want), "\(name) \(precision): \(loss) vs HF \(want)")
             }
         }
     }

@@ -184,6 +184,18 @@ final class ServerTests: XCTestCase {
                 XCTAssertNotNil(e["bytes"] as? [Any])
             }
             XCTAssertEqual(object(content.first)["token"] as? String, "The")
+            // The values are the library's for the same tokens (Generator alone, same greedy request), to the float.
+            let lib = try XCTUnwrap(try Shared.alone(try Shared.chatIDs(self.france),
+                                                     GenerateParameters(temperature: 0, logprobs: true, topLogprobs: 3)).logprobs)
+            XCTAssertEqual(content.count, lib.count)
+            let tok = try Shared.bundle.tokenizer
+            for (i, (e, want)) in zip(content.map(object), lib).enumerated() {
+                XCTAssertEqual((e["logprob"] as? Double).map(Float.init), want.logprob, "token \(i)")
+                XCTAssertEqual(e["bytes"] as? [Int], tok.tokenBytes(want.id).map(Int.init), "token \(i)")
+                let top = (e["top_logprobs"] as? [Any] ?? []).map(object)
+                XCTAssertEqual(top.map { ($0["logprob"] as? Double).map(Float.init) }, want.top.map { Optional($0.logprob) }, "token \(i)")
+                XCTAssertEqual(top.map { $0["bytes"] as? [Int] }, want.top.map { Optional(tok.tokenBytes($0.id).map(Int.init)) }, "token \(i)")
+            }
 
             let c = try await client.post("/v1/completions", json: ["model": self.model, "prompt": "Paris is the capital of",
                                                                   "max_tokens": 4, "temperature": 0, "logprobs": 2])
@@ -191,6 +203,14 @@ final class ServerTests: XCTestCase {
             XCTAssertEqual((cl["tokens"] as? [Any])?.count, 4)
             XCTAssertEqual((cl["token_logprobs"] as? [Any])?.count, 4)
             XCTAssertEqual((cl["top_logprobs"] as? [[String: Any]])?.first?.count, 2)
+            let libC = try XCTUnwrap(try Shared.alone(try tok.encode("Paris is the capital of"),
+                                                      GenerateParameters(maxNewTokens: 4, temperature: 0, logprobs: true, topLogprobs: 2)).logprobs)
+            XCTAssertEqual((cl["token_logprobs"] as? [Double] ?? []).map(Float.init), libC.map(\.logprob))
+            XCTAssertEqual((cl["tokens"] as? [String] ?? []), libC.map { tok.tokenText($0.id) })
+            for (i, (top, want)) in zip(cl["top_logprobs"] as? [[String: Double]] ?? [], libC).enumerated() {
+                XCTAssertEqual(top.mapValues(Float.init), Dictionary(want.top.map { (tok.tokenText($0.id), $0.logprob) }) { a, _ in a },
+                               "completion token \(i)")
+            }
         }
     }
 
