@@ -29,6 +29,7 @@
 #include "ck_q8.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -716,6 +717,107 @@ Q8_INLINE Q8_AVX512 void rows512(const int type, const int T, const int TQ, cons
 
 typedef void (*rows_fn)(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy);
 
+// Many tokens (n > 4): blocks of 16 rows are decoded once into G (16 x NG groups, the calling thread's 64-byte
+// aligned scratch), then every tile of 4 tokens (whose activations stay in L1; the last 1-3 tokens one by one)
+// runs against the 16 decoded rows.
+#define RN_ROWS 16
+Q8_INLINE Q8_AVX512 void rowsn512(const int type, const int TQ, const uint8_t *W, size_t rb, int64_t R, int64_t K,
+                                  const uint8_t *xq, size_t xs, int64_t n, float *y, int64_t ldy, grp512 *G) {
+    const q8_layout L = q8_layout_of(K);
+    const int64_t ngf = L.nb / 16, NG = ngf + (TQ ? 1 : 0);
+    idx512 X;
+    make_idx512(type, &X);
+    for (int64_t o0 = 0; o0 < R; o0 += RN_ROWS) {
+        const int64_t rr = R - o0 < RN_ROWS ? R - o0 : RN_ROWS;
+        for (int64_t r = 0; r < rr; r++) {
+            const uint8_t *w = W + (size_t)(o0 + r) * rb;
+            for (int64_t g = 0; g < ngf; g++) decode512(type, &X, w, g, L.nb, 4, 0, &G[r * NG + g]);
+            if (TQ) decode512(type, &X, w, ngf, L.nb, TQ, 1, &G[r * NG + ngf]);
+        }
+        int64_t t0 = 0;
+        for (; t0 + 4 <= n; t0 += 4)
+            for (int64_t r = 0; r < rr; r++) {
+                const grp512 *Gr = G + r * NG;
+                __m512 acc[4];
+                for (int t = 0; t < 4; t++) acc[t] = _mm512_setzero_ps();
+                for (int64_t g = 0; g < ngf; g++)
+                    for (int t = 0; t < 4; t++) acc[t] = group512(type, &Gr[g], xq + (size_t)(t0 + t) * xs, &L, g, 4, acc[t]);
+                if (TQ)
+                    for (int t = 0; t < 4; t++) acc[t] = group512(type, &Gr[ngf], xq + (size_t)(t0 + t) * xs, &L, ngf, TQ, acc[t]);
+                float res[4];
+                _mm_storeu_ps(res, tree512x4(acc[0], acc[1], acc[2], acc[3]));
+                for (int t = 0; t < 4; t++) y[(t0 + t) * ldy + o0 + r] = res[t];
+            }
+        for (; t0 < n; t0++)
+            for (int64_t r = 0; r < rr; r++) {
+                const grp512 *Gr = G + r * NG;
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t g = 0; g < ngf; g++) acc = group512(type, &Gr[g], xq + (size_t)t0 * xs, &L, g, 4, acc);
+                if (TQ) acc = group512(type, &Gr[ngf], xq + (size_t)t0 * xs, &L, ngf, TQ, acc);
+                float res[4];
+                _mm_storeu_ps(res, tree512x4(acc, acc, acc, acc));
+                y[t0 * ldy + o0 + r] = res[0];
+            }
+    }
+}
+
+typedef void (*rowsn_fn)(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, int64_t n,
+                         float *y, int64_t ldy, grp512 *G);
+#define ROWSN512(TAG, TYPE, TQ) \
+    static Q8_AVX512 void rn512_##TAG##_##TQ(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, \
+                                             int64_t n, float *y, int64_t ldy, grp512 *G) { \
+        rowsn512(TYPE, TQ, W, rb, R, K, xq, xs, n, y, ldy, G); \
+    }
+#define ROWSN512_32(TAG, TYPE) ROWSN512(TAG, TYPE, 0) ROWSN512(TAG, TYPE, 1) ROWSN512(TAG, TYPE, 2) ROWSN512(TAG, TYPE, 3) ROWSN512(TAG, TYPE, 4)
+#define ROWSN512_K(TAG, TYPE) ROWSN512(TAG, TYPE, 0) ROWSN512(TAG, TYPE, 2)
+ROWSN512_32(q8_0, CK_TYPE_Q8_0)
+ROWSN512_32(q4_0, CK_TYPE_Q4_0)
+ROWSN512_32(q4_1, CK_TYPE_Q4_1)
+ROWSN512_32(q5_0, CK_TYPE_Q5_0)
+ROWSN512_32(q5_1, CK_TYPE_Q5_1)
+ROWSN512_32(iq4_nl, CK_TYPE_IQ4_NL)
+ROWSN512_K(q4_k, CK_TYPE_Q4_K)
+ROWSN512_K(q5_k, CK_TYPE_Q5_K)
+ROWSN512_K(q6_k, CK_TYPE_Q6_K)
+
+#define FNN_32(TAG) {rn512_##TAG##_0, rn512_##TAG##_1, rn512_##TAG##_2, rn512_##TAG##_3, rn512_##TAG##_4}
+#define FNN_K(TAG) {rn512_##TAG##_0, NULL, rn512_##TAG##_2, NULL, NULL}
+
+// By [TQ].
+static rowsn_fn fnsn512(int type, int tq) {
+    static const rowsn_fn q8_0[5] = FNN_32(q8_0), q4_0[5] = FNN_32(q4_0), q4_1[5] = FNN_32(q4_1), q5_0[5] = FNN_32(q5_0),
+                          q5_1[5] = FNN_32(q5_1), iq4_nl[5] = FNN_32(iq4_nl), q4_k[5] = FNN_K(q4_k), q5_k[5] = FNN_K(q5_k),
+                          q6_k[5] = FNN_K(q6_k);
+    switch (type) {
+    case CK_TYPE_Q8_0: return q8_0[tq];
+    case CK_TYPE_Q4_0: return q4_0[tq];
+    case CK_TYPE_Q4_1: return q4_1[tq];
+    case CK_TYPE_Q5_0: return q5_0[tq];
+    case CK_TYPE_Q5_1: return q5_1[tq];
+    case CK_TYPE_IQ4_NL: return iq4_nl[tq];
+    case CK_TYPE_Q4_K: return q4_k[tq];
+    case CK_TYPE_Q5_K: return q5_k[tq];
+    case CK_TYPE_Q6_K: return q6_k[tq];
+    default: return NULL;
+    }
+}
+
+// The calling thread's scratch for decoded groups (grown as needed, freed when the thread exits).
+static pthread_key_t g_grp_key;
+static pthread_once_t g_grp_once = PTHREAD_ONCE_INIT;
+static _Thread_local grp512 *tl_grp;
+static _Thread_local int64_t tl_grp_count;
+static void grp_key_init(void) { pthread_key_create(&g_grp_key, free); }
+static grp512 *grp_scratch(int64_t count) {
+    if (count <= tl_grp_count) return tl_grp;
+    pthread_once(&g_grp_once, grp_key_init);
+    free(tl_grp);
+    tl_grp = (grp512 *)aligned_alloc(64, (size_t)count * sizeof(grp512));
+    tl_grp_count = tl_grp ? count : 0;
+    pthread_setspecific(g_grp_key, tl_grp);
+    return tl_grp;
+}
+
 // One function per (type, T, TQ): a frame holds one inlined copy (debug builds keep every copy's locals), and every
 // vector index is a constant (runtime-bounded loops over vector arrays put them on the stack).
 #define ROWS512(TAG, TYPE, T, TQ) \
@@ -1008,6 +1110,13 @@ int ck_matmul_q8(int type, const void *W, int64_t K, int64_t row_begin, int64_t 
 #if Q8_X86
     if (level != CK_ISA_SCALAR) {
         const int tq = (int)((K / 32 % 16 + 3) / 4);
+        if (level == CK_ISA_AVX512 && n > 4) {
+            grp512 *G = grp_scratch(RN_ROWS * ((K / 32 + 15) / 16));
+            if (G) {
+                fnsn512(type, tq)(Wb, rb, R, K, X, xs, n, y, ldy, G);
+                return 0;
+            }
+        }
         const rows_fn *f = level == CK_ISA_AVX512 ? (*fns512(type))[tq] : fns256(type);
         // Blocks of 16 rows stay in the core's cache while every tile of up to 4 tokens passes over them.
         const int64_t RB = n <= 4 ? R : 16;

@@ -220,7 +220,7 @@ final class MatMulQ8Tests: XCTestCase {
         for dt in Self.types {
             // Blocks per row: 1, 7, 15 (a last group of 1, 2 or 4 quads, partial quads), 16, 28, 45 (13 after a full group).
             for K in dt.blockSize == 256 ? [256, 768, 1024] : [32, 224, 480, 512, 896, 1440] {
-                let rows = 21, n = 3
+                let rows = 21, n = 6  // a 4-token tile and two single tokens on the many-token path
                 let weights = [KQuantTests.randomWeights(dt, rows: rows, cols: K, rng: &rng), nil]
                 let owned = OwnedWeights(dt, rows: rows, cols: K, rng: &rng)
                 for (wi, raw) in weights.enumerated() {
