@@ -694,6 +694,12 @@ Q8_INLINE Q8_AVX512 void rows512(const int type, const int T, const int TQ, cons
             const uint8_t *w = W + (size_t)(o0 + r) * rb;
             for (int64_t g = 0; g < ngf; g++) {
                 grp512 G;
+                if (is_kquant(type)) {
+                    // The two super-blocks 4 KiB ahead, into L1 (measured on the Qwen2.5 1.5B's Q4_K tensors, 2
+                    // threads from DRAM: 12% less time; the 32-element types gain nothing or lose a little).
+                    const char *pf = (const char *)(w + (size_t)(2 * g) * block_bytes(type)) + 4096;
+                    for (int k = 0; k < 2 * block_bytes(type); k += 64) _mm_prefetch(pf + k, _MM_HINT_T0);
+                }
                 decode512(type, &X, w, g, L.nb, 4, 0, &G);
                 for (int t = 0; t < T; t++) acc[r][t] = group512(type, &G, xq + (size_t)t * xs, &L, g, 4, acc[r][t]);
             }
