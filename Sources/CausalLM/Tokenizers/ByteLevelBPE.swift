@@ -218,7 +218,7 @@ struct WordKey: Hashable {
 
 /// A BPE merge waiting in the queue: `key` = rank << 32 | position of the left symbol, so that the smallest key is
 /// the lowest rank and, among equal ranks, the leftmost pair.
-struct MergeCandidate {
+struct MergeCandidate: MinHeapElement {
     var key: UInt64
     var left: Int32
     var right: Int32
@@ -237,35 +237,9 @@ struct EncodeScratch {
     /// A pre-token spelled in the vocabulary's byte-to-scalar alphabet (UTF-8), for `ignore_merges`.
     var spelled: [UInt8] = []
 
-    mutating func push(_ c: MergeCandidate) {
-        heap.append(c)
-        var i = heap.count - 1
-        while i > 0 {
-            let p = (i - 1) >> 1
-            if heap[p].key <= heap[i].key { break }
-            heap.swapAt(p, i)
-            i = p
-        }
-    }
+    mutating func push(_ c: MergeCandidate) { heap.pushMin(c) }
 
-    mutating func pop() -> MergeCandidate? {
-        guard let last = heap.popLast() else { return nil }
-        if heap.isEmpty { return last }
-        let top = heap[0]
-        heap[0] = last
-        var i = 0
-        let n = heap.count
-        while true {
-            let l = 2 * i + 1
-            if l >= n { break }
-            var m = l
-            if l + 1 < n && heap[l + 1].key < heap[l].key { m = l + 1 }
-            if heap[i].key <= heap[m].key { break }
-            heap.swapAt(i, m)
-            i = m
-        }
-        return top
-    }
+    mutating func pop() -> MergeCandidate? { heap.popMin() }
 }
 
 /// A byte-level BPE tokenizer (GPT-2 family). Immutable after init apart from a locked word cache; thread-safe.

@@ -308,7 +308,7 @@ extension SentencePieceBPETokenizer: TextTokenizer {
 
 /// A candidate merge: `key` = priority of the merged entry << 32 | left symbol, so that the smallest key is the
 /// highest score and, among equal scores, the leftmost pair.
-struct SPMCandidate {
+struct SPMCandidate: MinHeapElement {
     var key: UInt64
     var right: Int32
     var size: Int32
@@ -371,33 +371,7 @@ struct SPMScratch {
         }
     }
 
-    mutating func push(_ c: SPMCandidate) {
-        heap.append(c)
-        var i = heap.count - 1
-        while i > 0 {
-            let p = (i - 1) >> 1
-            if heap[p].key <= heap[i].key { break }
-            heap.swapAt(p, i)
-            i = p
-        }
-    }
+    mutating func push(_ c: SPMCandidate) { heap.pushMin(c) }
 
-    mutating func pop() -> SPMCandidate? {
-        guard let last = heap.popLast() else { return nil }
-        if heap.isEmpty { return last }
-        let top = heap[0]
-        heap[0] = last
-        var i = 0
-        let n = heap.count
-        while true {
-            let l = 2 * i + 1
-            if l >= n { break }
-            var m = l
-            if l + 1 < n && heap[l + 1].key < heap[l].key { m = l + 1 }
-            if heap[i].key <= heap[m].key { break }
-            heap.swapAt(i, m)
-            i = m
-        }
-        return top
-    }
+    mutating func pop() -> SPMCandidate? { heap.popMin() }
 }
