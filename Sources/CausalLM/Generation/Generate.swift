@@ -49,6 +49,15 @@ public struct GenerationResult: Sendable, Equatable {
     public var promptTokens: Int
     /// Per new token, when `GenerateParameters.logprobs` is set.
     public var logprobs: [TokenLogprob]?
+    /// Per prompt token after the first (the first has no context to be scored in), when
+    /// `GenerateParameters.promptLogprobs` is set.
+    public var promptLogprobs: [TokenLogprob]?
+
+    public init(tokens: [Int], text: String, finishReason: FinishReason, promptTokens: Int,
+                logprobs: [TokenLogprob]? = nil, promptLogprobs: [TokenLogprob]? = nil) {
+        self.tokens = tokens; self.text = text; self.finishReason = finishReason; self.promptTokens = promptTokens
+        self.logprobs = logprobs; self.promptLogprobs = promptLogprobs
+    }
 }
 
 /// Wall-clock timing of one `generate` call. Prefill runs until the first new token exists; decode is the rest.
@@ -148,10 +157,7 @@ public final class Generator {
                     continue
                 }
                 if s.pending.count > 0 {
-                    let take = model.needsWholePrompt ? s.pending.count : min(s.pending.count, chunkSize ?? Int.max)
-                    let toks = Array(s.pending.prefix(take))
-                    chunks.append(SequenceChunk(cache: s.cache, tokens: toks, logits: take == s.pending.count ? .last : .none))
-                    states[i].pending.removeFirst(take)
+                    chunks.append(states[i].takeChunk(limit: chunkSize ?? Int.max, wholePrompt: model.needsWholePrompt))
                     owners.append(i)
                 }
             }
@@ -159,8 +165,7 @@ public final class Generator {
             let logits = try model.forward(chunks)
             steps += 1
             for (j, i) in owners.enumerated() where !logits[j].isEmpty {
-                observer.onLogits?(i, logits[j][...])
-                states[i].accept(logits: logits[j][...], generator: self, observer: observer)
+                states[i].consume(logits[j], generator: self, observer: observer)
                 if states[i].done { observer.onFinish?(i, states[i].result()) }
             }
             if firstTokenAt == nil && owners.contains(where: { !states[$0].tokens.isEmpty }) {
@@ -231,6 +236,13 @@ struct SequenceState {
     var text = ""
     var emitted = 0           // characters of `text` already passed to onText
     var logprobs: [TokenLogprob] = []
+    /// The prompt's ids, and how many of them the cache held or chunks have taken (prompt scoring).
+    let prompt: [Int]
+    var fed: Int
+    var lastChunkStart = 0
+    var lastChunkAll = false
+    var promptLogprobs: [TokenLogprob] = []
+    var constraint: (any TokenConstraintState)?
     var finish: FinishReason? = nil
     var done: Bool { finish != nil }
 
@@ -256,6 +268,13 @@ struct SequenceState {
             throw CausalError.invalidArgument("request \(index): the prompt has \(r.prompt.count) tokens, the context holds \(cache.capacity)")
         }
         promptCount = r.prompt.count + (r.encoderInput?.count ?? 0)
+        if r.parameters.promptLogprobs && cache.count > 0 {
+            throw CausalError.invalidArgument("request \(index): scoring the prompt needs the whole prompt to run, but the cache already holds \(cache.count) of its positions")
+        }
+        if let bad = r.parameters.logitBias.keys.first(where: { $0 >= V }) { throw CausalError.badTokenID(id: bad, vocabularySize: V) }
+        prompt = r.prompt
+        fed = cache.count
+        constraint = r.parameters.constraint?.makeState()
         pending = Array(r.prompt[cache.count...])
         history = r.prompt
         sampler = Sampler(parameters: r.parameters)
@@ -263,7 +282,41 @@ struct SequenceState {
             throw CausalError.invalidArgument("request \(index): stop strings need a tokenizer, and the model has none")
         }
         decoder = generator.tokenizer?.makeGenerationDecoder()
-        if parameters.maxNewTokens == 0 { finish = .length; pending = [] }
+        if parameters.maxNewTokens == 0 && (!parameters.promptLogprobs || pending.count <= 1) { finish = .length; pending = [] }
+    }
+
+    /// The next piece of this sequence for a forward step: at most `limit` prompt tokens (all of them with
+    /// `wholePrompt`), or the last new token. Prompt scoring asks for every row of prompt chunks.
+    mutating func takeChunk(limit: Int, wholePrompt: Bool) -> SequenceChunk {
+        let inPrompt = tokens.isEmpty
+        let take = inPrompt && !wholePrompt ? max(1, min(pending.count, limit)) : pending.count
+        let toks = Array(pending.prefix(take))
+        pending.removeFirst(take)
+        lastChunkStart = fed
+        fed += take
+        lastChunkAll = inPrompt && parameters.promptLogprobs
+        return SequenceChunk(cache: cache, tokens: toks, logits: lastChunkAll ? .all : (pending.isEmpty ? .last : .none))
+    }
+
+    /// Takes a chunk's logits: scores prompt tokens when asked to, and chooses the next token once the prompt has run.
+    mutating func consume(_ rows: [Float], generator: Generator, observer: GenerationObserver) {
+        guard !rows.isEmpty else { return }
+        guard lastChunkAll else {
+            observer.onLogits?(index, rows[...])
+            accept(logits: rows[...], generator: generator, observer: observer)
+            return
+        }
+        let V = generator.model.vocabularySize
+        let n = rows.count / V
+        for r in 0..<n where lastChunkStart + r + 1 < prompt.count {
+            promptLogprobs.append(TokenLogprob(id: prompt[lastChunkStart + r + 1], logits: rows[(r * V)..<((r + 1) * V)],
+                                               top: parameters.topLogprobs))
+        }
+        guard pending.isEmpty else { return }
+        if parameters.maxNewTokens == 0 { finish = .length; return }
+        let last = rows[((n - 1) * V)..<(n * V)]
+        observer.onLogits?(index, last)
+        accept(logits: last, generator: generator, observer: observer)
     }
 
     mutating func cancel() {
@@ -275,16 +328,19 @@ struct SequenceState {
 
     mutating func accept(logits: ArraySlice<Float>, generator: Generator, observer: GenerationObserver) {
         let id: Int
-        if tokens.count < parameters.minNewTokens && !generator.endTokenIDs.isEmpty {
-            // Hugging Face's min_new_tokens: end tokens cannot be chosen before that many new tokens.
+        let banEnd = tokens.count < parameters.minNewTokens && !generator.endTokenIDs.isEmpty
+        if banEnd || constraint != nil {
             var masked = Array(logits)
-            for e in generator.endTokenIDs where e >= 0 && e < masked.count { masked[e] = -.infinity }
-            id = sampler.sample(masked[...], history: history)
+            constraint?.mask(&masked, endTokenIDs: generator.endTokenIDs)
+            // Hugging Face's min_new_tokens: end tokens cannot be chosen before that many new tokens.
+            if banEnd { for e in generator.endTokenIDs where e >= 0 && e < masked.count { masked[e] = -.infinity } }
+            id = sampler.sample(masked[...], history: history, generated: tokens.count)
         } else {
-            id = sampler.sample(logits, history: history)
+            id = sampler.sample(logits, history: history, generated: tokens.count)
         }
         tokens.append(id)
         history.append(id)
+        if !generator.endTokenIDs.contains(id) { constraint?.advance(id) }
         if parameters.logprobs { logprobs.append(TokenLogprob(id: id, logits: logits, top: parameters.topLogprobs)) }
         observer.onToken?(index, id)
         if parameters.stopAtEOS && generator.endTokenIDs.contains(id) {
@@ -294,6 +350,9 @@ struct SequenceState {
             text += (try? decoder?.push(id)) ?? ""
             if let r = parameters.stop.compactMap({ text.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
                 text = String(text[..<r.lowerBound])
+                finish = .stop
+            } else if constraint?.isComplete == true {
+                text += decoder?.flush() ?? ""
                 finish = .stop
             } else if tokens.count >= parameters.maxNewTokens || cache.count + 1 >= cache.capacity {
                 text += decoder?.flush() ?? ""
@@ -329,6 +388,7 @@ struct SequenceState {
 
     func result() -> GenerationResult {
         GenerationResult(tokens: tokens, text: text, finishReason: finish ?? .length, promptTokens: promptCount,
-                         logprobs: parameters.logprobs ? logprobs : nil)
+                         logprobs: parameters.logprobs ? logprobs : nil,
+                         promptLogprobs: parameters.promptLogprobs ? promptLogprobs : nil)
     }
 }

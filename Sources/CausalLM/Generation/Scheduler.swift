@@ -441,17 +441,14 @@ public final class Scheduler: @unchecked Sendable {
             var budget = maxTokensPerStep
             var prefill = 0
             for e in active where !e.state!.tokens.isEmpty && !e.state!.pending.isEmpty {
-                chunks.append(SequenceChunk(cache: e.state!.cache, tokens: e.state!.pending, logits: .last))
-                e.state!.pending = []
+                chunks.append(e.state!.takeChunk(limit: Int.max, wholePrompt: true))
                 owners.append(e)
                 budget -= chunks.last!.tokens.count
             }
             for e in active where e.state!.tokens.isEmpty && !e.state!.pending.isEmpty && budget > 0 {
-                let take = generator.model.needsWholePrompt ? e.state!.pending.count : min(e.state!.pending.count, budget)
-                let toks = Array(e.state!.pending.prefix(take))
-                chunks.append(SequenceChunk(cache: e.state!.cache, tokens: toks, logits: take == e.state!.pending.count ? .last : .none))
-                e.state!.pending.removeFirst(take)
+                chunks.append(e.state!.takeChunk(limit: budget, wholePrompt: generator.model.needsWholePrompt))
                 owners.append(e)
+                let take = chunks.last!.tokens.count
                 budget -= take
                 prefill += take
             }
@@ -474,7 +471,13 @@ public final class Scheduler: @unchecked Sendable {
                 var observer = GenerationObserver()
                 observer.onToken = { _, id in e.continuation.yield(.token(index: 0, id: id)) }
                 observer.onText = { _, s in e.continuation.yield(.text(index: 0, delta: s)) }
-                e.state!.accept(logits: logits[j][...], generator: generator, observer: observer)
+                let before = e.state!.tokens.count
+                e.state!.consume(logits[j], generator: generator, observer: observer)
+                if e.state!.tokens.count == before {
+                    // A scored prompt chunk that chose no token yet (or a prompt scored with no new tokens).
+                    if e.state!.done { finished.append(e) }
+                    continue
+                }
                 generated += 1
                 if let last = e.lastTokenAt { gaps.append(seconds(last, t1)) } else {
                     e.firstTokenAt = t1
