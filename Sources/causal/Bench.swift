@@ -9,6 +9,7 @@ struct Bench: ParsableCommand {
 
     @Option(name: .long, help: "A GGUF model file or a Hugging Face model directory (default: the default model).") var model: String?
     @Option(name: .long, help: "fast or reference.") var precision: PrecisionArgument = .fast
+    @Option(name: .long, help: "Activations in products with quantized weights: fp32 or int8 (opt-in; default: $CAUSAL_ACTIVATIONS or fp32). The precision column shows fast+int8 when int8 is on.") var activations: ActivationsArgument?
     @Option(name: .shortAndLong, help: "Prompt lengths, comma separated (empty: none).") var p: String = "64,512"
     @Option(name: .shortAndLong, help: "Generated tokens for tg and batch tests (0: none).") var n: Int = 128
     @Option(name: .shortAndLong, help: "Threads (default: all cores).") var t: Int?
@@ -39,7 +40,9 @@ struct Bench: ParsableCommand {
     func run() throws {
         if memory { return try runMemory() }
         try reportingErrors {
+            if let a = activations { Activations.current = a.value }
             let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
+            let precisionName = precision == .fast && Activations.current == .int8 ? "fast+int8" : precision.rawValue
             var bench = Benchmark(model: bundle.model, repeats: r)
             bench.seed = 1
             let threads = bundle.pool.threadCount
@@ -49,9 +52,9 @@ struct Bench: ParsableCommand {
             }
             func emit(_ row: Benchmark.Row) {
                 if json {
-                    writeOut(#"{"model": \#(jsonString(name)), "precision": "\#(precision.rawValue)", "threads": \#(threads), "test": \#(jsonString(row.test)), "sequences": \#(row.sequences), "tokens_per_second": \#(String(format: "%.2f", row.median)), "min": \#(String(format: "%.2f", row.min)), "max": \#(String(format: "%.2f", row.max)), "samples": [\#(row.samples.map { String(format: "%.2f", $0) }.joined(separator: ", "))]}"# + "\n")
+                    writeOut(#"{"model": \#(jsonString(name)), "precision": "\#(precisionName)", "threads": \#(threads), "test": \#(jsonString(row.test)), "sequences": \#(row.sequences), "tokens_per_second": \#(String(format: "%.2f", row.median)), "min": \#(String(format: "%.2f", row.min)), "max": \#(String(format: "%.2f", row.max)), "samples": [\#(row.samples.map { String(format: "%.2f", $0) }.joined(separator: ", "))]}"# + "\n")
                 } else {
-                    writeOut(String(format: "| %@ | %@ | %d | %@ | %.2f | %.2f | %.2f |\n", name, precision.rawValue, threads, row.test, row.median, row.min, row.max))
+                    writeOut(String(format: "| %@ | %@ | %d | %@ | %.2f | %.2f | %.2f |\n", name, precisionName, threads, row.test, row.median, row.min, row.max))
                 }
             }
             for pp in try list(p, "p") { emit(try bench.promptProcessing(pp)) }

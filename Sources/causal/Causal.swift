@@ -21,12 +21,16 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Worker threads (default: all cores).")
     var threads: Int?
 
+    @Option(name: .long, help: "Activations in products with quantized weights: fp32 (default; fast equals reference bit for bit) or int8 (faster, opt-in, close but not equal; see docs/int8-activations.md). Default: $CAUSAL_ACTIVATIONS or fp32.")
+    var activations: ActivationsArgument?
+
     func validate() throws {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func load() throws -> ModelBundle {
-        try ModelBundle(path: model, precision: precision.value, threads: threads)
+        if let a = activations { Activations.current = a.value }
+        return try ModelBundle(path: model, precision: precision.value, threads: threads)
     }
 
     /// The tokenizer alone: a GGUF file's, or a model directory's tokenizer.json.
@@ -38,6 +42,11 @@ struct ModelOptions: ParsableArguments {
         }
         return try ByteLevelBPETokenizer(gguf: GGUFFile(path: path))
     }
+}
+
+enum ActivationsArgument: String, ExpressibleByArgument, CaseIterable {
+    case fp32, int8
+    var value: Activations { self == .int8 ? .int8 : .fp32 }
 }
 
 enum PrecisionArgument: String, ExpressibleByArgument, CaseIterable {
