@@ -23,7 +23,8 @@ public struct TokenLogprob: Sendable, Equatable {
         public var logprob: Float
     }
 
-    init(id: Int, logits: ArraySlice<Float>, top k: Int) {
+    /// The log-softmax of `logits` at `id`, with the `k` most likely alternatives.
+    public init(id: Int, logits: ArraySlice<Float>, top k: Int) {
         let base = logits.startIndex
         let mx = logits.max() ?? 0
         var sum = 0.0
