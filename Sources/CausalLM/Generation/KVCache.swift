@@ -81,3 +81,92 @@ public final class CrossAttentionCache: @unchecked Sendable {
         values.forEach { $0.deallocate() }
     }
 }
+
+/// How a model lays out each layer's keys (and values) in a `KVCache` of capacity `c`: `groups` contiguous runs of
+/// `c × width` floats, position `p` of group `g` at `(g · c + p) · width`. LLaMA-family decoders are head-major
+/// (groups = key/value heads, width = head dim); GPT-2 and T5 are position-major (one group, width = kvDim).
+/// Copying a position's rows between caches of different capacities needs it; nothing else does.
+struct KVLayout: Equatable {
+    let groups: Int
+    let width: Int
+
+    /// The layout of `model`'s caches; nil for a model whose layout is not known here (no copying then).
+    init?(model: LanguageModel) {
+        if let d = model as? DecoderModel {
+            groups = d.config.kvHeadCount; width = d.config.headDim
+        } else if let g = model as? GPT2Model {
+            groups = 1; width = g.config.hiddenSize
+        } else if let t = model as? T5Model {
+            groups = 1; width = t.config.innerDim
+        } else {
+            return nil
+        }
+    }
+
+    /// Copies positions `[from, from + count)` of one layer's keys or values (capacity `srcCapacity`) to positions
+    /// `[to, to + count)` of another (capacity `dstCapacity`).
+    func copy(_ src: UnsafePointer<Float>, capacity srcCapacity: Int, from: Int,
+              _ dst: UnsafeMutablePointer<Float>, capacity dstCapacity: Int, to: Int, count: Int) {
+        guard count > 0 else { return }
+        for g in 0..<groups {
+            (dst + (g * dstCapacity + to) * width).update(from: src + (g * srcCapacity + from) * width, count: count * width)
+        }
+    }
+}
+
+/// A compact copy of consecutive positions of a sequence's self-attention keys and values (every layer), laid out as
+/// the model's caches are with capacity = `count`. The prefix cache and n > 1 choices keep prompts' rows in these and
+/// copy them into fresh caches: the rows are bit-identical to the ones a forward step would write.
+final class KVBlock {
+    let layers: Int
+    let kvDim: Int
+    let count: Int
+    let layout: KVLayout
+    private let storage: UnsafeMutablePointer<Float>   // layers × (keys, values) × count × kvDim
+
+    /// Bytes of keys and values held.
+    var bytes: Int { layers * 2 * count * kvDim * MemoryLayout<Float>.size }
+
+    private init(layers: Int, kvDim: Int, count: Int, layout: KVLayout) {
+        self.layers = layers; self.kvDim = kvDim; self.count = count; self.layout = layout
+        storage = .allocate(capacity: max(layers * 2 * count * kvDim, 1))
+    }
+
+    deinit { storage.deallocate() }
+
+    private func keys(_ l: Int) -> UnsafeMutablePointer<Float> { storage + (2 * l) * count * kvDim }
+    private func values(_ l: Int) -> UnsafeMutablePointer<Float> { storage + (2 * l + 1) * count * kvDim }
+
+    /// Positions `[from, from + count)` of `cache` (which must hold them).
+    convenience init(copying cache: KVCache, from: Int, count: Int, layout: KVLayout) {
+        precondition(!cache.isReleased && from >= 0 && count >= 0 && from + count <= cache.count)
+        self.init(layers: cache.layers, kvDim: cache.kvDim, count: count, layout: layout)
+        for l in 0..<layers {
+            layout.copy(cache.keys[l], capacity: cache.capacity, from: from, keys(l), capacity: count, to: 0, count: count)
+            layout.copy(cache.values[l], capacity: cache.capacity, from: from, values(l), capacity: count, to: 0, count: count)
+        }
+    }
+
+    /// Positions `[from, from + count)` of this block as a new block.
+    func slice(from: Int, count n: Int) -> KVBlock {
+        precondition(from >= 0 && n >= 0 && from + n <= count)
+        let b = KVBlock(layers: layers, kvDim: kvDim, count: n, layout: layout)
+        for l in 0..<layers {
+            layout.copy(keys(l), capacity: count, from: from, b.keys(l), capacity: n, to: 0, count: n)
+            layout.copy(values(l), capacity: count, from: from, b.values(l), capacity: n, to: 0, count: n)
+        }
+        return b
+    }
+
+    /// Writes this block's first `n` positions into `cache` at positions `[at, at + n)`; the cache must hold exactly
+    /// `at` positions before, and holds `at + n` after.
+    func write(into cache: KVCache, at: Int, count n: Int) {
+        precondition(!cache.isReleased && cache.layers == layers && cache.kvDim == kvDim)
+        precondition(n >= 0 && n <= count && cache.count == at && at + n <= cache.capacity)
+        for l in 0..<layers {
+            layout.copy(keys(l), capacity: count, from: 0, cache.keys[l], capacity: cache.capacity, to: at, count: n)
+            layout.copy(values(l), capacity: count, from: 0, cache.values[l], capacity: cache.capacity, to: at, count: n)
+        }
+        cache.count = at + n
+    }
+}

@@ -109,6 +109,18 @@ public struct SchedulerMetrics: Sendable, Equatable {
     public var queueWait = Histogram(bounds: Histogram.latencyBounds)
     /// Seconds per forward step.
     public var stepDuration = Histogram(bounds: Histogram.latencyBounds)
+    /// Automatic prefix caching (`Scheduler(prefixCacheBytes:)`): admitted prompts that found a cached prefix (hits)
+    /// or none (misses; prompts that may not use the cache are not looked up), the prompt positions copied from the
+    /// cache instead of run, cache nodes evicted to stay under the budget, and bytes of keys and values held (gauge)
+    /// and allowed.
+    public var prefixCacheHits = 0
+    public var prefixCacheMisses = 0
+    public var prefixCacheHitTokens = 0
+    public var prefixCacheEvictions = 0
+    public var prefixCacheBytes = 0
+    public var prefixCacheLimitBytes = 0
+    /// Choices of n > 1 requests that started from another choice's prompt instead of running it again.
+    public var forkedSequences = 0
 
     public init() {}
 }
@@ -127,10 +139,21 @@ public struct SchedulerMetrics: Sendable, Equatable {
 /// own cache and random generator, and the model's rows never interact, so a greedy or seeded request gives exactly
 /// the tokens `Generator.generate([request])` gives for it alone, whatever else runs.
 ///
+/// **Prefix caching** (`prefixCacheBytes` > 0; decoder-only models with causal prompt attention): the keys and values
+/// of every prompt that ran, and of every sequence that finished, are kept by token ids (`PrefixCache`, a radix tree,
+/// least recently used first out under the byte budget). A new request whose prompt starts with cached tokens gets
+/// their rows copied into its cache and runs only the rest (at least its last token, which gives the first logits).
+/// The copied rows are bit-identical to the ones the model would write, so results do not change. Requests that
+/// score their prompt (`promptLogprobs`) run it whole.
+///
+/// **n > 1** (`submit(_:n:)`): the prompt runs once, as choice 0; choices 1..<n then copy its cache and each samples
+/// its own first token from the same last logits row, with its own random generator (seed `seed &+ i` for choice i).
+///
 /// **Encoder-decoder models** (T5): a request gives its input as `SequenceRequest(encoderInput:parameters:)`. When it
 /// is admitted, the encoder runs over its input (together with the other inputs admitted at that step; the rows do
 /// not interact) and fills its cache's cross-attention keys and values, as `Generator` does; the decoder then starts
-/// from `decoderStartTokenID` and steps like any sequence. Only decoder tokens come back.
+/// from `decoderStartTokenID` and steps like any sequence. Only decoder tokens come back. No prefix caching; n > 1
+/// choices share the encoder's cross-attention keys and values (read-only).
 public final class Scheduler: @unchecked Sendable {
     public let generator: Generator
     public let maxSequences: Int
@@ -139,12 +162,47 @@ public final class Scheduler: @unchecked Sendable {
     public let maxTokensPerStep: Int
     public let maxQueue: Int
     public let maxKVTokens: Int
+    /// Bytes of keys and values the prefix cache may hold (0: off, or the model does not support it).
+    public let prefixCacheBytes: Int
+    /// The default prefix-cache budget of the server and CLI: 256 MiB.
+    public static let defaultPrefixCacheBytes = 256 << 20
+
+    /// The choices of one `submit` call: one stream for all of them.
+    private final class Group {
+        let n: Int
+        let continuation: AsyncStream<GenerationEvent>.Continuation
+        var entries: [Entry] = []
+        // Guarded by the scheduler's lock.
+        var remaining: Int
+        var failed = false
+        /// Choice 0 left before its prompt had run (choices still queued then run their own prompt).
+        var parentGone = false
+        // Loop thread only (read under the lock at admission, which the loop thread also does).
+        var snapshot: ForkSnapshot?
+        var forksWaiting: Int
+
+        init(n: Int, continuation: AsyncStream<GenerationEvent>.Continuation) {
+            self.n = n; self.continuation = continuation; remaining = n; forksWaiting = n - 1
+        }
+    }
+
+    /// What choices 1..<n of a prompt start from: choice 0's prompt rows, its last logits row and prompt scores.
+    private struct ForkSnapshot {
+        let block: KVBlock
+        let cross: CrossAttentionCache?
+        let promptLength: Int
+        let lastRow: [Float]
+        let promptLogprobs: [TokenLogprob]
+    }
 
     private final class Entry {
         let request: SequenceRequest
+        let index: Int
+        let group: Group
         let capacity: Int
-        let continuation: AsyncStream<GenerationEvent>.Continuation
         let submitted: UInt64
+        /// Waits in the queue until choice 0 of its group has run the prompt, then starts from a copy.
+        let isFork: Bool
         // Guarded by the scheduler's lock.
         var cancelRequested = false
         var finished = false
@@ -152,14 +210,18 @@ public final class Scheduler: @unchecked Sendable {
         var state: SequenceState?
         var firstTokenAt: UInt64?
         var lastTokenAt: UInt64?
+        var promptCached = false
 
-        init(request: SequenceRequest, capacity: Int, continuation: AsyncStream<GenerationEvent>.Continuation) {
+        init(request: SequenceRequest, index: Int, group: Group, capacity: Int, isFork: Bool) {
             self.request = request
+            self.index = index
+            self.group = group
             self.capacity = capacity
-            self.continuation = continuation
+            self.isFork = isFork
             submitted = DispatchTime.now().uptimeNanoseconds
         }
 
+        var continuation: AsyncStream<GenerationEvent>.Continuation { group.continuation }
         /// Prompt tokens as results count them: the decoder prompt plus the encoder input.
         var promptTokens: Int { request.prompt.count + (request.encoderInput?.count ?? 0) }
     }
@@ -172,6 +234,10 @@ public final class Scheduler: @unchecked Sendable {
     private var stopped = false            // lock
     private var stats = SchedulerMetrics() // lock
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []  // lock
+    /// Loop thread only.
+    private let prefixCache: PrefixCache?
+    /// How to copy the model's cache rows; nil: n > 1 choices each run their prompt.
+    private let layout: KVLayout?
 
     /// - Parameters:
     ///   - maxSequences: sequences running at once.
@@ -179,11 +245,14 @@ public final class Scheduler: @unchecked Sendable {
     ///   - maxTokensPerStep: tokens per forward step (decode tokens plus prompt chunks); at least `maxSequences`.
     ///   - maxQueue: requests waiting for admission before `submit` refuses more.
     ///   - maxKVTokens: cache positions reserved by all running sequences together (nil: `maxSequences × contextLength`).
+    ///   - prefixCacheBytes: bytes of keys and values the automatic prefix cache may hold (0: off). Ignored (off) for
+    ///     encoder-decoder models and prefix-LMs. This is memory on top of the running sequences' caches.
     public init(generator: Generator, maxSequences: Int = 16, contextLength: Int? = nil, maxTokensPerStep: Int = 512,
-                maxQueue: Int = 256, maxKVTokens: Int? = nil) throws {
+                maxQueue: Int = 256, maxKVTokens: Int? = nil, prefixCacheBytes: Int = 0) throws {
         func bad(_ s: String) -> CausalError { .invalidArgument(s) }
         guard maxSequences >= 1 else { throw bad("maxSequences must be at least 1, got \(maxSequences)") }
         guard maxQueue >= 0 else { throw bad("maxQueue must be >= 0, got \(maxQueue)") }
+        guard prefixCacheBytes >= 0 else { throw bad("prefixCacheBytes must be >= 0, got \(prefixCacheBytes)") }
         let ctx = min(contextLength ?? generator.model.contextLength, generator.model.contextLength)
         guard ctx >= 2 else { throw bad("contextLength must be at least 2, got \(ctx)") }
         guard maxTokensPerStep >= maxSequences else {
@@ -197,7 +266,17 @@ public final class Scheduler: @unchecked Sendable {
         self.maxTokensPerStep = maxTokensPerStep
         self.maxQueue = maxQueue
         self.maxKVTokens = kv
+        let model = generator.model
+        layout = KVLayout(model: model)
+        if let layout, prefixCacheBytes > 0, !(model is EncoderDecoderModel), !model.needsWholePrompt {
+            prefixCache = PrefixCache(budgetBytes: prefixCacheBytes, layout: layout)
+            self.prefixCacheBytes = prefixCacheBytes
+        } else {
+            prefixCache = nil
+            self.prefixCacheBytes = 0
+        }
         stats.maxKVTokens = kv
+        stats.prefixCacheLimitBytes = self.prefixCacheBytes
         let thread = Thread { [self] in loop() }
         thread.name = "causal-scheduler"
         thread.stackSize = 8 << 20
@@ -206,9 +285,11 @@ public final class Scheduler: @unchecked Sendable {
 
     /// A scheduler over a bundle's model and tokenizer.
     public convenience init(bundle: ModelBundle, maxSequences: Int = 16, contextLength: Int? = nil,
-                            maxTokensPerStep: Int = 512, maxQueue: Int = 256, maxKVTokens: Int? = nil) throws {
+                            maxTokensPerStep: Int = 512, maxQueue: Int = 256, maxKVTokens: Int? = nil,
+                            prefixCacheBytes: Int = 0) throws {
         try self.init(generator: bundle.makeGenerator(), maxSequences: maxSequences, contextLength: contextLength,
-                      maxTokensPerStep: maxTokensPerStep, maxQueue: maxQueue, maxKVTokens: maxKVTokens)
+                      maxTokensPerStep: maxTokensPerStep, maxQueue: maxQueue, maxKVTokens: maxKVTokens,
+                      prefixCacheBytes: prefixCacheBytes)
     }
 
     /// The cache capacity a request gets (and reserves): prompt + max new tokens, capped at `contextLength`.
@@ -227,6 +308,20 @@ public final class Scheduler: @unchecked Sendable {
     /// Throws `CausalError` for a request that can never run (bad parameters, empty prompt, token ids outside the
     /// vocabulary, a prompt that fills the context) and `SchedulerError` when it cannot be taken now.
     public func submit(_ request: SequenceRequest) throws -> (events: AsyncStream<GenerationEvent>, cancel: @Sendable () -> Void) {
+        try submit(request, n: 1)
+    }
+
+    /// Queues a request for `n` choices of the same prompt (OpenAI's `n`, or `best_of`). Events of choice i carry
+    /// `index: i`; the stream finishes after every choice's `.finished` (or after one `.failed`, which cancels the
+    /// others). `cancel` stops all of them.
+    ///
+    /// The prompt runs once, as choice 0; each other choice starts from a copy of its cache and samples its first
+    /// token from the same last logits row with its own random generator. With `parameters.seed` = s, choice i uses
+    /// seed `s &+ UInt64(i)`, so every choice is reproducible and choice 0 is exactly the n = 1 answer for seed s;
+    /// without a seed each choice draws its own. Each choice reserves its own cache capacity. A request continuing
+    /// from its own `cache` takes only n = 1.
+    public func submit(_ request: SequenceRequest, n: Int) throws -> (events: AsyncStream<GenerationEvent>, cancel: @Sendable () -> Void) {
+        guard n >= 1 else { throw CausalError.invalidArgument("n must be at least 1, got \(n)") }
         try request.parameters.validate()
         let V = generator.model.vocabularySize
         var request = request
@@ -251,26 +346,38 @@ public final class Scheduler: @unchecked Sendable {
         if let c = request.cache, c.count > request.prompt.count || c.isReleased {
             throw CausalError.invalidArgument("the request's cache holds more positions than its prompt, or was released")
         }
+        if request.cache != nil && n > 1 {
+            throw CausalError.invalidArgument("a request that continues from its own cache takes n = 1, got n = \(n)")
+        }
         guard cap <= maxKVTokens else { throw SchedulerError.exceedsKVBudget(needed: cap, limit: maxKVTokens) }
 
         var continuation: AsyncStream<GenerationEvent>.Continuation!
         let events = AsyncStream<GenerationEvent> { continuation = $0 }
-        let entry = Entry(request: request, capacity: cap, continuation: continuation)
+        let group = Group(n: n, continuation: continuation)
+        let forks = n > 1 && layout != nil
+        group.entries = (0..<n).map { i in
+            var r = request
+            if let s = request.parameters.seed { r.parameters.seed = s &+ UInt64(i) }
+            return Entry(request: r, index: i, group: group, capacity: cap, isFork: forks && i > 0)
+        }
         cond.lock()
         guard accepting else { cond.unlock(); throw SchedulerError.shuttingDown }
         // Requests that can be admitted at the next step do not count against the queue.
         let free = max(0, maxSequences - running.count)
-        guard queue.count < maxQueue + free else {
+        guard queue.count + n <= maxQueue + free else {
             stats.rejected += 1
             let waiting = queue.count
             cond.unlock()
             throw SchedulerError.queueFull(queued: waiting, retryAfterSeconds: max(1, min(60, waiting / max(maxSequences, 1))))
         }
-        queue.append(entry)
+        queue.append(contentsOf: group.entries)
         stats.submitted += 1
         cond.signal()
         cond.unlock()
-        let cancel: @Sendable () -> Void = { [weak self, entry] in self?.cancel(entry) }
+        let cancel: @Sendable () -> Void = { [weak self, group] in
+            guard let self else { return }
+            for e in group.entries { self.cancel(e) }
+        }
         continuation.onTermination = { _ in cancel() }
         return (events, cancel)
     }
@@ -327,11 +434,14 @@ public final class Scheduler: @unchecked Sendable {
             queue.remove(at: i)
             e.finished = true
             stats.cancelled += 1
+            if e.index == 0 { e.group.parentGone = true }
+            e.group.remaining -= 1
+            let last = e.group.remaining == 0
             cond.unlock()
             let r = GenerationResult(tokens: [], text: "", finishReason: .cancelled, promptTokens: e.promptTokens,
                                      logprobs: e.request.parameters.logprobs ? [] : nil)
-            e.continuation.yield(.finished(index: 0, result: r, timings: timings(e)))
-            e.continuation.finish()
+            e.continuation.yield(.finished(index: e.index, result: r, timings: timings(e)))
+            if last { e.continuation.finish() }
             return
         }
         e.cancelRequested = true
@@ -346,14 +456,34 @@ public final class Scheduler: @unchecked Sendable {
                         total: seconds(e.submitted, DispatchTime.now().uptimeNanoseconds))
     }
 
-    /// Removes a running entry, frees its cache, and ends its stream.
+    /// Publishes the prefix cache's size and evictions (loop thread).
+    private func updatePrefixStats() {
+        guard let p = prefixCache else { return }
+        cond.lock()
+        stats.prefixCacheBytes = p.bytes
+        stats.prefixCacheEvictions = p.evictions
+        cond.unlock()
+    }
+
+    /// Keeps the keys and values of `e`'s first `count` tokens (prompt, then generated) in the prefix cache.
+    private func remember(_ e: Entry, count: Int) {
+        guard let p = prefixCache, let s = e.state, !s.cache.isReleased, e.request.encoderInput == nil, count > 0 else { return }
+        let n = min(count, s.cache.count, s.history.count)
+        p.insert(Array(s.history[0..<n]), from: s.cache)
+        updatePrefixStats()
+    }
+
+    /// Removes a running entry, frees its cache, and ends its stream (once every choice of its group has ended).
     private func complete(_ e: Entry, _ outcome: Result<GenerationResult, Error>) {
+        if let s = e.state, !outcome.isFailure, s.finish != .cancelled { remember(e, count: s.cache.count) }
         if let s = e.state, e.request.cache == nil || outcome.isFailure { s.cache.release() }
         e.state = nil
         cond.lock()
         if let i = running.firstIndex(where: { $0 === e }) { running.remove(at: i) }
         reserved -= e.capacity
         e.finished = true
+        let g = e.group
+        if e.index == 0 && g.snapshot == nil { g.parentGone = true }
         switch outcome {
         case .success(let r):
             switch r.finishReason {
@@ -363,12 +493,39 @@ public final class Scheduler: @unchecked Sendable {
             }
         case .failure: stats.failed += 1
         }
+        g.remaining -= 1
+        let last = g.remaining == 0
+        let firstFailure = outcome.isFailure && !g.failed
+        if outcome.isFailure { g.failed = true }
         cond.unlock()
         switch outcome {
-        case .success(let r): e.continuation.yield(.finished(index: 0, result: r, timings: timings(e)))
-        case .failure(let err): e.continuation.yield(.failed(message: "\(err)"))
+        case .success(let r): e.continuation.yield(.finished(index: e.index, result: r, timings: timings(e)))
+        case .failure(let err): if firstFailure { e.continuation.yield(.failed(message: "\(err)")) }
         }
-        e.continuation.finish()
+        if last || firstFailure { e.continuation.finish() }
+        // One failed choice fails the request: the others stop (their events after `.failed` are dropped).
+        if firstFailure && g.n > 1 { for other in g.entries where other !== e { cancel(other) } }
+    }
+
+    private func observer(for e: Entry) -> GenerationObserver {
+        var observer = GenerationObserver()
+        let index = e.index, c = e.continuation
+        observer.onToken = { _, id in c.yield(.token(index: index, id: id)) }
+        observer.onText = { _, s in c.yield(.text(index: index, delta: s)) }
+        return observer
+    }
+
+    /// Starts a choice of an n > 1 request from choice 0's prompt: copies its rows into a fresh cache and chooses the
+    /// first token from the same logits row. Returns whether it produced a token.
+    private func startFork(_ e: Entry, from snap: ForkSnapshot) throws -> Bool {
+        let cache = KVCache(layers: snap.block.layers, kvDim: snap.block.kvDim, capacity: e.capacity, cross: snap.cross)
+        snap.block.write(into: cache, at: 0, count: snap.block.count)
+        cache.promptLength = snap.promptLength
+        e.state = SequenceState(choice: e.index, request: e.request, promptCount: e.promptTokens,
+                                promptLogprobs: snap.promptLogprobs, cache: cache, generator: generator)
+        guard !e.state!.done else { return false }
+        e.state!.consume(snap.lastRow, generator: generator, observer: observer(for: e))
+        return !e.state!.tokens.isEmpty
     }
 
     private func loop() {
@@ -377,6 +534,8 @@ public final class Scheduler: @unchecked Sendable {
             cond.lock()
             var admitted: [Entry] = []
             while let head = queue.first, running.count < maxSequences, reserved + head.capacity <= maxKVTokens {
+                // A choice of an n > 1 request waits (in order) until choice 0 has run the prompt.
+                if head.isFork && head.group.snapshot == nil && !head.group.parentGone { break }
                 queue.removeFirst()
                 running.append(head)
                 reserved += head.capacity
@@ -403,7 +562,9 @@ public final class Scheduler: @unchecked Sendable {
             // capacity; rows do not interact), filling each new cache's cross-attention keys and values.
             var encoded: [ObjectIdentifier: KVCache] = [:]
             if let m = generator.model as? EncoderDecoderModel {
-                let waiting = admitted.filter { $0.request.cache == nil && $0.request.encoderInput != nil }
+                let waiting = admitted.filter {
+                    $0.request.cache == nil && $0.request.encoderInput != nil && !($0.isFork && $0.group.snapshot != nil)
+                }
                 for (cap, group) in Dictionary(grouping: waiting, by: \.capacity).sorted(by: { $0.key < $1.key }) {
                     do {
                         let inputs = group.map { $0.request.encoderInput! }
@@ -417,15 +578,47 @@ public final class Scheduler: @unchecked Sendable {
                     }
                 }
             }
+            let now = DispatchTime.now().uptimeNanoseconds
+            var forkFirsts: [Double] = []
             for e in admitted where !e.finished {
                 do {
+                    if e.isFork, let snap = e.group.snapshot {
+                        e.group.forksWaiting -= 1
+                        if e.group.forksWaiting == 0 { e.group.snapshot = nil }
+                        let produced = try startFork(e, from: snap)
+                        if produced {
+                            e.firstTokenAt = now
+                            e.lastTokenAt = now
+                            forkFirsts.append(seconds(e.submitted, now))
+                        }
+                        cond.lock()
+                        stats.forkedSequences += 1
+                        if produced { stats.generatedTokens += 1 }
+                        cond.unlock()
+                        if e.state!.done { complete(e, .success(e.state!.result())) }
+                        continue
+                    }
                     var r = e.request
-                    if r.cache == nil { r.cache = encoded[ObjectIdentifier(e)] ?? generator.model.makeCache(capacity: e.capacity) }
-                    e.state = try SequenceState(index: 0, request: r, generator: generator)
+                    if r.cache == nil {
+                        r.cache = encoded[ObjectIdentifier(e)] ?? generator.model.makeCache(capacity: e.capacity)
+                        if let p = prefixCache, !r.parameters.promptLogprobs, r.encoderInput == nil {
+                            // Leave at least the last prompt token to run: it gives the first logits.
+                            let hit = p.fill(r.cache!, tokens: r.prompt, limit: r.prompt.count - 1)
+                            cond.lock()
+                            if hit > 0 { stats.prefixCacheHits += 1; stats.prefixCacheHitTokens += hit } else { stats.prefixCacheMisses += 1 }
+                            cond.unlock()
+                        }
+                    }
+                    e.state = try SequenceState(index: e.index, request: r, generator: generator)
                     if e.state!.done { complete(e, .success(e.state!.result())) }
                 } catch {
                     complete(e, .failure(error))
                 }
+            }
+            if !forkFirsts.isEmpty {
+                cond.lock()
+                for f in forkFirsts { stats.timeToFirstToken.observe(f) }
+                cond.unlock()
             }
             for e in cancelled where !e.finished {
                 if e.state != nil { e.state!.cancel() }
@@ -468,11 +661,22 @@ public final class Scheduler: @unchecked Sendable {
             var firsts: [Double] = []
             var finished: [Entry] = []
             for (j, e) in owners.enumerated() where !logits[j].isEmpty {
-                var observer = GenerationObserver()
-                observer.onToken = { _, id in e.continuation.yield(.token(index: 0, id: id)) }
-                observer.onText = { _, s in e.continuation.yield(.text(index: 0, delta: s)) }
                 let before = e.state!.tokens.count
-                e.state!.consume(logits[j], generator: generator, observer: observer)
+                e.state!.consume(logits[j], generator: generator, observer: observer(for: e))
+                if before == 0 && e.state!.fed == e.state!.prompt.count && !e.promptCached {
+                    // The prompt has run: keep its rows for later requests, and for the other choices of this one.
+                    e.promptCached = true
+                    let s = e.state!
+                    if e.index == 0 && e.group.n > 1, let layout, !s.cache.isReleased, e.group.forksWaiting > 0 {
+                        let V = generator.model.vocabularySize
+                        e.group.snapshot = ForkSnapshot(
+                            block: KVBlock(copying: s.cache, from: 0, count: s.prompt.count, layout: layout),
+                            cross: s.cache.cross, promptLength: s.cache.promptLength,
+                            lastRow: Array(logits[j][(logits[j].count - V)...]), promptLogprobs: s.promptLogprobs)
+                        cond.lock(); cond.signal(); cond.unlock()
+                    }
+                    remember(e, count: s.prompt.count)
+                }
                 if e.state!.tokens.count == before {
                     // A scored prompt chunk that chose no token yet (or a prompt scored with no new tokens).
                     if e.state!.done { finished.append(e) }
