@@ -93,10 +93,10 @@ def main():
 
     # Errors come back as the client's exception types.
     try:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], n=2)
-        check(False, "n=2 is refused")
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], n=0)
+        check(False, "n=0 is refused")
     except openai.BadRequestError as e:
-        check(e.status_code == 400 and e.body.get("param") == "n", f"n=2 -> 400 param n ({e.body.get('message')})")
+        check(e.status_code == 400 and e.body.get("param") == "n", f"n=0 -> 400 param n ({e.body.get('message')})")
     try:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
         check(False, "unknown model is refused")
@@ -114,6 +114,8 @@ def main():
     except openai.AuthenticationError as e:
         check(e.status_code == 401, "wrong API key -> 401")
 
+    check_scoring_and_choices(client, model, args.base_url)
+
     if args.embedding_model:
         check_embeddings(client, args.embedding_model, model)
 
@@ -121,6 +123,66 @@ def main():
         print(f"{len(failures)} check(s) failed", file=sys.stderr)
         sys.exit(1)
     print("all checks passed")
+
+
+def check_scoring_and_choices(client, model, base_url):
+    """echo + logprobs + max_tokens 0 (prompt scoring), prompt lists, n > 1 with a seed, best_of, the tokenizer
+    endpoints."""
+    import urllib.request
+
+    def post(path, body):
+        root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+        req = urllib.request.Request(root + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.load(r)
+
+    # Greedy generation, token by token, with each token's log-probability.
+    start = "The capital of France is"
+    g = client.completions.create(model=model, prompt=start, max_tokens=8, temperature=0, logprobs=2,
+                                  extra_body={"ignore_eos": True})
+    gen = g.choices[0].logprobs
+    # The same tokens scored as a prompt: echo + logprobs + max_tokens 0.
+    ids = post("/tokenize", {"prompt": start + g.choices[0].text, "add_special_tokens": False})["tokens"]
+    s = client.completions.create(model=model, prompt=ids, max_tokens=0, temperature=0, logprobs=2, echo=True)
+    lp = s.choices[0].logprobs
+    P = len(ids) - len(gen.tokens)
+    check(lp.token_logprobs[0] is None and lp.top_logprobs[0] is None and len(lp.tokens) == len(ids),
+          f"echo scoring: {len(lp.tokens)} prompt tokens, the first without a log-probability")
+    check(lp.tokens[P:] == gen.tokens, f"echo scoring: the generated tokens re-tokenize the same: {lp.tokens[P:]}")
+    worst = max(abs(a - b) for a, b in zip(lp.token_logprobs[P:], gen.token_logprobs))
+    check(worst <= 1e-5, f"echo scoring equals greedy generation's logprobs: max |diff| {worst:.3g} over {len(gen.tokens)} tokens")
+    worst_top = max(abs(lp.top_logprobs[P + i][k] - v) for i, t in enumerate(gen.top_logprobs) for k, v in t.items())
+    check(worst_top <= 1e-5, f"echo scoring alternatives equal generation's: max |diff| {worst_top:.3g}")
+    check(s.choices[0].text == start + g.choices[0].text and s.usage.completion_tokens == 0,
+          f"echo with max_tokens 0 returns the prompt's text only: {s.choices[0].text!r}")
+
+    # A list of prompts: one choice per prompt, with its index.
+    prompts = ["One, two, three,", "The sky is"]
+    m = client.completions.create(model=model, prompt=prompts, max_tokens=6, temperature=0)
+    one = [client.completions.create(model=model, prompt=p, max_tokens=6, temperature=0).choices[0].text for p in prompts]
+    check(sorted(c.index for c in m.choices) == [0, 1] and [c.text for c in sorted(m.choices, key=lambda c: c.index)] == one,
+          f"prompt list: {len(m.choices)} choices equal to the single answers")
+
+    # n = 3 with a seed: three choices, the same again.
+    kw = dict(model=model, prompt="Once upon a time", max_tokens=12, temperature=1, seed=7, n=3)
+    a = client.completions.create(**kw)
+    b = client.completions.create(**kw)
+    ta = [c.text for c in sorted(a.choices, key=lambda c: c.index)]
+    check(len(ta) == 3 and ta == [c.text for c in sorted(b.choices, key=lambda c: c.index)] and len(set(ta)) > 1,
+          f"n=3 with seed: 3 choices, reproducible: {ta}")
+    c3 = dict(model=model, messages=[{"role": "user", "content": "Tell me a joke."}], max_tokens=12, temperature=1, seed=7, n=3)
+    ca = [c.message.content for c in client.chat.completions.create(**c3).choices]
+    cb = [c.message.content for c in client.chat.completions.create(**c3).choices]
+    check(len(ca) == 3 and ca == cb, f"chat n=3 with seed: reproducible: {ca}")
+    bo = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=1, seed=7, best_of=3)
+    scored = client.completions.create(**{**kw, "logprobs": 0})
+    best = max(scored.choices, key=lambda c: sum(c.logprobs.token_logprobs))
+    check(len(bo.choices) == 1 and bo.choices[0].text == best.text, f"best_of=3: the most likely of the 3: {bo.choices[0].text!r}")
+
+    # Tokenizer endpoints (vLLM's shapes).
+    info = post("/tokenize", {"prompt": "Hello world"})
+    back = post("/detokenize", {"tokens": info["tokens"]})
+    check(back["prompt"] == "Hello world" and info["count"] == len(info["tokens"]), f"tokenize/detokenize round trip: {info['tokens']}")
 
 
 def check_embeddings(client, emodel, chat_model):

@@ -48,6 +48,17 @@ struct CompletionRequest: Sendable {
     var parameters: GenerateParameters
     var stream: Bool
     var includeUsage: Bool
+    /// Every prompt of the request, one group of `n` choices each (chat: `[promptIDs]`); `promptIDs` is the first.
+    var prompts: [[Int]] = []
+    /// `max_tokens` as given (nil: each prompt may fill the context).
+    var maxTokens: Int? = nil
+    /// Choices returned per prompt, and sequences generated per prompt (`best_of`, completions; >= n).
+    var n = 1
+    var bestOf = 1
+    /// Completions: the prompt's text (and, with `logprobs`, its tokens' log-probabilities) comes before the answer.
+    var echo = false
+    /// Whether the client asked for logprobs (`best_of` > n turns them on internally to rank the sequences).
+    var wantsLogprobs = false
 }
 
 /// Reads the fields of a decoded JSON body, throwing a 400 that names the field for a missing or mistyped one.
@@ -139,7 +150,7 @@ struct RequestParser {
         }
 
         // prompt
-        let promptIDs: [Int]
+        let prompts: [[Int]]
         let promptParam: String
         switch endpoint {
         case .chat:
@@ -149,29 +160,29 @@ struct RequestParser {
                 throw APIError.invalid("The model '\(modelID)' has no chat template, so 'messages' cannot be turned into its input\(bundle.isEncoderDecoder ? " (it is an encoder-decoder model)" : ""). Use POST /v1/completions with 'prompt' instead.",
                                        param: "messages", code: "chat_template_missing")
             }
-            do { promptIDs = try bundle.chatPromptIDs(messages) } catch {
+            do { prompts = [try bundle.chatPromptIDs(messages)] } catch {
                 throw APIError.invalid("The messages could not be rendered with the model's chat template: \(error)", param: "messages")
             }
         case .completion:
             promptParam = "prompt"
-            promptIDs = try parsePrompt(f)
+            prompts = try parsePrompts(f)
         }
-        guard !promptIDs.isEmpty else { throw APIError.invalid("The prompt is empty.", param: promptParam) }
+        for (i, ids) in prompts.enumerated() where ids.isEmpty {
+            throw APIError.invalid(prompts.count > 1 ? "Prompt \(i) is empty." : "The prompt is empty.", param: promptParam)
+        }
+        let promptIDs = prompts[0]
 
-        // choices
-        if let n = try f.int("n"), n != 1 {
-            throw APIError.invalid("Invalid value for 'n': only n = 1 is supported, got \(n).", param: "n")
-        }
-        if endpoint == .completion, let b = try f.int("best_of"), b != 1 {
-            throw APIError.invalid("Invalid value for 'best_of': only best_of = 1 is supported, got \(b).", param: "best_of")
-        }
+        // choices (n, best_of) and echo
+        let choices = try parseChoices(f, endpoint: endpoint, prompts: prompts.count)
+        let echo = endpoint == .completion ? (try f.bool("echo") ?? false) : false
 
         // length
         var maxTokens: Int? = nil
         for key in ["max_completion_tokens", "max_tokens"] where maxTokens == nil {
             if let m = try f.int(key) {
-                guard m >= 1 else {
-                    throw APIError.invalid("Invalid value for '\(key)': \(m); it must be at least 1.", param: key)
+                // 0 scores (echo) without generating.
+                guard m >= 1 || (m == 0 && echo) else {
+                    throw APIError.invalid("Invalid value for '\(key)': \(m); it must be at least 1 (0 only with 'echo', to score the prompt).", param: key)
                 }
                 if m > contextLength {
                     throw APIError.invalid("Invalid value for '\(key)': \(m) is larger than the model's context of \(contextLength) tokens.",
@@ -183,20 +194,23 @@ struct RequestParser {
         // An encoder-decoder model reads the prompt with its encoder (at most the context length); its decoder starts
         // from the decoder start id alone, so the completion may use the rest of the context.
         let encoderDecoder = bundle.isEncoderDecoder
-        if encoderDecoder && promptIDs.count > contextLength {
-            throw APIError.invalid("This model's maximum input length is \(contextLength) tokens. However, your \(promptParam) resulted in \(promptIDs.count) tokens. Please reduce the length of the \(promptParam).",
-                                   param: promptParam, code: "context_length_exceeded")
+        for promptIDs in prompts {
+            if encoderDecoder && promptIDs.count > contextLength {
+                throw APIError.invalid("This model's maximum input length is \(contextLength) tokens. However, your \(promptParam) resulted in \(promptIDs.count) tokens. Please reduce the length of the \(promptParam).",
+                                       param: promptParam, code: "context_length_exceeded")
+            }
+            let P = encoderDecoder ? 1 : promptIDs.count
+            if P >= contextLength {
+                throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, your \(promptParam) resulted in \(P) tokens. Please reduce the length of the \(promptParam).",
+                                       param: promptParam, code: "context_length_exceeded")
+            }
+            if let m = maxTokens, P + m > contextLength {
+                throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, you requested \(P + m) tokens (\(P) in the \(encoderDecoder ? "decoder's start" : promptParam), \(m) in the completion). Please reduce the length of the \(promptParam) or completion.",
+                                       param: f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
+                                       code: "context_length_exceeded")
+            }
         }
         let P = encoderDecoder ? 1 : promptIDs.count
-        if P >= contextLength {
-            throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, your \(promptParam) resulted in \(P) tokens. Please reduce the length of the \(promptParam).",
-                                   param: promptParam, code: "context_length_exceeded")
-        }
-        if let m = maxTokens, P + m > contextLength {
-            throw APIError.invalid("This model's maximum context length is \(contextLength) tokens. However, you requested \(P + m) tokens (\(P) in the \(encoderDecoder ? "decoder's start" : promptParam), \(m) in the completion). Please reduce the length of the \(promptParam) or completion.",
-                                   param: f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
-                                   code: "context_length_exceeded")
-        }
 
         // sampling
         var p = GenerateParameters(maxNewTokens: maxTokens ?? (contextLength - P), temperature: 1)
@@ -205,11 +219,7 @@ struct RequestParser {
         if let k = try f.int("top_k", in: -1...Int(Int32.max)) { p.topK = max(k, 0) }
         if let m = try f.number("min_p", in: 0...1) { p.minP = Float(m) }
         if let r = try f.number("repetition_penalty", in: 0...100, openLower: true) { p.repetitionPenalty = Float(r) }
-        for key in ["presence_penalty", "frequency_penalty"] {
-            if let v = try f.number(key, in: -2...2), v != 0 {
-                throw APIError.unsupported("'\(key)' is not supported (only 0); use 'repetition_penalty' instead.", param: key)
-            }
-        }
+        try parsePenalties(f, into: &p)
         if let v = f.value("seed") {
             let s = try FieldReader.integer(v, key: "seed")
             p.seed = UInt64(bitPattern: Int64(s))
@@ -242,7 +252,12 @@ struct RequestParser {
             }
         case .completion:
             if let k = try f.int("logprobs", in: 0...5) { p.logprobs = true; p.topLogprobs = k }
-            if try f.bool("echo") == true { throw APIError.unsupported("'echo' is not supported.", param: "echo") }
+            if echo && p.logprobs {
+                guard !encoderDecoder else {
+                    throw APIError.unsupported("'echo' with 'logprobs' is not supported for an encoder-decoder model: its prompt is read by the encoder, not predicted.", param: "echo")
+                }
+                p.promptLogprobs = true
+            }
             if f.has("suffix") { throw APIError.unsupported("'suffix' is not supported.", param: "suffix") }
         }
 
@@ -252,10 +267,6 @@ struct RequestParser {
             if !a.isEmpty { throw APIError.unsupported("'tools' (function calling) is not supported by this server.", param: "tools") }
         }
         if f.has("functions") { throw APIError.unsupported("'functions' is not supported by this server.", param: "functions") }
-        if let lb = f.value("logit_bias") {
-            guard let o = lb as? [String: Any] else { throw FieldReader.wrongType("logit_bias", expected: "an object", got: lb) }
-            if !o.isEmpty { throw APIError.unsupported("'logit_bias' is not supported.", param: "logit_bias") }
-        }
         if let rf = f.value("response_format") {
             guard let o = rf as? [String: Any] else { throw FieldReader.wrongType("response_format", expected: "an object", got: rf) }
             let t = try FieldReader(object: o).string("type")
@@ -275,9 +286,19 @@ struct RequestParser {
             includeUsage = try FieldReader(object: o).bool("include_usage") ?? false
         }
 
+        let wantsLogprobs = p.logprobs
+        if choices.bestOf > choices.n {
+            guard !stream else {
+                throw APIError.invalid("'best_of' greater than 'n' cannot be used with 'stream': the best sequences are known only at the end.", param: "best_of")
+            }
+            p.logprobs = true   // to rank the sequences by their cumulative log-probability
+        }
         do { try p.validate() } catch { throw APIError.invalid("Invalid sampling parameters: \(error)") }
-        return CompletionRequest(endpoint: endpoint, model: model, promptIDs: promptIDs, parameters: p, stream: stream,
-                                 includeUsage: includeUsage)
+        var r = CompletionRequest(endpoint: endpoint, model: model, promptIDs: promptIDs, parameters: p, stream: stream,
+                                  includeUsage: includeUsage)
+        r.prompts = prompts; r.maxTokens = maxTokens; r.n = choices.n; r.bestOf = choices.bestOf; r.echo = echo
+        r.wantsLogprobs = wantsLogprobs
+        return r
     }
 
     /// The JSON object of a request body (400 for an empty body, invalid JSON or another JSON value).
@@ -349,40 +370,6 @@ struct RequestParser {
             }
             return ChatMessage(role: role == "developer" ? "system" : role, content: content)
         }
-    }
-
-    func parsePrompt(_ f: FieldReader) throws -> [Int] {
-        guard let v = f.value("prompt") else {
-            throw APIError.invalid("Missing required parameter: 'prompt'.", param: "prompt", code: "missing_required_parameter")
-        }
-        let V = bundle.model.vocabularySize
-        func ids(_ a: [Any], name: String) throws -> [Int] {
-            try a.enumerated().map { i, x in
-                let id = try FieldReader.integer(x, key: "\(name)[\(i)]")
-                guard id >= 0 && id < V else {
-                    throw APIError.invalid("Invalid value for '\(name)[\(i)]': token id \(id) is outside the vocabulary (0..<\(V)).", param: "prompt")
-                }
-                return id
-            }
-        }
-        if let s = v as? String, !isJSONBool(v) { return try bundle.tokenizer.encode(s) }
-        guard let a = v as? [Any] else {
-            throw FieldReader.wrongType("prompt", expected: "a string, an array of strings or an array of token ids", got: v)
-        }
-        guard !a.isEmpty else { throw APIError.invalid("The prompt is empty.", param: "prompt") }
-        if a.allSatisfy({ $0 is String }) {
-            guard a.count == 1 else {
-                throw APIError.unsupported("Only one prompt per request is supported, got \(a.count).", param: "prompt")
-            }
-            return try bundle.tokenizer.encode(a[0] as! String)
-        }
-        if let inner = a as? [[Any]] {
-            guard inner.count == 1 else {
-                throw APIError.unsupported("Only one prompt per request is supported, got \(inner.count).", param: "prompt")
-            }
-            return try ids(inner[0], name: "prompt[0]")
-        }
-        return try ids(a, name: "prompt")
     }
 
     static func describe(_ error: Error) -> String {

@@ -132,6 +132,7 @@ public final class OpenAIService: @unchecked Sendable {
         router.post("/v1/chat/completions") { request, context in try await self.complete(request, context, .chat) }
         router.post("/v1/completions") { request, context in try await self.complete(request, context, .completion) }
         router.post("/v1/embeddings") { request, context in try await self.embed(request, context) }
+        addTokenizerRoutes(router)
         return router
     }
 
@@ -198,6 +199,11 @@ public final class OpenAIService: @unchecked Sendable {
         defer { if !handedToStream { watch.stop() } }
         let body = try await collectBody(request, limit: configuration.maxBodyBytes)
         let req = try parser.parse(body, endpoint: endpoint)
+        if req.prompts.count > 1 || req.bestOf > 1 || req.echo {
+            // Several prompts or choices, or echo (Choices.swift); it stops the watch itself.
+            handedToStream = true
+            return try await completeChoices(req, context, endpoint, watch)
+        }
         let submitted: (events: AsyncStream<GenerationEvent>, cancel: @Sendable () -> Void)
         do {
             // An encoder-decoder model (T5) reads the prompt with its encoder; only the decoder's tokens come back.
