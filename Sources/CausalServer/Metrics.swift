@@ -111,6 +111,20 @@ public final class ServerMetrics: @unchecked Sendable {
         histogram("causal_time_to_first_token_seconds", "Time from submission (queueing included) to the first new token.", m.timeToFirstToken)
         histogram("causal_inter_token_latency_seconds", "Time between consecutive new tokens of one sequence (per-token latency).", m.interTokenLatency)
         histogram("causal_queue_wait_seconds", "Time from submission to admission.", m.queueWait)
+        family("causal_prefix_cache_hits_total", "counter", "Admitted prompts that started from cached keys and values of an earlier prompt (automatic prefix caching).")
+        sample("causal_prefix_cache_hits_total", [], Double(m.prefixCacheHits))
+        family("causal_prefix_cache_misses_total", "counter", "Admitted prompts that found no cached prefix (prompts scored with logprobs are not looked up).")
+        sample("causal_prefix_cache_misses_total", [], Double(m.prefixCacheMisses))
+        family("causal_prefix_cache_hit_tokens_total", "counter", "Prompt tokens copied from the prefix cache instead of run.")
+        sample("causal_prefix_cache_hit_tokens_total", [], Double(m.prefixCacheHitTokens))
+        family("causal_prefix_cache_evictions_total", "counter", "Prefix-cache entries dropped (least recently used first) to stay under its memory budget.")
+        sample("causal_prefix_cache_evictions_total", [], Double(m.prefixCacheEvictions))
+        family("causal_prefix_cache_bytes", "gauge", "Bytes of keys and values held by the prefix cache.")
+        sample("causal_prefix_cache_bytes", [], Double(m.prefixCacheBytes))
+        family("causal_prefix_cache_limit_bytes", "gauge", "The prefix cache's memory budget (0: off).")
+        sample("causal_prefix_cache_limit_bytes", [], Double(m.prefixCacheLimitBytes))
+        family("causal_scheduler_forked_sequences_total", "counter", "Choices of n > 1 requests that started from a copy of another choice's prompt instead of running it.")
+        sample("causal_scheduler_forked_sequences_total", [], Double(m.forkedSequences))
         return out
     }
 
