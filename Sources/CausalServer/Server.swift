@@ -36,6 +36,8 @@ public struct ServerConfiguration: Sendable {
     /// "default": all-MiniLM-L6-v2, fetched by package name if missing; nil: no embeddings endpoint (404).
     public var embeddingModel: String?
     public var logLevel: Logger.Level
+    /// Bytes of keys and values the automatic prefix cache may hold (0: off; `causal serve --cache-memory MIB`).
+    public var prefixCacheBytes: Int = Scheduler.defaultPrefixCacheBytes
 
     public init(host: String = "127.0.0.1", port: Int = 8080, modelPath: String? = nil, modelName: String? = nil,
                 maxSequences: Int = 16, context: Int? = nil, maxTokensPerStep: Int = 512, maxQueue: Int = 256,
@@ -109,7 +111,8 @@ public final class OpenAIService: @unchecked Sendable {
         self.configuration = configuration
         scheduler = try Scheduler(bundle: bundle, maxSequences: configuration.maxSequences, contextLength: configuration.context,
                                   maxTokensPerStep: max(configuration.maxTokensPerStep, configuration.maxSequences),
-                                  maxQueue: configuration.maxQueue, maxKVTokens: configuration.maxKVTokens)
+                                  maxQueue: configuration.maxQueue, maxKVTokens: configuration.maxKVTokens,
+                                  prefixCacheBytes: configuration.prefixCacheBytes)
         let file = URL(fileURLWithPath: bundle.path).lastPathComponent
         let base = file.hasSuffix(".gguf") ? String(file.dropLast(5)) : file
         modelID = configuration.modelName ?? base

@@ -30,6 +30,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Requests that may wait for a slot; beyond them the server answers 429.") var maxQueue = 256
     @Option(name: .long, help: "KV-cache positions all running sequences may reserve together (default: max-sequences × context).")
     var maxKvTokens: Int?
+    @Option(name: .long, help: ArgumentHelp("MiB of keys and values the automatic prefix cache keeps, so a prompt that starts like an earlier one (a system prompt, a resent conversation) runs only its new tokens (0: off).", valueName: "MiB"))
+    var cacheMemory = Scheduler.defaultPrefixCacheBytes >> 20
     @Option(name: .long, help: "Require 'Authorization: Bearer KEY' on /v1/* (default: $CAUSAL_API_KEY if set).") var apiKey: String?
     @Option(name: .long, help: "Largest request body in bytes (413 beyond).") var maxBodyBytes = 4 << 20
     @Option(name: .long, help: "Seconds running requests may finish after SIGINT/SIGTERM before they are cancelled.")
@@ -46,6 +48,7 @@ struct Serve: AsyncParsableCommand {
         if maxTokensPerStep < 1 { throw ValidationError("--max-tokens-per-step must be at least 1") }
         if maxQueue < 0 { throw ValidationError("--max-queue must be >= 0") }
         if let k = maxKvTokens, k < 2 { throw ValidationError("--max-kv-tokens must be at least 2") }
+        if cacheMemory < 0 || cacheMemory > 1 << 30 { throw ValidationError("--cache-memory must be in 0...\(1 << 30) (MiB)") }
         if maxBodyBytes < 1 { throw ValidationError("--max-body-bytes must be at least 1") }
         if shutdownGrace < 0 { throw ValidationError("--shutdown-grace must be >= 0") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
@@ -56,11 +59,12 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         let key = apiKey ?? ProcessInfo.processInfo.environment["CAUSAL_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
-        let config = ServerConfiguration(
+        var config = ServerConfiguration(
             host: host, port: port, modelPath: model, modelName: modelName, maxSequences: maxSequences, context: context,
             maxTokensPerStep: max(maxTokensPerStep, maxSequences), maxQueue: maxQueue, maxKVTokens: maxKvTokens, apiKey: key,
             maxBodyBytes: maxBodyBytes, shutdownGracePeriod: shutdownGrace, threads: threads, embeddingModel: embeddingModel,
             logLevel: Logger.Level(rawValue: logLevel) ?? .info)
+        config.prefixCacheBytes = cacheMemory << 20
         do {
             try await runServer(config)
         } catch let e as CausalError {
