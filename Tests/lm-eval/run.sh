@@ -49,8 +49,8 @@ status=0
 start=$(date +%s)
 (cd Tests/lm-eval && OPENAI_API_KEY="$KEY" HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 timeout 600 "$ROOT/$VENV/bin/lm-eval" run \
   --model local-completions \
-  --model_args "model=causal-test,base_url=http://127.0.0.1:$PORT/v1/completions,tokenizer_backend=remote,tokenized_requests=True,batch_size=8,num_concurrent=2,max_retries=1,timeout=300" \
-  --tasks causal_mc --include_path . --output_path "$OUT" --log_samples) || status=$?
+  --model_args "model=causal-test,base_url=http://127.0.0.1:$PORT/v1/completions,tokenizer_backend=remote,tokenized_requests=True,num_concurrent=2,max_retries=1,timeout=300" \
+  --tasks causal_mc --include_path . --batch_size 8 --output_path "$OUT" --log_samples) || status=$?
 echo "lm_eval finished in $(( $(date +%s) - start )) s (status $status)"
 
 if [ $status -eq 0 ]; then
