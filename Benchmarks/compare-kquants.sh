@@ -6,7 +6,7 @@
 #
 #   Benchmarks/compare-kquants.sh [--model PATH]... [-t 2] [-p 512] [-n 128] [-r 3] [--rounds 2]
 #                                 [--batch 1,16] [--batch-prompt 128] [--batch-repeats 1] [--no-batch]
-#                                 [--no-requant] [--no-rss] [--no-pp-tg] [--rt] [--jsonl FILE]
+#                                 [--no-requant] [--no-rss] [--no-pp-tg] [--rt] [--int8] [--jsonl FILE]
 #
 # Models: the default model (SmolLM2-135M-Instruct Q4_1), the same model re-quantized by llama-quantize
 # (--allow-requantize) to Q4_K_M and Q6_K (written under ${CAUSAL_BENCH_DIR:-~/.cache/causal-bench}/models, not in
@@ -19,20 +19,22 @@
 # JSON lines (--jsonl, default: a file under the bench directory, named on stderr). --rt runs every engine command
 # under `chrt -f 10` (real-time priority), which keeps other work on a shared machine from taking the benchmark's
 # cores: llama.cpp's spinning worker threads slow down several-fold when a core is taken from them, causal's less.
-# --no-pp-tg leaves out the pp/tg pair (batched decode, floor and RSS only).
+# --no-pp-tg leaves out the pp/tg pair (batched decode, floor and RSS only). --int8 also runs `causal bench
+# --activations int8` (the opt-in int8-activation path) in every pair (three engines, order rotating each round) and
+# prints a second row per model with those numbers against the same llama.cpp runs.
 #
 # llama.cpp is built by Benchmarks/build-llama-cpp.sh on first use. NO_BUILD=1 reuses the built `causal` binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${CAUSAL_BENCH_DIR:-$HOME/.cache/causal-bench}
-T=2; P=512; N=128; R=3; ROUNDS=2; BATCH=1,16; BPROMPT=128; BREPEATS=1; REQUANT=1; RSS=1; RT=""; PPTG=1; JSONL=""; MODELS=()
+T=2; P=512; N=128; R=3; ROUNDS=2; BATCH=1,16; BPROMPT=128; BREPEATS=1; REQUANT=1; RSS=1; RT=""; PPTG=1; INT8=""; JSONL=""; MODELS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) MODELS+=("$2"); shift 2;;
         -t) T=$2; shift 2;; -p) P=$2; shift 2;; -n) N=$2; shift 2;; -r) R=$2; shift 2;;
         --rounds) ROUNDS=$2; shift 2;; --batch) BATCH=$2; shift 2;; --batch-prompt) BPROMPT=$2; shift 2;;
         --batch-repeats) BREPEATS=$2; shift 2;; --no-batch) BATCH=""; shift;;
-        --no-requant) REQUANT=""; shift;; --no-rss) RSS=""; shift;; --rt) RT=1; shift;; --no-pp-tg) PPTG=""; shift;; --jsonl) JSONL=$2; shift 2;;
+        --no-requant) REQUANT=""; shift;; --no-rss) RSS=""; shift;; --rt) RT=1; shift;; --int8) INT8=1; shift;; --no-pp-tg) PPTG=""; shift;; --jsonl) JSONL=$2; shift 2;;
         -h|--help) sed -n '2,27p' "$0"; exit 0;;
         *) echo "unknown argument: $1" >&2; exit 2;;
     esac
@@ -61,11 +63,13 @@ fi
 ALL+=("${MODELS[@]}")
 [ -n "$JSONL" ] || { mkdir -p "$ROOT/results"; JSONL="$ROOT/results/kquants-$(date +%Y%m%d-%H%M%S).jsonl"; }
 echo "raw results: $JSONL" >&2
-exec python3 - "$CAUSAL" "$BIN" "$T" "$P" "$N" "$R" "$ROUNDS" "$BATCH" "$BPROMPT" "$BREPEATS" "$RSS" "$RT" "$PPTG" "$JSONL" "${ALL[@]}" <<'PY'
+exec python3 - "$CAUSAL" "$BIN" "$T" "$P" "$N" "$R" "$ROUNDS" "$BATCH" "$BPROMPT" "$BREPEATS" "$RSS" "$RT" "$PPTG" "$JSONL" "$INT8" "${ALL[@]}" <<'PY'
 import json, os, re, statistics, subprocess, sys, time
 
-causal, bin_dir, T, P, N, R, ROUNDS, BATCH, BP, BR, RSS, RT, PPTG, JSONL = sys.argv[1:15]
-models = sys.argv[15:]
+causal, bin_dir, T, P, N, R, ROUNDS, BATCH, BP, BR, RSS, RT, PPTG, JSONL, INT8 = sys.argv[1:16]
+models = sys.argv[16:]
+ENGINES = ["causal"] + (["causal+int8"] if INT8 else [])
+def act(eng): return ["--activations", "int8" if eng == "causal+int8" else "fp32"]
 PRE = ["chrt", "-f", "10"] if RT else []
 T, N, R, ROUNDS, BP, BR = int(T), int(N), int(R), int(ROUNDS), int(BP), int(BR)
 pps = [int(x) for x in P.split(",") if x]
@@ -110,11 +114,11 @@ def causal_loads(m):
     p = run([causal, "bench", "--model", m, "-p", "1", "-n", "0", "-r", "1", "-t", str(T), "--json"])
     return None if p.returncode == 0 else first_error(p)
 
-def causal_bench(m):
-    p = run([causal, "bench", "--model", m, "-p", ",".join(map(str, pps)), "-n", str(N), "-t", str(T), "-r", str(R), "--json"])
-    if p.returncode != 0: log("  causal bench failed: " + first_error(p)); return
+def causal_bench(m, eng="causal"):
+    p = run([causal, "bench", "--model", m, "-p", ",".join(map(str, pps)), "-n", str(N), "-t", str(T), "-r", str(R), "--json"] + act(eng))
+    if p.returncode != 0: log(f"  {eng} bench failed: " + first_error(p)); return
     for r in jsonl(p.stdout):
-        record(m, "causal", "bench", **r); add(m, ("causal", r["test"]), r["samples"])
+        record(m, eng, "bench", **r); add(m, (eng, r["test"]), r["samples"])
 
 def llama_bench(m):
     p = run([os.path.join(bin_dir, "llama-bench"), "-m", m, "-t", str(T), "-p", ",".join(map(str, pps)) or "0",
@@ -124,13 +128,13 @@ def llama_bench(m):
         test = "pp%d" % r["n_prompt"] if r["n_gen"] == 0 else "tg%d" % r["n_gen"]
         record(m, "llama.cpp", "bench", test=test, samples=r["samples_ts"]); add(m, ("llama.cpp", test), r["samples_ts"])
 
-def causal_batched(m):
+def causal_batched(m, eng="causal"):
     p = run([causal, "bench", "--model", m, "-p", "", "-n", str(N), "--batch", ",".join(map(str, batches)),
-             "--batch-prompt", str(BP), "-t", str(T), "-r", str(BR), "--json"])
-    if p.returncode != 0: log("  causal batched failed: " + first_error(p)); return
+             "--batch-prompt", str(BP), "-t", str(T), "-r", str(BR), "--json"] + act(eng))
+    if p.returncode != 0: log(f"  {eng} batched failed: " + first_error(p)); return
     for r in jsonl(p.stdout):
-        record(m, "causal", "batched", **r)
-        if r["test"].endswith(" decode"): add(m, ("causal", "x%d" % r["sequences"]), r["samples"])
+        record(m, eng, "batched", **r)
+        if r["test"].endswith(" decode"): add(m, (eng, "x%d" % r["sequences"]), r["samples"])
 
 def llama_batched(m):
     ctx = max(batches) * (BP + N) + 16
@@ -232,12 +236,13 @@ for rnd in range(ROUNDS):
     for m in models:
         log(f"== round {rnd + 1}: {os.path.basename(m)}")
         ok = status[m] is None
+        def rotate(fs): k = rnd % len(fs); return fs[k:] + fs[:k]
         if PPTG:
-            pair = [lambda: ok and causal_bench(m), lambda: llama_bench(m)]
-            for f in (pair if rnd % 2 == 0 else pair[::-1]): f()
+            group = [lambda e=e: ok and causal_bench(m, e) for e in ENGINES] + [lambda: llama_bench(m)]
+            for f in rotate(group): f()
         if batches:
-            pair = [lambda: ok and causal_batched(m), lambda: llama_batched(m)]
-            for f in (pair if rnd % 2 == 0 else pair[::-1]): f()
+            group = [lambda e=e: ok and causal_batched(m, e) for e in ENGINES] + [lambda: llama_batched(m)]
+            for f in rotate(group): f()
 if RSS:
     for m in models:
         if status[m] is None: memory_and_load(m)
@@ -268,15 +273,15 @@ if len(batches) > 1: cols += [f"causal x{max(batches)}/x{min(batches)}"]
 cols += ["peak RSS causal (bound)", "llama-bench RSS", "load to 1st token"]
 print("| " + " | ".join(cols) + " |")
 print("|" + "---|" * len(cols))
-for m in models:
+for m, eng in [(m, e) for m in models for e in ENGINES]:
     res = results.get(m, {})
-    name = f"{os.path.basename(m)} ({os.path.getsize(m) / 1048576:.0f})"
+    name = f"{os.path.basename(m)} ({os.path.getsize(m) / 1048576:.0f})" + (" — causal --activations int8" if eng != "causal" else "")
     if status[m]: name += f" — causal: does not load ({status[m]})"
     row = [name]
     for pp in pps:
-        c, l = med(m, "causal", f"pp{pp}"), med(m, "llama.cpp", f"pp{pp}")
+        c, l = med(m, eng, f"pp{pp}"), med(m, "llama.cpp", f"pp{pp}")
         row += [f1(c), f1(l), ratio(c, l)]
-    c, l = med(m, "causal", tg), med(m, "llama.cpp", tg)
+    c, l = med(m, eng, tg), med(m, "llama.cpp", tg)
     row += [f1(c), f1(l), ratio(c, l)]
     bw = res.get("bw", {}); fl = res.get("floor", {})
     row.append(" / ".join(f"{bw[k]:.1f}" for k in ("4K", "2M") if k in bw))
@@ -286,9 +291,10 @@ for m in models:
     row.append("" if not c else " / ".join(f"{100 * c / x:.0f}%" for x in frs))
     row.append("" if not l else " / ".join(f"{100 * l / x:.0f}%" for x in frs))
     for b in batches:
-        c, l = med(m, "causal", f"x{b}"), med(m, "llama.cpp", f"x{b}")
+        c, l = med(m, eng, f"x{b}"), med(m, "llama.cpp", f"x{b}")
         row += [f1(c), f1(l), ratio(c, l)]
-    if len(batches) > 1: row.append(ratio(med(m, "causal", f"x{max(batches)}"), med(m, "causal", f"x{min(batches)}")))
+    if len(batches) > 1: row.append(ratio(med(m, eng, f"x{max(batches)}"), med(m, eng, f"x{min(batches)}")))
+    if eng != "causal": row += ["", "", ""]; print("| " + " | ".join(row) + " |"); continue
     rss = res.get("rss")
     row.append("" if rss is None else mib(rss) + (f" ({mib(res['rss_bound'])})" if res.get("rss_bound") else ""))
     row.append(mib(res.get("llama_rss")))

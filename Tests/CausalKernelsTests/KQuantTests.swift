@@ -171,6 +171,7 @@ final class KQuantTests: XCTestCase {
         var levels = Set<String>()
         for f in fx { checkDequantization(f, levels: &levels) }
         print("KQuantTests: random blocks of \(fx.map(\.dtype.name).joined(separator: ", ")) exact on ISA levels \(levels.sorted())")
+        try ISALevels.report("KQuantTests.testDequantizeRandomBlocksMatchesGGUFPy")
     }
 
     func testDequantizeRealRowsMatchesGGUFPy() throws {
@@ -179,11 +180,12 @@ final class KQuantTests: XCTestCase {
         var levels = Set<String>()
         for f in fx { checkDequantization(f, levels: &levels) }
         print("KQuantTests: \(fx.count) real tensors' rows exact on ISA levels \(levels.sorted())")
+        try ISALevels.report("KQuantTests.testDequantizeRealRowsMatchesGGUFPy")
     }
 
     /// Scale fields at the edges (zero, -0, subnormal, the largest half) and every code: still exact and equal to
     /// the twin on every level (gguf-py's formulas are the twin's: checked on the fixtures above).
-    func testEdgeScalesTwinEqualsKernels() {
+    func testEdgeScalesTwinEqualsKernels() throws {
         var rng = SplitMix64(seed: 31)
         let halves: [UInt16] = [0x0000, 0x8000, 0x0001, 0x83FF, 0x7BFF, 0xFBFF, 0x3C00, 0xBC00]
         for dt in Self.newTypes {
@@ -210,13 +212,14 @@ final class KQuantTests: XCTestCase {
                 }
             }
         }
+        try ISALevels.report("KQuantTests.testEdgeScalesTwinEqualsKernels")
     }
 
     // MARK: Matrix products: exact against the canonical sequence
 
     /// ck_matmul on row ranges, n = 1...9 (fused path for small n, fused + panel and panel paths above), every ISA
     /// level: equal bit for bit to the canonical dot of the twin's weights, and never writing outside its rows.
-    func testMatmulEqualsDequantizeThenCanonicalDot() {
+    func testMatmulEqualsDequantizeThenCanonicalDot() throws {
         var rng = SplitMix64(seed: 32)
         var levels = Set<String>()
         for dt in Self.newTypes {
@@ -241,6 +244,7 @@ final class KQuantTests: XCTestCase {
             }
         }
         print("KQuantTests: matmul exact on ISA levels \(levels.sorted())")
+        try ISALevels.report("KQuantTests.testMatmulEqualsDequantizeThenCanonicalDot")
     }
 
     /// The real tensors' rows (Q4_K, Q5_0, Q6_K, Q8_0 from the Qwen and Gemma files): the kernels' products equal
@@ -270,13 +274,14 @@ final class KQuantTests: XCTestCase {
                 }
             }
         }
+        try ISALevels.report("KQuantTests.testRealRowsMatmulEqualsCanonicalDotOfGGUFPyValues")
     }
 
     // MARK: Batch invariance
 
     /// A row's result does not depend on n, the token's position, its neighbours (huge unrelated activations), the
     /// thread split (matmul with 1, 2 and 3 threads on a matrix large enough to be split) or the ISA level.
-    func testBatchInvarianceAndISALevelsBitIdentical() {
+    func testBatchInvarianceAndISALevelsBitIdentical() throws {
         var rng = SplitMix64(seed: 34)
         let pool3 = ThreadPool(threads: 3)
         for dt in Self.newTypes {
@@ -319,6 +324,7 @@ final class KQuantTests: XCTestCase {
                 }
             }
         }
+        try ISALevels.report("KQuantTests.testBatchInvarianceAndISALevelsBitIdentical")
     }
 
     // MARK: Quantizers

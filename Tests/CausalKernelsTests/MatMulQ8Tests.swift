@@ -135,7 +135,7 @@ final class MatMulQ8Tests: XCTestCase {
 
     /// Rows with ordinary values, ties at exactly .5 after scaling, zero / tiny / NaN / infinite blocks, and K
     /// that is not a multiple of 512 (padding) quantize to the twin's bytes on every level; padding is zero.
-    func testQuantizeActivationsEqualsTwinOnEveryLevel() {
+    func testQuantizeActivationsEqualsTwinOnEveryLevel() throws {
         var rng = SplitMix64(seed: 81)
         for K in [32, 96, 224, 512, 896, 1536] {
             var x = randomFloats(K, &rng, scale: 2)
@@ -187,6 +187,7 @@ final class MatMulQ8Tests: XCTestCase {
         XCTAssertEqual(ck_q8_row_bytes(0), 0)
         XCTAssertEqual(ck_q8_row_bytes(48), 0)
         XCTAssertEqual(ck_q8_row_bytes(32), 16 * 52)
+        try ISALevels.report("MatMulQ8Tests.testQuantizeActivationsEqualsTwinOnEveryLevel")
     }
 
     // MARK: Products
@@ -215,7 +216,7 @@ final class MatMulQ8Tests: XCTestCase {
     /// Every level equals the Swift twin of the canonical sequence bit for bit, on random blocks (random bytes, scale
     /// fields of mixed sign and size, subnormal and zero included) and on quantized rows, for K with partial
     /// groups of 16 blocks (every count of quads, partial quads) and odd super-block counts.
-    func testEveryLevelEqualsCanonicalTwin() {
+    func testEveryLevelEqualsCanonicalTwin() throws {
         var rng = SplitMix64(seed: 83)
         for dt in Self.types {
             // Blocks per row: 1, 7, 15 (a last group of 1, 2 or 4 quads, partial quads), 16, 28, 45 (13 after a full group).
@@ -239,11 +240,12 @@ final class MatMulQ8Tests: XCTestCase {
                 }
             }
         }
+        try ISALevels.report("MatMulQ8Tests.testEveryLevelEqualsCanonicalTwin")
     }
 
     /// A token's row of results is the same bits whatever n, its position, its neighbours (wild values included),
     /// the row range of the call, the thread count and the ISA level.
-    func testBatchRowAndThreadInvariance() {
+    func testBatchRowAndThreadInvariance() throws {
         var rng = SplitMix64(seed: 84)
         let pool3 = ThreadPool(threads: 3)
         for dt in Self.types {
@@ -290,6 +292,7 @@ final class MatMulQ8Tests: XCTestCase {
                 XCTAssertTrue(part[0..<17].allSatisfy(\.isNaN) && part[150...].allSatisfy(\.isNaN), "\(dt.name): rows outside the range written")
             }
         }
+        try ISALevels.report("MatMulQ8Tests.testBatchRowAndThreadInvariance")
     }
 
     /// Close to the fp32 path: on activations like a transformer's (mostly moderate, a few outliers), the
