@@ -115,6 +115,7 @@ def main():
         check(e.status_code == 401, "wrong API key -> 401")
 
     check_scoring_and_choices(client, model, args.base_url)
+    check_tools_and_structured(client, model)
 
     if args.embedding_model:
         check_embeddings(client, args.embedding_model, model)
@@ -218,6 +219,195 @@ def check_embeddings(client, emodel, chat_model):
         check(False, "the chat model gives no embeddings")
     except openai.BadRequestError as e:
         check(e.body.get("param") == "model", "embeddings from the chat model -> 400 param model")
+
+
+def check_tools_and_structured(client, model):
+    """Structured output (`response_format` json_object / json_schema, `chat.completions.parse` with pydantic models)
+    and tool calls (`tools` with `tool_choice` required / named / none, a second turn with the tool's result,
+    streamed `delta.tool_calls`), and 400s for schemas the server cannot compile."""
+    from enum import Enum
+    from typing import Annotated, List, Literal, Optional
+
+    from pydantic import BaseModel, Field
+
+    S = Field(max_length=40)
+
+    class Address(BaseModel):
+        city: str = S
+        country: str = S
+
+    class Person(BaseModel):
+        name: str = S
+        age: int
+        address: Address
+
+    class Item(BaseModel):
+        name: str = S
+        quantity: int
+
+    class ShoppingList(BaseModel):
+        items: List[Item] = Field(min_length=1, max_length=4)
+
+    class Mood(str, Enum):
+        positive = "positive"
+        negative = "negative"
+        neutral = "neutral"
+
+    class Sentiment(BaseModel):
+        label: Mood
+
+    class Book(BaseModel):
+        title: str = S
+        author: str = S
+        year: Optional[int]
+        genre: Optional[str] = Field(max_length=20)
+
+    class Capital(BaseModel):
+        country: str = S
+        capital: str = S
+
+    class Colors(BaseModel):
+        colors: List[str] = Field(min_length=1, max_length=5)
+
+    class Check(BaseModel):
+        is_question: bool
+        word_count: int
+
+    class Weather(BaseModel):
+        city: str = S
+        temperature: float
+        unit: Literal["celsius", "fahrenheit"]
+
+    class Attendee(BaseModel):
+        name: str = S
+        role: Literal["host", "guest"]
+
+    class Meeting(BaseModel):
+        title: str = S
+        day: Literal["monday", "tuesday", "wednesday", "thursday", "friday"]
+        attendees: List[Attendee] = Field(min_length=1, max_length=3)
+
+    class Recipe(BaseModel):
+        dish: str = S
+        steps: List[Annotated[str, Field(max_length=60)]] = Field(min_length=1, max_length=3)
+        vegetarian: Optional[bool]
+
+    cases = [
+        (Person, "Describe a person called Anna, 31, who lives in Lyon, France."),
+        (ShoppingList, "Make a shopping list for pancakes."),
+        (Sentiment, "Classify the sentiment of: 'I love this phone, it is great!'"),
+        (Book, "Give details about the book 1984 by George Orwell."),
+        (Capital, "What is the capital of Japan?"),
+        (Colors, "Name the colors of the French flag."),
+        (Check, "Is this a question: 'Where is the station?'"),
+        (Weather, "It is 25 degrees celsius in Madrid. Report the weather."),
+        (Meeting, "Plan a Monday meeting called Budget with Alice as host and Bob as guest."),
+        (Recipe, "Give a short recipe for a tomato salad."),
+    ]
+    parse = client.chat.completions.parse if hasattr(client.chat.completions, "parse") else client.beta.chat.completions.parse
+    ok = 0
+    for cls, prompt in cases:
+        try:
+            r = parse(model=model, messages=[{"role": "user", "content": prompt}], response_format=cls, temperature=0,
+                      max_tokens=200)
+            parsed = r.choices[0].message.parsed
+            good = isinstance(parsed, cls) and r.choices[0].finish_reason == "stop"
+            ok += good
+            print(f"     parse {cls.__name__}: {r.choices[0].message.content}")
+        except Exception as e:  # noqa: BLE001 - reported as a failed check
+            print(f"     parse {cls.__name__}: {type(e).__name__}: {e}")
+    check(ok == len(cases), f"chat.completions.parse with pydantic models: {ok}/{len(cases)} parsed")
+
+    # json_object: any JSON object.
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Give the name and age of a cat as JSON."}],
+                                       response_format={"type": "json_object"}, temperature=0, max_tokens=120)
+    content = r.choices[0].message.content
+    try:
+        obj = json.loads(content)
+    except ValueError:
+        obj = None
+    check(isinstance(obj, dict) and r.choices[0].finish_reason == "stop", f"json_object: {content!r}")
+
+    # json_schema (strict) cut by max_tokens: finish_reason length.
+    schema = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"], "additionalProperties": False}
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Tell a long story."}], temperature=0,
+                                       response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}},
+                                       max_tokens=6)
+    check(r.choices[0].finish_reason == "length" and "".join(r.choices[0].message.content.split()).startswith('{"story"'),
+          f"json_schema cut by max_tokens: finish_reason {r.choices[0].finish_reason}, {r.choices[0].message.content!r}")
+
+    # Schemas the server cannot compile: 400 with the reason.
+    deep = {"type": "string"}
+    for _ in range(100):
+        deep = {"type": "object", "properties": {"a": deep}, "required": ["a"]}
+    bad = {
+        "deep nesting": deep,
+        "huge enum": {"type": "object", "properties": {"x": {"enum": [f"v{i}" for i in range(10000)]}}, "required": ["x"]},
+        "recursive $ref without a base case": {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}},
+        "unsatisfiable anyOf []": {"type": "object", "properties": {"x": {"anyOf": []}}, "required": ["x"]},
+        "required property not in properties": {"type": "object", "properties": {}, "required": ["x"], "additionalProperties": False},
+    }
+    for what, sch in bad.items():
+        try:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                           response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": sch, "strict": True}})
+            check(False, f"schema with {what} is refused")
+        except openai.BadRequestError as e:
+            check(e.status_code == 400 and "schema" in e.body.get("message", ""), f"schema with {what} -> 400: {e.body.get('message')[:150]}")
+
+    # Tools: a required call whose arguments validate, then the tool's result answered.
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                                        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                       "required": ["city", "unit"], "additionalProperties": False}}}
+    clock = {"type": "function", "function": {
+        "name": "get_time", "description": "Get the local time in a time zone.",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}}, "required": ["zone"]}}}
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = client.chat.completions.create(model=model, messages=messages, tools=[weather, clock], tool_choice="required",
+                                       temperature=0, max_tokens=80)
+    m = r.choices[0].message
+    calls = m.tool_calls or []
+    args = {}
+    try:
+        args = json.loads(calls[0].function.arguments) if calls else {}
+    except ValueError:
+        pass
+    valid = bool(calls) and (
+        (calls[0].function.name == "get_weather" and set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+         and isinstance(args["city"], str))
+        or (calls[0].function.name == "get_time" and set(args) == {"zone"} and isinstance(args["zone"], str)))
+    check(valid and r.choices[0].finish_reason == "tool_calls" and calls[0].type == "function" and calls[0].id.startswith("call_"),
+          f"tool_choice required: {[(c.function.name, c.function.arguments) for c in calls]} ({r.choices[0].finish_reason})")
+    if calls:
+        follow = messages + [m.model_dump(exclude_none=True),
+                             {"role": "tool", "tool_call_id": calls[0].id, "content": json.dumps({"temperature": 21, "sky": "sunny"})}]
+        r2 = client.chat.completions.create(model=model, messages=follow, tools=[weather, clock], temperature=0, max_tokens=40)
+        check(bool(r2.choices[0].message.content) and r2.choices[0].finish_reason in ("stop", "length"),
+              f"second turn with the tool result: {r2.choices[0].message.content!r}")
+
+    # A named function, streamed: delta.tool_calls chunks add up to the call.
+    stream = client.chat.completions.create(model=model, messages=messages, tools=[weather, clock], temperature=0, max_tokens=80,
+                                            tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True)
+    name, arguments, finish = "", "", None
+    for chunk in stream:
+        for c in chunk.choices:
+            for tc in c.delta.tool_calls or []:
+                name += tc.function.name or ""
+                arguments += tc.function.arguments or ""
+            finish = c.finish_reason or finish
+    try:
+        sargs = json.loads(arguments)
+    except ValueError:
+        sargs = None
+    check(name == "get_weather" and isinstance(sargs, dict) and set(sargs) == {"city", "unit"} and finish == "tool_calls",
+          f"named tool_choice, streamed: {name} {arguments} ({finish})")
+
+    # tool_choice none: a plain answer.
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": FRANCE}], tools=[weather],
+                                       tool_choice="none", temperature=0)
+    check(r.choices[0].message.content == ANSWER and not r.choices[0].message.tool_calls, f"tool_choice none: {r.choices[0].message.content!r}")
 
 
 if __name__ == "__main__":

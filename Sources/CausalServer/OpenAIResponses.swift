@@ -8,6 +8,8 @@ struct ResponseBuilder {
     let created: Int
     let model: String
     let tokenizer: any TextTokenizer
+    /// Chat with tools: calls in the output become `tool_calls` (Tools.swift).
+    var tools: ChatToolOptions? = nil
 
     init(endpoint: Endpoint, model: String, tokenizer: any TextTokenizer) {
         self.endpoint = endpoint
@@ -43,9 +45,8 @@ struct ResponseBuilder {
         let lp = r.logprobs.map { logprobs($0) } ?? .null
         switch endpoint {
         case .chat:
-            choice = .object([("index", .int(0)),
-                              ("message", .object([("role", .string("assistant")), ("content", .string(r.text)), ("refusal", .null)])),
-                              ("logprobs", lp), ("finish_reason", .string(Self.finishReason(r.finishReason)))])
+            let (message, finish) = chatMessage(r)   // Tools.swift: content, or tool_calls
+            choice = .object([("index", .int(0)), ("message", message), ("logprobs", lp), ("finish_reason", .string(finish))])
         case .completion:
             choice = .object([("text", .string(r.text)), ("index", .int(0)), ("logprobs", lp),
                               ("finish_reason", .string(Self.finishReason(r.finishReason)))])

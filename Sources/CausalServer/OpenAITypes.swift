@@ -59,6 +59,8 @@ struct CompletionRequest: Sendable {
     var echo = false
     /// Whether the client asked for logprobs (`best_of` > n turns them on internally to rank the sequences).
     var wantsLogprobs = false
+    /// Chat with tools: how calls are read from the output (Tools.swift); nil: plain text.
+    var tools: ChatToolOptions? = nil
 }
 
 /// Reads the fields of a decoded JSON body, throwing a 400 that names the field for a missing or mistyped one.
@@ -152,17 +154,12 @@ struct RequestParser {
         // prompt
         let prompts: [[Int]]
         let promptParam: String
+        var chat: ChatPrompt? = nil
         switch endpoint {
         case .chat:
             promptParam = "messages"
-            let messages = try parseMessages(f)
-            guard bundle.chatTemplate != nil else {
-                throw APIError.invalid("The model '\(modelID)' has no chat template, so 'messages' cannot be turned into its input\(bundle.isEncoderDecoder ? " (it is an encoder-decoder model)" : ""). Use POST /v1/completions with 'prompt' instead.",
-                                       param: "messages", code: "chat_template_missing")
-            }
-            do { prompts = [try bundle.chatPromptIDs(messages)] } catch {
-                throw APIError.invalid("The messages could not be rendered with the model's chat template: \(error)", param: "messages")
-            }
+            chat = try parseChat(body, f)   // Tools.swift: messages, tools, tool_choice, response_format
+            prompts = [chat!.ids]
         case .completion:
             promptParam = "prompt"
             prompts = try parsePrompts(f)
@@ -262,18 +259,12 @@ struct RequestParser {
         }
 
         // unsupported features that would silently change the meaning
-        if let tools = f.value("tools") {
-            guard let a = tools as? [Any] else { throw FieldReader.wrongType("tools", expected: "an array", got: tools) }
-            if !a.isEmpty { throw APIError.unsupported("'tools' (function calling) is not supported by this server.", param: "tools") }
-        }
-        if f.has("functions") { throw APIError.unsupported("'functions' is not supported by this server.", param: "functions") }
-        if let rf = f.value("response_format") {
-            guard let o = rf as? [String: Any] else { throw FieldReader.wrongType("response_format", expected: "an object", got: rf) }
-            let t = try FieldReader(object: o).string("type")
-            if let t, t != "text" {
-                throw APIError.unsupported("'response_format' of type '\(t)' is not supported (only 'text').", param: "response_format")
+        if endpoint == .completion {
+            for key in ["tools", "tool_choice", "response_format", "functions"] where f.has(key) {
+                throw APIError.unsupported("'\(key)' is supported on /v1/chat/completions only.", param: key)
             }
         }
+        p.constraint = chat?.constraint
 
         // streaming
         let stream = try f.bool("stream") ?? false
@@ -298,6 +289,7 @@ struct RequestParser {
                                   includeUsage: includeUsage)
         r.prompts = prompts; r.maxTokens = maxTokens; r.n = choices.n; r.bestOf = choices.bestOf; r.echo = echo
         r.wantsLogprobs = wantsLogprobs
+        r.tools = chat?.tools
         return r
     }
 
@@ -316,60 +308,6 @@ struct RequestParser {
             throw APIError.invalid("The request body must be a JSON object, got \(FieldReader.typeName(any)).", code: "invalid_json")
         }
         return obj
-    }
-
-    func parseMessages(_ f: FieldReader) throws -> [ChatMessage] {
-        guard let v = f.value("messages") else {
-            throw APIError.invalid("Missing required parameter: 'messages'.", param: "messages", code: "missing_required_parameter")
-        }
-        guard let array = v as? [Any] else { throw FieldReader.wrongType("messages", expected: "an array", got: v) }
-        guard !array.isEmpty else {
-            throw APIError.invalid("Invalid 'messages': empty array. Expected an array with minimum length 1.", param: "messages",
-                                   code: "empty_array")
-        }
-        let roles: Set<String> = ["system", "developer", "user", "assistant"]
-        return try array.enumerated().map { i, m in
-            let name = "messages[\(i)]"
-            guard let o = m as? [String: Any] else { throw FieldReader.wrongType(name, expected: "an object", got: m) }
-            let mf = FieldReader(object: o)
-            guard let roleValue = mf.value("role") else {
-                throw APIError.invalid("Missing required parameter: '\(name).role'.", param: "\(name).role", code: "missing_required_parameter")
-            }
-            guard let role = roleValue as? String else { throw FieldReader.wrongType("\(name).role", expected: "a string", got: roleValue) }
-            guard roles.contains(role) else {
-                throw APIError.invalid("Invalid value for '\(name).role': '\(role)'. Supported values are: 'system', 'developer', 'user' and 'assistant'.",
-                                       param: "\(name).role")
-            }
-            let content: String
-            switch mf.value("content") {
-            case nil:
-                guard role == "assistant" else {
-                    throw APIError.invalid("Missing required parameter: '\(name).content'.", param: "\(name).content",
-                                           code: "missing_required_parameter")
-                }
-                content = ""
-            case let s as String:
-                content = s
-            case let parts as [Any]:
-                content = try parts.enumerated().map { j, part -> String in
-                    let pn = "\(name).content[\(j)]"
-                    guard let po = part as? [String: Any] else { throw FieldReader.wrongType(pn, expected: "an object", got: part) }
-                    let pf = FieldReader(object: po)
-                    let type = try pf.string("type")
-                    guard type == "text" else {
-                        throw APIError.unsupported("Invalid value for '\(pn).type': only 'text' content parts are supported, got '\(type ?? "null")'.",
-                                                   param: "\(pn).type")
-                    }
-                    guard let text = try pf.string("text") else {
-                        throw APIError.invalid("Missing required parameter: '\(pn).text'.", param: "\(pn).text", code: "missing_required_parameter")
-                    }
-                    return text
-                }.joined()
-            case let other?:
-                throw FieldReader.wrongType("\(name).content", expected: "a string or an array of content parts", got: other)
-            }
-            return ChatMessage(role: role == "developer" ? "system" : role, content: content)
-        }
     }
 
     static func describe(_ error: Error) -> String {

@@ -229,7 +229,8 @@ public final class OpenAIService: @unchecked Sendable {
         }
         // As the result's usage counts it: an encoder-decoder model's decoder start token is part of the prompt.
         context.info.set(prompt: req.promptIDs.count + (bundle.isEncoderDecoder ? 1 : 0))
-        let builder = ResponseBuilder(endpoint: endpoint, model: req.model, tokenizer: try bundle.tokenizer)
+        var builder = ResponseBuilder(endpoint: endpoint, model: req.model, tokenizer: try bundle.tokenizer)
+        builder.tools = req.tools
         let cancel = submitted.cancel
         watch.onDisconnect(cancel)
         if req.stream {
@@ -282,6 +283,7 @@ public final class OpenAIService: @unchecked Sendable {
             }
             func send(_ s: String) async throws { try await writer.write(ByteBuffer(string: s)) }
             let usageNull = req.includeUsage
+            let toolStream = req.tools.map { ToolCallStream(builder: builder, options: $0, usageNull: usageNull) }
             try await send(sseEvent(builder.endpoint == .chat ? builder.chunk(text: "", role: true, withUsageNull: usageNull)
                                                                  : builder.chunk(text: "", withUsageNull: usageNull)))
             for await ev in events {
@@ -289,6 +291,10 @@ public final class OpenAIService: @unchecked Sendable {
                 case .token:
                     generated += 1
                 case let .text(_, delta):
+                    if let toolStream {   // Tools.swift: text and delta.tool_calls
+                        for c in toolStream.feed(delta) { try await send(sseEvent(c)) }
+                        break
+                    }
                     try await send(sseEvent(builder.chunk(text: delta, withUsageNull: usageNull)))
                 case let .finished(_, result, timings):
                     info.set(completion: result.tokens.count, finish: ResponseBuilder.finishReason(result.finishReason),
@@ -298,8 +304,9 @@ public final class OpenAIService: @unchecked Sendable {
                                          type: "server_error", code: "cancelled")
                         try await send(sseEvent(e.json))
                     } else {
-                        try await send(sseEvent(builder.chunk(text: builder.endpoint == .chat ? nil : "", finish: result.finishReason,
-                                                              logprobs: result.logprobs, withUsageNull: usageNull)))
+                        let last = builder.chunk(text: builder.endpoint == .chat ? nil : "", finish: result.finishReason,
+                                                 logprobs: result.logprobs, withUsageNull: usageNull)
+                        for c in toolStream?.finish(last, result.finishReason) ?? [last] { try await send(sseEvent(c)) }
                         if req.includeUsage {
                             try await send(sseEvent(builder.usageChunk(prompt: result.promptTokens, completion: result.tokens.count)))
                         }

@@ -1,0 +1,299 @@
+import CausalLM
+import CausalServer
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import XCTest
+
+/// Tool calls: rendering (the model's template, or the generic system prompt), parsing the output (whole and
+/// streamed), and the server's `tools` / `tool_choice` / history handling on the default model (SmolLM2, whose
+/// template has no tool section).
+final class ToolsTests: XCTestCase {
+    var app: some ApplicationProtocol { buildApplication(service: Shared.service) }
+    var model: String { Shared.modelID }
+
+    static let weatherTool: [String: Any] = [
+        "type": "function",
+        "function": [
+            "name": "get_weather", "description": "Get the current weather in a city.",
+            "parameters": [
+                "type": "object",
+                "properties": ["city": ["type": "string"], "unit": ["type": "string", "enum": ["celsius", "fahrenheit"]]],
+                "required": ["city", "unit"], "additionalProperties": false,
+            ] as [String: Any],
+        ] as [String: Any],
+    ]
+    static let timeTool: [String: Any] = [
+        "type": "function",
+        "function": [
+            "name": "get_time", "description": "Get the local time in a time zone.",
+            "parameters": ["type": "object", "properties": ["zone": ["type": "string"]], "required": ["zone"]] as [String: Any],
+        ] as [String: Any],
+    ]
+
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+
+    // MARK: Rendering
+
+    /// Qwen2.5's template renders tools, an assistant tool call and a tool result from `ChatTurn`s exactly as
+    /// transformers' apply_chat_template does from the OpenAI-shaped messages (fixture text).
+    func testQwenTemplateRendersToolTurnsAsTransformers() throws {
+        let root = try HFJSON.parse(Data(contentsOf: Self.fixtures.appendingPathComponent("real/qwen2.5-coder-0.5b-instruct/chat_template.json")))
+        let template = try ChatTemplate(XCTUnwrap(root["chat_template"]?.stringValue))
+        XCTAssertTrue(template.rendersTools)
+        var checked = 0
+        for r in root["renders"]?.arrayValue ?? [] {
+            guard let toolsJSON = r["tools"]?.arrayValue else { continue }
+            let tools = try toolsJSON.map { try ChatTool(json: $0) }
+            let turns: [ChatTurn] = try (r["messages"]?.arrayValue ?? []).map { m in
+                let calls = try (m["tool_calls"]?.arrayValue ?? []).enumerated().map { i, c -> ChatToolCall in
+                    let f = try XCTUnwrap(c["function"])
+                    return ChatToolCall(id: "call_\(i)", name: try XCTUnwrap(f["name"]?.stringValue),
+                                        arguments: ToolJSON.compact(try XCTUnwrap(f["arguments"])))
+                }
+                return ChatTurn(role: try XCTUnwrap(m["role"]?.stringValue), content: m["content"]?.stringValue, toolCalls: calls,
+                                toolCallID: m["role"]?.stringValue == "tool" ? "call_0" : nil)
+            }
+            let text = try template.render(turns: turns, tools: tools, addGenerationPrompt: r["add_generation_prompt"]?.boolValue ?? false)
+            XCTAssertEqual(text, r["text"]?.stringValue, r["name"]?.stringValue ?? "?")
+            checked += 1
+        }
+        XCTAssertEqual(checked, 3)   // tools, tools_no_system, tool_call_and_response
+    }
+
+    /// SmolLM2's template has no tool section: tools go into the system message, calls into the assistant's text and
+    /// results into a user message, in the documented format.
+    func testGenericRenderingForTemplateWithoutTools() throws {
+        let template = try XCTUnwrap(Shared.bundle.chatTemplate)
+        XCTAssertFalse(template.rendersTools)
+        let tool = try ChatTool(json: HFJSON.parse(JSONSerialization.data(withJSONObject: Self.timeTool)))
+        let turns = [ChatTurn(role: "system", content: "Be brief."),
+                     ChatTurn(role: "user", content: "Time in Paris?"),
+                     ChatTurn(role: "assistant", content: nil, toolCalls: [ChatToolCall(id: "c1", name: "get_time", arguments: "{\"zone\":\"Europe/Paris\"}")]),
+                     ChatTurn(role: "tool", content: "12:00", toolCallID: "c1"),
+                     ChatTurn(role: "tool", content: "ok", toolCallID: "c2")]
+        let m = ChatTemplate.genericMessages(turns: turns, tools: [tool])
+        XCTAssertEqual(m.map(\.role), ["system", "user", "assistant", "user"])
+        XCTAssertTrue(m[0].content.hasPrefix("Be brief.\n\n# Tools\n"), m[0].content)
+        XCTAssertTrue(m[0].content.contains("\n<tools>\n" + ToolJSON.python(tool.json) + "\n</tools>\n"), m[0].content)
+        XCTAssertTrue(m[0].content.hasSuffix("<tool_call>\n{\"name\": \"<function name>\", \"arguments\": <the arguments as a JSON object>}\n</tool_call>"))
+        XCTAssertEqual(m[2].content, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"Europe/Paris\"}}\n</tool_call>")
+        XCTAssertEqual(m[3].content, "<tool_response>\n12:00\n</tool_response>\n<tool_response>\nok\n</tool_response>")
+        // Through the template: the same as rendering those plain messages.
+        XCTAssertEqual(try template.render(turns: turns, tools: [tool], addGenerationPrompt: true),
+                       try template.render(messages: m, addGenerationPrompt: true))
+        // Without a system message one is added in front.
+        let m2 = ChatTemplate.genericMessages(turns: [ChatTurn(role: "user", content: "hi")], tools: [tool])
+        XCTAssertEqual(m2.map(\.role), ["system", "user"])
+        XCTAssertTrue(m2[0].content.hasPrefix("# Tools\n"))
+    }
+
+    // MARK: Parsing
+
+    func testParserWholeAndStreamedAgree() throws {
+        let text = "Let me check.\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}\n</tool_call>\n<tool_call>{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Oslo\\\"}\"}</tool_call> done <tool"
+        let whole = ToolCallParser.parse(text, names: ["get_time", "get_weather"])
+        XCTAssertEqual(whole.content, "Let me check.\n\n done <tool")
+        XCTAssertEqual(whole.calls.map(\.name), ["get_time", "get_weather"])
+        XCTAssertEqual(whole.calls.map(\.arguments), ["{\"zone\":\"UTC\"}", "{\"city\":\"Oslo\"}"])
+        // Fed in pieces of every size, the events add up to the same content and calls.
+        let chars = Array(text)
+        for size in [1, 2, 3, 5, 7, 11] {
+            var p = ToolCallParser(names: ["get_time", "get_weather"])
+            var events: [ToolCallParser.Event] = []
+            var i = 0
+            while i < chars.count {
+                events += p.feed(String(chars[i..<min(i + size, chars.count)]))
+                i += size
+            }
+            events += p.finish()
+            var content = ""
+            var calls: [String] = []
+            for e in events {
+                switch e {
+                case let .text(s):
+                    XCTAssertFalse(s.contains("<tool_call>"), "size \(size): \(s)")
+                    content += s
+                case let .call(n, a): calls.append(n + a)
+                }
+            }
+            XCTAssertEqual(content, whole.content, "size \(size)")
+            XCTAssertEqual(calls, whole.calls.map { $0.name + $0.arguments }, "size \(size)")
+        }
+    }
+
+    func testParserKeepsMalformedBlocksAsText() {
+        // Not JSON, an unknown function, arguments that are not an object: text.
+        for body in ["not json", "{\"name\": \"rm_rf\", \"arguments\": {}}", "{\"name\": \"get_time\", \"arguments\": 3}", "{\"arguments\": {}}"] {
+            let t = "<tool_call>\n\(body)\n</tool_call>"
+            let r = ToolCallParser.parse(t, names: ["get_time"])
+            XCTAssertEqual(r.calls.count, 0, body)
+            XCTAssertEqual(r.content, t, body)
+        }
+        // A block left open at the end is a call when its JSON is complete (a forced call stops after its JSON).
+        let open = ToolCallParser.parse("<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}", names: ["get_time"])
+        XCTAssertEqual(open.calls.first?.arguments, "{\"zone\":\"UTC\"}")
+        XCTAssertEqual(open.content, "")
+        let cut = ToolCallParser.parse("<tool_call>\n{\"name\": \"get_time\", \"argu", names: ["get_time"])
+        XCTAssertEqual(cut.calls.count, 0)
+        XCTAssertEqual(cut.content, "<tool_call>\n{\"name\": \"get_time\", \"argu")
+    }
+
+    /// Parameters' local references move with the parameters into the call's schema.
+    func testToolCallSchemaRebasesReferences() throws {
+        let params = try HFJSON.parse(Data(##"{"type":"object","properties":{"p":{"$ref":"#/$defs/P"}},"required":["p"],"$defs":{"P":{"type":"string"}}}"##.utf8))
+        let one = ToolCallFormat.callSchema([ChatTool(name: "f", parameters: params)])
+        XCTAssertTrue(one.contains(##""$ref":"#/properties/arguments/$defs/P""##), one)
+        let two = ToolCallFormat.callSchema([ChatTool(name: "f", parameters: params), ChatTool(name: "g")])
+        XCTAssertTrue(two.contains(##""$ref":"#/anyOf/0/properties/arguments/$defs/P""##), two)
+        XCTAssertTrue(two.contains(##"{"const":"g"}"##), two)
+        // It compiles, and accepts a call with the reference resolved.
+        let c = try GrammarConstraint.jsonSchema(two, tokenizer: Shared.bundle.tokenizer)
+        XCTAssertTrue(c.matches(##"{"name": "f", "arguments": {"p": "x"}}"##))
+        XCTAssertTrue(c.matches(##"{"name":"g","arguments":{}}"##))
+        XCTAssertFalse(c.matches(##"{"name": "h", "arguments": {}}"##))
+        XCTAssertFalse(c.matches(##"{"name": "f", "arguments": {"p": 1}}"##))
+    }
+
+    // MARK: Server
+
+    func chat(_ client: some TestClientProtocol, _ body: [String: Any]) async throws -> TestResponse {
+        var b = body
+        b["model"] = model
+        return try await client.post("/v1/chat/completions", json: b)
+    }
+
+    /// `tool_choice: required` gives a call whose arguments validate against the tool's parameters, with
+    /// finish_reason `tool_calls`; a named function picks that function. Greedy and seeded sampling.
+    func testRequiredAndNamedToolChoice() async throws {
+        try await app.test(.router) { client in
+            for (choice, temperature) in [("required", 0.0), ("required", 1.0), ("get_time", 0.0), ("get_weather", 1.0)] as [(String, Double)] {
+                let tc: Any = choice == "required" ? "required" : ["type": "function", "function": ["name": choice]]
+                let r = try await self.chat(client, [
+                    "messages": [["role": "user", "content": "What is the weather like in Paris right now?"]],
+                    "tools": [Self.weatherTool, Self.timeTool], "tool_choice": tc, "temperature": temperature, "seed": 7,
+                    "max_tokens": 80,
+                ])
+                XCTAssertEqual(r.status, .ok, r.text)
+                let c = firstChoice(try r.json())
+                XCTAssertEqual(c["finish_reason"] as? String, "tool_calls", "\(choice): \(r.text)")
+                let msg = object(c["message"])
+                let calls = msg["tool_calls"] as? [Any] ?? []
+                XCTAssertEqual(calls.count, 1, r.text)
+                let call = object(calls.first)
+                XCTAssertTrue((call["id"] as? String ?? "").hasPrefix("call_"))
+                XCTAssertEqual(call["type"] as? String, "function")
+                let f = object(call["function"])
+                let name = f["name"] as? String ?? ""
+                if choice != "required" { XCTAssertEqual(name, choice) }
+                let args = try JSONSerialization.jsonObject(with: Data((f["arguments"] as? String ?? "").utf8)) as? [String: Any] ?? [:]
+                switch name {
+                case "get_weather":
+                    XCTAssertEqual(Set(args.keys), ["city", "unit"], r.text)
+                    XCTAssertNotNil(args["city"] as? String)
+                    XCTAssertTrue(["celsius", "fahrenheit"].contains(args["unit"] as? String ?? ""), r.text)
+                case "get_time":
+                    XCTAssertEqual(Set(args.keys), ["zone"], r.text)
+                    XCTAssertNotNil(args["zone"] as? String)
+                default: XCTFail("unknown function \(name)")
+                }
+                XCTAssertTrue(msg["content"] is NSNull, r.text)
+            }
+        }
+    }
+
+    /// A forced call streamed: one `delta.tool_calls` chunk with the same name and arguments as the whole response,
+    /// and finish_reason `tool_calls`.
+    func testStreamedToolCallEqualsWholeResponse() async throws {
+        try await app.test(.router) { client in
+            let body: [String: Any] = [
+                "messages": [["role": "user", "content": "Weather in Rome in celsius?"]], "tools": [Self.weatherTool],
+                "tool_choice": "required", "temperature": 0, "max_tokens": 60,
+            ]
+            let whole = try await self.chat(client, body)
+            let wf = object(object((object(firstChoice(try whole.json())["message"])["tool_calls"] as? [Any])?.first)["function"])
+            var sb = body
+            sb["stream"] = true
+            let s = try await self.chat(client, sb)
+            XCTAssertEqual(s.status, .ok)
+            var calls: [[String: Any]] = []
+            var finish: String? = nil
+            var content = ""
+            for d in s.sseData where d != "[DONE]" {
+                let c = firstChoice(try JSONSerialization.jsonObject(with: Data(d.utf8)) as? [String: Any] ?? [:])
+                let delta = object(c["delta"])
+                content += delta["content"] as? String ?? ""
+                for tc in delta["tool_calls"] as? [Any] ?? [] { calls.append(object(tc)) }
+                if let f = c["finish_reason"] as? String { finish = f }
+            }
+            XCTAssertEqual(finish, "tool_calls", s.text)
+            XCTAssertEqual(content, "")
+            XCTAssertEqual(calls.count, 1, s.text)
+            XCTAssertEqual(calls.first?["index"] as? Int, 0)
+            XCTAssertEqual(calls.first?["type"] as? String, "function")
+            XCTAssertEqual(object(calls.first?["function"])["name"] as? String, wf["name"] as? String)
+            XCTAssertEqual(object(calls.first?["function"])["arguments"] as? String, wf["arguments"] as? String)
+        }
+    }
+
+    /// A second turn with the assistant's call and the tool's result in the history gets an answer; `tool_choice:
+    /// none` renders no tools (the prompt is the plain conversation's).
+    func testToolResultTurnAndToolChoiceNone() async throws {
+        try await app.test(.router) { client in
+            let history: [[String: Any]] = [
+                ["role": "user", "content": "What is the weather in Paris?"],
+                ["role": "assistant", "content": NSNull(), "tool_calls": [["id": "call_1", "type": "function",
+                    "function": ["name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"]]]],
+                ["role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 21, \"sky\": \"sunny\"}"],
+            ]
+            let r = try await self.chat(client, ["messages": history, "tools": [Self.weatherTool], "temperature": 0, "max_tokens": 40])
+            XCTAssertEqual(r.status, .ok, r.text)
+            let msg = object(firstChoice(try r.json())["message"])
+            XCTAssertFalse((msg["content"] as? String ?? "").isEmpty, r.text)
+            // The prompt the server used is the library's rendering of the same turns.
+            let turns = [ChatTurn(role: "user", content: "What is the weather in Paris?"),
+                         ChatTurn(role: "assistant", content: nil, toolCalls: [ChatToolCall(id: "call_1", name: "get_weather", arguments: "{\"city\": \"Paris\", \"unit\": \"celsius\"}")]),
+                         ChatTurn(role: "tool", content: "{\"temperature\": 21, \"sky\": \"sunny\"}", toolCallID: "call_1")]
+            let tool = try ChatTool(json: HFJSON.parse(JSONSerialization.data(withJSONObject: Self.weatherTool)))
+            let ids = try Shared.bundle.chatPromptIDs(turns: turns, tools: [tool])
+            XCTAssertEqual(object(try r.json()["usage"])["prompt_tokens"] as? Int, ids.count)
+
+            let none = try await self.chat(client, ["messages": [["role": "user", "content": "What is the capital of France?"]],
+                                                    "tools": [Self.weatherTool], "tool_choice": "none", "temperature": 0])
+            XCTAssertEqual(none.status, .ok, none.text)
+            let nd = try none.json()
+            XCTAssertEqual(object(nd["usage"])["prompt_tokens"] as? Int, try Shared.chatIDs("What is the capital of France?").count)
+            XCTAssertEqual(object(firstChoice(nd)["message"])["content"] as? String, "The capital of France is Paris.")
+            XCTAssertNil(object(firstChoice(nd)["message"])["tool_calls"])
+        }
+    }
+
+    func testToolErrors() async throws {
+        try await app.test(.router) { client in
+            let user = [["role": "user", "content": "hi"]]
+            let cases: [([String: Any], String)] = [
+                (["messages": user, "tool_choice": "required"], "tool_choice"),
+                (["messages": user, "tools": [Self.weatherTool], "tool_choice": "sometimes"], "tool_choice"),
+                (["messages": user, "tools": [Self.weatherTool], "tool_choice": ["type": "function", "function": ["name": "nope"]]], "tool_choice"),
+                (["messages": user, "tools": [["type": "function", "function": ["description": "no name"]]]], "tools[0]"),
+                (["messages": user, "tools": [["type": "retrieval"]]], "tools[0]"),
+                (["messages": user, "tools": [Self.weatherTool, Self.weatherTool]], "tools[1].function.name"),
+                (["messages": user, "tools": "get_weather"], "tools"),
+                (["messages": [["role": "tool", "content": "x"]]], "messages[0].tool_call_id"),
+                (["messages": [["role": "assistant", "tool_calls": [["type": "function", "function": ["arguments": "{}"]]]]]], "messages[0].tool_calls[0].function.name"),
+                (["messages": user, "functions": [["name": "f"]]], "functions"),
+                (["messages": user, "tools": [["type": "function", "function": ["name": "f", "parameters": ["type": "object", "properties": ["x": ["not": ["type": "string"]]]]]]],
+                  "tool_choice": "required"], "tools[0].function.parameters"),
+                (["messages": user, "tools": [Self.weatherTool], "tool_choice": "required", "response_format": ["type": "json_object"]], "response_format"),
+            ]
+            for (body, param) in cases {
+                let r = try await self.chat(client, body)
+                XCTAssertEqual(r.status, .badRequest, "\(body): \(r.text)")
+                XCTAssertEqual(try r.apiError()["param"] as? String, param, r.text)
+            }
+            let c = try await client.post("/v1/completions", json: ["model": self.model, "prompt": "x", "tools": [Self.weatherTool]])
+            XCTAssertEqual(c.status, .badRequest)
+        }
+    }
+}
