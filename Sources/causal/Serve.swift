@@ -37,6 +37,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds running requests may finish after SIGINT/SIGTERM before they are cancelled.")
     var shutdownGrace: Double = 30
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+    @Option(name: .long, help: "Activations in products with quantized weights: fp32 (default) or int8 (faster, opt-in, close but not equal; see docs/int8-activations.md). Default: $CAUSAL_ACTIVATIONS or fp32.")
+    var activations: ActivationsArgument?
     @Option(name: .long, help: ArgumentHelp("Serve POST /v1/embeddings with this embedding model directory (config.json, model.safetensors, tokenizer.json); 'default': all-MiniLM-L6-v2, fetched into the cache if missing.", valueName: "dir|default"))
     var embeddingModel: String?
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
@@ -58,6 +60,7 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if let a = activations { Activations.current = a.value }
         let key = apiKey ?? ProcessInfo.processInfo.environment["CAUSAL_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         var config = ServerConfiguration(
             host: host, port: port, modelPath: model, modelName: modelName, maxSequences: maxSequences, context: context,
