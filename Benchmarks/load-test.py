@@ -10,11 +10,15 @@ of mixed lengths, greedy and seeded sampling, max_tokens 16-48); some clients di
   * /metrics agrees with what was sent: requests by endpoint and status, prompt tokens, generated tokens
     (exact for completed requests, bounded for disconnected ones), nothing left running or queued.
 
-Reports aggregate tokens/s, p50/p99 time to first token, request latency, mean batch size and the server's peak
-RSS (VmHWM from /proc/PID/status). With --llama-cpp-python PYTHON it then runs the same load (same jobs, clients,
+Reports aggregate tokens/s, p50/p99 time to first token, request latency, mean batch size, the server's peak
+RSS (VmHWM from /proc/PID/status) and the prefix cache's hit rate. With --system-prompts K every chat request
+starts with one of K shared system prompts (what the prefix cache is for). When the server under load keeps a
+prefix cache (the default; --cache-memory 0 turns it off), the single-request answers come from a second server
+started with --cache-memory 0 first, so the check is also "answers unchanged with the cache on". With --llama-cpp-python PYTHON it then runs the same load (same jobs, clients,
 disconnects) against llama-cpp-python's OpenAI server on the same GGUF file and reports the same client-side numbers.
 
   python3 Benchmarks/load-test.py --causal .build/release/causal
+  python3 Benchmarks/load-test.py --causal .build/release/causal --system-prompts 4     # shared system prompts
   python3 Benchmarks/load-test.py --causal .build/release/causal --llama-cpp-python /tmp/venv-llama/bin/python
 """
 import argparse
@@ -48,9 +52,24 @@ PROMPTS = [
     ("chat", "Translate 'good morning' into Spanish, French and German."),
 ]
 MAX_TOKENS = [16, 24, 32, 48]
+# Shared system prompts (--system-prompts K uses the first K): a product assistant's rules, as services send them.
+SYSTEMS = [
+    "You are the support assistant of Northwind Outdoor Gear. Be friendly and brief. Only answer questions about "
+    "tents, sleeping bags, backpacks and stoves; for anything else, say politely that you can only help with our "
+    "products. Never promise discounts. Prices are in euros and include VAT. Returns are free within 30 days.",
+    "You are a careful writing assistant for a small newspaper. Use plain British English, short sentences and the "
+    "active voice. Do not invent facts, names or quotes; if something is missing, say what you would need. Keep "
+    "headlines under ten words and never use exclamation marks.",
+    "You are a coding tutor for beginners learning Python. Explain one idea at a time, show a short example when it "
+    "helps, and point out common mistakes. Do not write complete solutions to homework; give hints instead. Use "
+    "Python 3 syntax and the standard library only.",
+    "You are a travel planner for rail journeys in Europe. Suggest routes by train only, mention where a change of "
+    "train is needed and roughly how long each leg takes, and remind travellers to check the operator's timetable "
+    "before they book. Be concise and practical.",
+]
 
 
-def make_jobs():
+def make_jobs(system_prompts=0):
     jobs = []
     for i, (endpoint, prompt) in enumerate(PROMPTS):
         for k in range(2):
@@ -58,6 +77,7 @@ def make_jobs():
             jobs.append({
                 "endpoint": endpoint, "prompt": prompt, "max_tokens": MAX_TOKENS[(i + 3 * k) % len(MAX_TOKENS)],
                 "temperature": 0.8 if seeded else 0.0, "seed": 1000 + 10 * i + k if seeded else None,
+                "system": SYSTEMS[(i + k) % system_prompts] if system_prompts and endpoint == "chat" else None,
             })
     return jobs
 
@@ -68,6 +88,8 @@ def payload(job, model, stream):
         p["seed"] = job["seed"]
     if job["endpoint"] == "chat":
         p["messages"] = [{"role": "user", "content": job["prompt"]}]
+        if job.get("system"):
+            p["messages"].insert(0, {"role": "system", "content": job["system"]})
     else:
         p["prompt"] = job["prompt"]
     if stream:
@@ -349,36 +371,49 @@ async def run_llama_cpp(args, jobs):
     return not any(s is None or s >= 500 for s in statuses)
 
 
+async def start_server(args, host, cache_memory):
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="causal-load-", suffix=".log", delete=False)
+    cmd = [args.causal, "serve", "--host", host, "--port", str(port), "--max-sequences", str(args.max_sequences),
+           "--context", str(args.context)]
+    if args.model:
+        cmd += ["--model", args.model]
+    if cache_memory is not None:
+        cmd += ["--cache-memory", str(cache_memory)]
+    print("starting:", " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(600):
+        try:
+            status, _, _ = await http(host, port, "GET", "/health")
+            if status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            sys.exit(f"causal serve exited early; log in {log.name}")
+        await asyncio.sleep(0.2)
+    return proc, port, log
+
+
+async def reference_answers(host, port, model, jobs, check):
+    """Single-request answers, one at a time (non-streaming)."""
+    t = time.perf_counter()
+    refs = []
+    for job in jobs:
+        status, _, body = await http(host, port, "POST", path_of(job), payload(job, model, False))
+        check(status == 200, f"reference request answered {status}: {body[:200]!r}")
+        d = json.loads(body)
+        ch = d["choices"][0]
+        refs.append({"text": ch["message"]["content"] if job["endpoint"] == "chat" else ch["text"],
+                     "finish": ch["finish_reason"], "usage": d["usage"]})
+    print(f"{len(jobs)} single-request answers in {time.perf_counter() - t:.1f} s", flush=True)
+    return refs
+
+
 async def run(args):
     host = "127.0.0.1"
     proc = None
     log = None
-    if args.url:
-        m = re.match(r"http://(127\.0\.0\.1|localhost):(\d+)/?$", args.url)
-        if not m:
-            sys.exit("--url must be a loopback address like http://127.0.0.1:8080")
-        port = int(m.group(2))
-        pid = args.pid
-    else:
-        port = free_port()
-        log = tempfile.NamedTemporaryFile(prefix="causal-load-", suffix=".log", delete=False)
-        cmd = [args.causal, "serve", "--host", host, "--port", str(port), "--max-sequences", str(args.max_sequences),
-               "--context", str(args.context)]
-        if args.model:
-            cmd += ["--model", args.model]
-        print("starting:", " ".join(cmd), flush=True)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        pid = proc.pid
-        for _ in range(600):
-            try:
-                status, _, _ = await http(host, port, "GET", "/health")
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                sys.exit(f"causal serve exited early; log in {log.name}")
-            await asyncio.sleep(0.2)
     failures = []
 
     def check(cond, what):
@@ -386,22 +421,39 @@ async def run(args):
             failures.append(what)
             print("FAIL", what, flush=True)
 
+    jobs = make_jobs(args.system_prompts)
+    refs = None
+    if args.url:
+        m = re.match(r"http://(127\.0\.0\.1|localhost):(\d+)/?$", args.url)
+        if not m:
+            sys.exit("--url must be a loopback address like http://127.0.0.1:8080")
+        port = int(m.group(2))
+        pid = args.pid
+    else:
+        if args.cache_memory != 0:
+            # The single-request answers come from a server without the prefix cache.
+            ref_proc, ref_port, ref_log = await start_server(args, host, 0)
+            try:
+                status, _, body = await http(host, ref_port, "GET", "/v1/models")
+                refs = await reference_answers(host, ref_port, json.loads(body)["data"][0]["id"], jobs, check)
+            finally:
+                ref_proc.send_signal(signal.SIGTERM)
+                ref_proc.wait(timeout=60)
+                os.unlink(ref_log.name)
+        proc, port, log = await start_server(args, host, args.cache_memory)
+        pid = proc.pid
+
     try:
         status, _, body = await http(host, port, "GET", "/v1/models")
         model = json.loads(body)["data"][0]["id"]
-        jobs = make_jobs()
-
-        # Single-request answers, one at a time (non-streaming).
-        t = time.perf_counter()
-        refs = []
-        for job in jobs:
-            status, _, body = await http(host, port, "POST", path_of(job), payload(job, model, False))
-            check(status == 200, f"reference request answered {status}: {body[:200]!r}")
-            d = json.loads(body)
-            ch = d["choices"][0]
-            refs.append({"text": ch["message"]["content"] if job["endpoint"] == "chat" else ch["text"],
-                         "finish": ch["finish_reason"], "usage": d["usage"]})
-        print(f"{len(jobs)} single-request answers in {time.perf_counter() - t:.1f} s", flush=True)
+        # Single-request answers on this server too (with a prefix cache they also put every job's prompt in it).
+        own = await reference_answers(host, port, model, jobs, check)
+        if refs is not None:
+            same = sum(1 for a, b in zip(refs, own) if a == b)
+            check(same == len(jobs), f"single-request answers with the prefix cache: {same}/{len(jobs)} equal to the ones without")
+            print(f"single-request answers equal with and without the prefix cache: {same}/{len(jobs)}")
+        else:
+            refs = own
 
         # The server counts a request once its response has been written, which can come a moment after the client
         # has read it: wait until the last reference request is counted before taking the baseline.
@@ -464,8 +516,10 @@ async def run(args):
         prompt_sent = sum(refs[r["ref"]]["usage"]["prompt_tokens"] for r in ok)
         check(delta("causal_prompt_tokens_total") == prompt_sent,
               f"prompt tokens: metrics {delta('causal_prompt_tokens_total')}, sent {prompt_sent}")
-        check(delta("causal_scheduler_prompt_tokens_total") == prompt_sent,
-              f"prefill tokens: metrics {delta('causal_scheduler_prompt_tokens_total')}, sent {prompt_sent}")
+        # Prompt tokens either ran (prefill) or came from the prefix cache.
+        hit_tokens = delta("causal_prefix_cache_hit_tokens_total")
+        check(delta("causal_scheduler_prompt_tokens_total") + hit_tokens == prompt_sent,
+              f"prefill tokens: metrics {delta('causal_scheduler_prompt_tokens_total')} run + {hit_tokens} cached, sent {prompt_sent}")
         gen_done = sum(r["usage"]["completion_tokens"] for r in completed if r["usage"])
         gen_cut_max = sum(r["job"]["max_tokens"] for r in cut)
         gen = delta("causal_generation_tokens_total")
@@ -495,6 +549,12 @@ async def run(args):
               f"request latency: p50 {pct(lat, 0.5):.2f} s, p99 {pct(lat, 0.99):.2f} s")
         if steps:
             print(f"steps: {int(steps)}, mean {seqs / steps:.1f} sequences and {toks / steps:.1f} tokens per step")
+        hits, misses = delta("causal_prefix_cache_hits_total"), delta("causal_prefix_cache_misses_total")
+        if hits + misses:
+            print(f"prefix cache: {int(hits)} hits / {int(hits + misses)} lookups ({100 * hits / (hits + misses):.0f}%), "
+                  f"{int(hit_tokens)} of {int(prompt_sent)} prompt tokens cached ({100 * hit_tokens / max(prompt_sent, 1):.0f}%), "
+                  f"{int(delta('causal_prefix_cache_evictions_total'))} evictions, "
+                  f"{after.get('causal_prefix_cache_bytes', 0) / 2**20:.1f} MiB held")
         if mem:
             print(f"server memory: peak RSS (VmHWM) {mem.get('VmHWM')} MiB, RSS now {mem.get('VmRSS')} MiB")
         print(f"answers equal to single-request answers: {len(completed) - mismatches}/{len(completed)}")
@@ -512,7 +572,7 @@ async def run(args):
             else:
                 os.unlink(log.name)
     if args.llama_cpp_python:
-        if not await run_llama_cpp(args, make_jobs()):
+        if not await run_llama_cpp(args, make_jobs(args.system_prompts)):
             failures.append("llama-cpp-python answered 5xx or not at all")
     if failures:
         print(f"\n{len(failures)} check(s) failed")
@@ -532,6 +592,9 @@ def main():
     ap.add_argument("--disconnect-rate", type=float, default=0.1, help="fraction of requests whose client leaves midway")
     ap.add_argument("--max-sequences", type=int, default=16)
     ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--cache-memory", type=int, help="the server's --cache-memory MiB (default: its default, 256; 0: off)")
+    ap.add_argument("--system-prompts", type=int, default=0, help=f"chat requests start with one of this many shared "
+                    f"system prompts (0-{len(SYSTEMS)})")
     ap.add_argument("--timeout", type=float, default=900, help="seconds for the whole load phase")
     ap.add_argument("--llama-cpp-python", metavar="PYTHON",
                     help="afterwards, the same load against llama-cpp-python's OpenAI server run by this Python "
@@ -539,6 +602,8 @@ def main():
     args = ap.parse_args()
     if args.clients < 1 or args.clients > 256 or args.requests < 1 or args.requests > 16:
         sys.exit("keep the load bounded: 1-256 clients, 1-16 requests each")
+    if not 0 <= args.system_prompts <= len(SYSTEMS):
+        sys.exit(f"--system-prompts must be in 0...{len(SYSTEMS)}")
     sys.exit(asyncio.run(run(args)))
 
 
