@@ -20,6 +20,8 @@ struct Bench: ParsableCommand {
     @Flag(name: .long, help: "Measure memory read bandwidth and the model's decode floor instead of pp/tg (the model is not loaded, only its GGUF header read).") var memory = false
     @Option(name: .long, help: "Buffer size of --memory, MiB.") var memoryMib: Int = 1024
     @Option(name: .long, help: "Timed passes of --memory per thread count (the best is reported).") var memoryRepeats: Int = 5
+    @Option(name: .long, help: "Measure constrained decoding instead: a JSON Schema file (*.json) or a grammar file (anything else); runs --batch sequences (first value, default 16) of the chat prompt --constrained-prompt for -n tokens at temperature 1, without and with the constraint, and prints the mask cost per token beside the decode step.") var constrained: String?
+    @Option(name: .long, help: "The user message of --constrained.") var constrainedPrompt: String = "Give an example of the JSON object described by the schema."
 
     func list(_ s: String, _ name: String) throws -> [Int] {
         try s.split(separator: ",").map {
@@ -39,6 +41,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         if memory { return try runMemory() }
+        if let constrained { return try runConstrained(constrained) }
         try reportingErrors {
             if let a = activations { Activations.current = a.value }
             let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
@@ -62,6 +65,36 @@ struct Bench: ParsableCommand {
             for b in try list(batch, "batch") where n > 0 {
                 let (pr, dr) = try bench.batchedDecode(sequences: b, prompt: batchPrompt, tokens: n)
                 emit(pr); emit(dr)
+            }
+        }
+    }
+
+    /// `--constrained FILE`: mask microseconds per token beside the decode step time.
+    func runConstrained(_ file: String) throws {
+        try reportingErrors {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw CausalError.io(path: file, reason: FileManager.default.fileExists(atPath: file) ? "cannot read" : "no such file")
+            }
+            if let a = activations { Activations.current = a.value }
+            let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
+            let sequences = try list(batch, "batch").first ?? 16
+            let prompt = try bundle.chatPromptIDs([ChatMessage(role: "user", content: constrainedPrompt)])
+            let isSchema = file.hasSuffix(".json")
+            let r = try Benchmark.constrainedDecode(generator: bundle.makeGenerator(), prompt: prompt, sequences: sequences,
+                                                    tokens: max(n, 1)) {
+                do {
+                    return isSchema ? try GrammarConstraint.jsonSchema(data, tokenizer: bundle.tokenizer)
+                        : try GrammarConstraint(grammar: String(decoding: data, as: UTF8.self), tokenizer: bundle.tokenizer)
+                } catch let e as CausalError { throw CausalError.invalidArgument("\(file): \(e)") }
+            }
+            let name = URL(fileURLWithPath: bundle.path).lastPathComponent
+            let vocab = try bundle.tokenizer.vocabularySize
+            let f = { (x: Double, d: Int) in String(format: "%.\(d)f", x) }
+            if json {
+                writeOut(#"{"model": \#(jsonString(name)), "test": "constrained", "constraint": \#(jsonString(URL(fileURLWithPath: file).lastPathComponent)), "sequences": \#(r.sequences), "vocabulary": \#(vocab), "tokens": \#(r.tokens), "completed": \#(r.completed), "mask_calls": \#(r.maskCalls), "mask_us_per_token": \#(f(r.maskMicrosecondsPerToken, 1)), "mask_cpu_us_per_token": \#(f(r.maskCPUMicrosecondsPerToken, 1)), "cache_hit_rate": \#(f(r.cacheHitRate, 3)), "states": \#(r.states), "step_ms_unconstrained": \#(f(r.stepMillisecondsUnconstrained, 2)), "step_ms_constrained": \#(f(r.stepMillisecondsConstrained, 2)), "mask_share_of_step": \#(f(r.maskShareOfStep, 4)), "compile_ms": \#(f(r.compileMilliseconds, 1))}"# + "\n")
+            } else {
+                writeOut("| model | constraint | sequences | tokens (complete) | mask us/token (CPU) | cache hits | states | step ms free | step ms constrained | mask share of step | compile ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+                writeOut("| \(name) | \(URL(fileURLWithPath: file).lastPathComponent) | \(r.sequences) | \(r.tokens) (\(r.completed)) | \(f(r.maskMicrosecondsPerToken, 1)) (\(f(r.maskCPUMicrosecondsPerToken, 1))) | \(f(r.cacheHitRate * 100, 1))% | \(r.states) | \(f(r.stepMillisecondsUnconstrained, 2)) | \(f(r.stepMillisecondsConstrained, 2)) | \(f(r.maskShareOfStep * 100, 2))% | \(f(r.compileMilliseconds, 1)) |\n")
             }
         }
     }

@@ -42,6 +42,12 @@ struct Generate: ParsableCommand {
     @Option(name: .long, help: "At most this many prompt tokens per sequence per forward step.")
     var chunk: Int?
 
+    @Option(name: .long, help: "Constrain the output to a grammar (a file in the format of docs/constrained-decoding.md).")
+    var grammar: String?
+
+    @Option(name: .long, help: "Constrain the output to JSON valid against this JSON Schema file (docs/constrained-decoding.md).")
+    var jsonSchema: String?
+
     @Argument(help: "The prompt.") var prompt: String?
 
     func validate() throws {
@@ -49,6 +55,24 @@ struct Generate: ParsableCommand {
         if (prompt == nil) == (input == nil) { throw ValidationError("give either a PROMPT or --input FILE.jsonl") }
         if batchSize < 1 { throw ValidationError("--batch-size must be at least 1") }
         if let c = chunk, c < 1 { throw ValidationError("--chunk must be at least 1") }
+        if grammar != nil && jsonSchema != nil { throw ValidationError("give --grammar or --json-schema, not both") }
+    }
+
+    /// The sampling parameters with the --grammar / --json-schema constraint, if any.
+    func parameters(_ bundle: ModelBundle) throws -> GenerateParameters {
+        var p = sampling.parameters
+        guard let file = grammar ?? jsonSchema else { return p }
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw CausalError.io(path: file, reason: FileManager.default.fileExists(atPath: file) ? "cannot read" : "no such file")
+        }
+        do {
+            p.constraint = grammar != nil
+                ? try GrammarConstraint(grammar: String(decoding: data, as: UTF8.self), tokenizer: bundle.tokenizer)
+                : try GrammarConstraint.jsonSchema(data, tokenizer: bundle.tokenizer)
+        } catch let e as CausalError {
+            throw CausalError.invalidArgument("\(file): \(e)")
+        }
+        return p
     }
 
     func run() throws {
@@ -62,7 +86,7 @@ struct Generate: ParsableCommand {
                 ids = try bundle.userMessageIDs(prompt!, system: system)
             }
             let generator = bundle.makeGenerator()
-            let request = bundle.request(ids, parameters: sampling.parameters)
+            let request = bundle.request(ids, parameters: try parameters(bundle))
             if json {
                 let r = try generator.generate([request], chunkSize: chunk)[0]
                 writeOut(resultJSON(r) + "\n")
@@ -83,9 +107,10 @@ struct Generate: ParsableCommand {
             .enumerated().filter { !$0.element.trimmingCharacters(in: .whitespaces).isEmpty }
         var outputs = [String](repeating: "", count: lines.count)
         var requests: [(slot: Int, request: SequenceRequest)] = []
+        let defaults = try parameters(bundle)
         for (slot, (n, line)) in lines.enumerated() {
             do {
-                requests.append((slot, try BatchLine.parse(String(line), lineNumber: n + 1, bundle: bundle, defaults: sampling.parameters, system: system)))
+                requests.append((slot, try BatchLine.parse(String(line), lineNumber: n + 1, bundle: bundle, defaults: defaults, system: system)))
             } catch {
                 outputs[slot] = errorJSON("line \(n + 1): \(error)")
             }

@@ -9,6 +9,8 @@ public struct ConstrainedBenchmarkResult: Sendable {
     /// Mask calls (one per sequence per token), their mean time, and the share found cached.
     public var maskCalls: Int
     public var maskMicrosecondsPerToken: Double
+    /// The same in CPU time of the calling thread (what the mask costs on an idle core).
+    public var maskCPUMicrosecondsPerToken: Double
     public var cacheHitRate: Double
     /// Recognizer states built.
     public var states: Int
@@ -47,6 +49,7 @@ extension Benchmark {
             sequences: sequences, tokens: results.reduce(0) { $0 + $1.tokens.count },
             completed: results.filter { $0.finishReason == .stop }.count, maskCalls: st.maskCalls,
             maskMicrosecondsPerToken: st.maskCalls > 0 ? st.maskSeconds * 1e6 / Double(st.maskCalls) : 0,
+            maskCPUMicrosecondsPerToken: st.maskCalls > 0 ? st.maskCPUSeconds * 1e6 / Double(st.maskCalls) : 0,
             cacheHitRate: st.maskCalls > 0 ? Double(st.cacheHits) / Double(st.maskCalls) : 0, states: st.states,
             stepMillisecondsUnconstrained: stepMs(free), stepMillisecondsConstrained: stepMs(constrained),
             maskShareOfStep: stepMs(constrained) > 0 ? maskPerStepMs / stepMs(constrained) : 0,
