@@ -213,19 +213,8 @@ public final class OpenAIService: @unchecked Sendable {
             let sequence = bundle.isEncoderDecoder ? SequenceRequest(encoderInput: req.promptIDs, parameters: req.parameters)
                                                    : SequenceRequest(prompt: req.promptIDs, parameters: req.parameters)
             submitted = try scheduler.submit(sequence)
-        } catch let e as SchedulerError {
-            switch e {
-            case let .queueFull(_, retry):
-                throw APIError(.tooManyRequests, "The server is overloaded: all \(configuration.maxSequences) slots are busy and the queue is full. Please retry after \(retry) s.",
-                               type: "rate_limit_error", code: "rate_limit_exceeded", retryAfter: retry)
-            case .shuttingDown:
-                throw APIError(.serviceUnavailable, "The server is shutting down and accepts no new requests.",
-                               type: "server_error", code: "shutting_down", retryAfter: 5)
-            case .exceedsKVBudget:
-                throw APIError.invalid("\(e). Lower 'max_tokens'.", param: "max_tokens", code: "context_length_exceeded")
-            }
         } catch {
-            throw APIError.invalid("\(error)")
+            throw submitError(error)
         }
         // As the result's usage counts it: an encoder-decoder model's decoder start token is part of the prompt.
         context.info.set(prompt: req.promptIDs.count + (bundle.isEncoderDecoder ? 1 : 0))

@@ -6,26 +6,6 @@ import Hummingbird
 // call them): `POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info`. Like vLLM they sit outside `/v1`, so an
 // API key does not guard them.
 
-/// Token ids of `text`, with or without the special tokens the tokenizer puts around a sequence (a BOS it adds,
-/// T5's trailing `</s>`, BERT's `[CLS]`/`[SEP]`). Special-token text in `text` (`<|im_start|>`) is its token either way.
-func encodeText(_ tokenizer: any TextTokenizer, _ text: String, addSpecialTokens: Bool) throws -> [Int] {
-    if addSpecialTokens { return try tokenizer.encode(text) }
-    switch tokenizer {
-    case let t as UnigramTokenizer: return try t.encode(text, addSpecialTokens: false)
-    case let t as WordPieceTokenizer: return t.encode(text, addSpecialTokens: false, maxLength: nil)
-    case let t as ByteLevelBPETokenizer:
-        var ids = t.encode(text)
-        if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
-        return ids
-    case let t as SentencePieceBPETokenizer:
-        var ids = t.encode(text)
-        if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
-        return ids
-    default:
-        return try tokenizer.encode(text)
-    }
-}
-
 extension OpenAIService {
     /// Registers the tokenizer endpoints.
     func addTokenizerRoutes(_ router: Router<ServerRequestContext>) {
@@ -66,7 +46,7 @@ extension OpenAIService {
                 throw APIError.invalid("Missing required parameter: 'prompt' (or 'messages').", param: "prompt", code: "missing_required_parameter")
             }
             guard let text = v as? String, !isJSONBool(v) else { throw FieldReader.wrongType("prompt", expected: "a string", got: v) }
-            do { ids = try encodeText(tokenizer, text, addSpecialTokens: try f.bool("add_special_tokens") ?? true) } catch let e as APIError {
+            do { ids = try tokenizer.encode(text, addingSpecialTokens: try f.bool("add_special_tokens") ?? true) } catch let e as APIError {
                 throw e
             } catch {
                 throw APIError.invalid("The prompt could not be tokenized: \(error)", param: "prompt")

@@ -43,8 +43,8 @@ struct Score: ParsableCommand {
                     continuation = String(String.UnicodeScalarView(scalars[cut...])) + continuation
                     context = String(String.UnicodeScalarView(scalars[..<cut]))
                 }
-                let whole = try Self.encodeWithoutSpecials(tok, context + continuation)
-                let ctx = try Self.encodeWithoutSpecials(tok, context)
+                let whole = try tok.encode(context + continuation, addingSpecialTokens: false)
+                let ctx = try tok.encode(context, addingSpecialTokens: false)
                 guard !ctx.isEmpty, whole.count > ctx.count else {
                     throw CausalError.invalidArgument("\(input) line \(n + 1): the continuation has no tokens of its own")
                 }
@@ -60,23 +60,6 @@ struct Score: ParsableCommand {
                 let values = lps.map { "\(Double($0.logprob))" }.joined(separator: ", ")
                 writeOut("{\"logprob\": \(sum), \"is_greedy\": \(greedy), \"context_tokens\": \(pair.context.count), \"continuation_tokens\": \(lps.count), \"token_logprobs\": [\(values)]}\n")
             }
-        }
-    }
-
-    /// Token ids without a BOS the tokenizer adds or T5's trailing `</s>` (as the server's `/tokenize` with
-    /// `"add_special_tokens": false`).
-    static func encodeWithoutSpecials(_ tok: any TextTokenizer, _ text: String) throws -> [Int] {
-        switch tok {
-        case let t as UnigramTokenizer: return try t.encode(text, addSpecialTokens: false)
-        case let t as ByteLevelBPETokenizer:
-            var ids = t.encode(text)
-            if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
-            return ids
-        case let t as SentencePieceBPETokenizer:
-            var ids = t.encode(text)
-            if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
-            return ids
-        default: return try tok.encode(text)
         }
     }
 }

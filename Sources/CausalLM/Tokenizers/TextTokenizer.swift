@@ -71,6 +71,27 @@ extension TextTokenizer {
 
     public func makeGenerationDecoder() -> StreamingDecoder { makeStreamingDecoder(skipSpecial: false) }
 
+    /// Token ids of `text`, with or without the special tokens the tokenizer puts around a sequence (a BOS it adds,
+    /// T5's trailing `</s>`, BERT's `[CLS]`/`[SEP]`). Special-token text in `text` (`<|im_start|>`) is its token
+    /// either way. What `/tokenize`'s `add_special_tokens` and lm-eval's context/continuation split need.
+    public func encode(_ text: String, addingSpecialTokens: Bool) throws -> [Int] {
+        if addingSpecialTokens { return try encode(text) }
+        switch self {
+        case let t as UnigramTokenizer: return try t.encode(text, addSpecialTokens: false)
+        case let t as WordPieceTokenizer: return t.encode(text, addSpecialTokens: false, maxLength: nil)
+        case let t as ByteLevelBPETokenizer:
+            var ids = t.encode(text)
+            if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
+            return ids
+        case let t as SentencePieceBPETokenizer:
+            var ids = t.encode(text)
+            if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
+            return ids
+        default:
+            return try encode(text)
+        }
+    }
+
     /// The bytes a token stands for on its own, in the middle of a text (special tokens as their text): what an API
     /// shows as a token (OpenAI's logprobs `token` and `bytes`). Empty outside the vocabulary.
     public func tokenBytes(_ id: Int) -> [UInt8] {
