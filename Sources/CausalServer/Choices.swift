@@ -153,7 +153,7 @@ extension OpenAIService {
                             for await ev in s {
                                 let j: Int
                                 switch ev {
-                                case let .token(i, _), let .text(i, _), let .finished(i, _, _): j = i
+                                case let .token(i, _), let .text(i, _), let .finished(i, _, _), let .logprob(i, _): j = i
                                 case .failed: j = 0
                                 }
                                 continuation.yield((g * perPrompt + j, ev))
@@ -269,6 +269,8 @@ extension OpenAIService {
                 switch ev {
                 case .token:
                     generated += 1
+                case .logprob:
+                    break   // several choices: each choice's logprobs come whole with its finish chunk
                 case let .text(_, delta):
                     try await send(builder.chunk(text: delta, withUsageNull: usageNull).withChoiceIndex(k))
                 case let .finished(_, result, timings):

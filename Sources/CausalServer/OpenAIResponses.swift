@@ -57,9 +57,10 @@ struct ResponseBuilder {
     }
 
     /// A streaming chunk: the first (role), a text delta, or the last (finish reason, logprobs).
+    /// `textOffset`: where the chunk's first token starts in the completion's text (completions' `text_offset`).
     func chunk(text: String?, role: Bool = false, finish: FinishReason? = nil, logprobs lps: [TokenLogprob]? = nil,
-               withUsageNull: Bool) -> JSONValue {
-        let lp = lps.map { logprobs($0) } ?? .null
+               textOffset: Int = 0, withUsageNull: Bool) -> JSONValue {
+        let lp = lps.map { logprobs($0, textOffset: textOffset) } ?? .null
         let fr: JSONValue = finish.map { .string(Self.finishReason($0)) } ?? .null
         let choice: JSONValue
         switch endpoint {
@@ -82,7 +83,10 @@ struct ResponseBuilder {
                                        ("usage", Self.usage(prompt: prompt, completion: completion))])
     }
 
-    func logprobs(_ lps: [TokenLogprob]) -> JSONValue {
+    /// Characters the tokens' texts take (how completions' `text_offset` advances).
+    func textLength(_ lps: [TokenLogprob]) -> Int { lps.reduce(0) { $0 + tokenizer.tokenText($1.id).count } }
+
+    func logprobs(_ lps: [TokenLogprob], textOffset: Int = 0) -> JSONValue {
         switch endpoint {
         case .chat:
             func entry(_ id: Int, _ lp: Float) -> [(String, JSONValue)] {
@@ -95,7 +99,7 @@ struct ResponseBuilder {
             }
             return .object([("content", .array(content)), ("refusal", .null)])
         case .completion:
-            var offset = 0
+            var offset = textOffset
             var tokens: [JSONValue] = [], values: [JSONValue] = [], tops: [JSONValue] = [], offsets: [JSONValue] = []
             for t in lps {
                 let s = tokenizer.tokenText(t.id)

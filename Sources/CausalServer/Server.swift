@@ -275,16 +275,29 @@ public final class OpenAIService: @unchecked Sendable {
             let toolStream = req.tools.map { ToolCallStream(builder: builder, options: $0, usageNull: usageNull) }
             try await send(sseEvent(builder.endpoint == .chat ? builder.chunk(text: "", role: true, withUsageNull: usageNull)
                                                                  : builder.chunk(text: "", withUsageNull: usageNull)))
+            // Logprobs ride with the text chunk that first shows their tokens' text (held-back text keeps them
+            // waiting); what remains comes with the finish chunk. Concatenated, they are the result's logprobs.
+            var pending: [TokenLogprob] = []
+            var offset = 0
+            func take() -> [TokenLogprob]? {
+                guard req.parameters.logprobs else { return nil }
+                defer { pending = [] }
+                return pending
+            }
             for await ev in events {
                 switch ev {
                 case .token:
                     generated += 1
+                case let .logprob(_, lp):
+                    pending.append(lp)
                 case let .text(_, delta):
                     if let toolStream {   // Tools.swift: text and delta.tool_calls
                         for c in toolStream.feed(delta) { try await send(sseEvent(c)) }
                         break
                     }
-                    try await send(sseEvent(builder.chunk(text: delta, withUsageNull: usageNull)))
+                    let lps = take()
+                    try await send(sseEvent(builder.chunk(text: delta, logprobs: lps, textOffset: offset, withUsageNull: usageNull)))
+                    offset += lps.map { builder.textLength($0) } ?? 0
                 case let .finished(_, result, timings):
                     info.set(completion: result.tokens.count, finish: ResponseBuilder.finishReason(result.finishReason),
                              ttft: timings.timeToFirstToken)
@@ -294,7 +307,7 @@ public final class OpenAIService: @unchecked Sendable {
                         try await send(sseEvent(e.json))
                     } else {
                         let last = builder.chunk(text: builder.endpoint == .chat ? nil : "", finish: result.finishReason,
-                                                 logprobs: result.logprobs, withUsageNull: usageNull)
+                                                 logprobs: take(), textOffset: offset, withUsageNull: usageNull)
                         for c in toolStream?.finish(last, result.finishReason) ?? [last] { try await send(sseEvent(c)) }
                         if req.includeUsage {
                             try await send(sseEvent(builder.usageChunk(prompt: result.promptTokens, completion: result.tokens.count)))

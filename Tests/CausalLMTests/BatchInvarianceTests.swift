@@ -133,6 +133,7 @@ final class BatchInvarianceTests: XCTestCase {
             case let .text(i, d): text[i] += d
             case let .finished(i, r, t): finished[i] = r; XCTAssertNotNil(t.timeToFirstToken)
             case let .failed(m): XCTFail(m)
+            case .logprob: XCTFail("a logprob event without logprobs asked for")
             }
         }
         XCTAssertEqual(finished.compactMap { $0 }, expected)

@@ -10,6 +10,7 @@ final class PrefixCacheTests: XCTestCase {
     struct Choice: Equatable {
         var tokens: [Int] = []
         var text = ""
+        var logprobs: [TokenLogprob] = []
         var result: GenerationResult?
     }
 
@@ -23,10 +24,12 @@ final class PrefixCacheTests: XCTestCase {
             case let .text(i, d): out[i].text += d
             case let .finished(i, r, _): out[i].result = r
             case let .failed(m): XCTFail("failed: \(m)")
+            case let .logprob(i, lp): out[i].logprobs.append(lp)
             }
         }
         for (i, c) in out.enumerated() {
             XCTAssertEqual(c.tokens, c.result?.tokens, "choice \(i): token events")
+            XCTAssertEqual(c.logprobs, c.result?.logprobs ?? [], "choice \(i): logprob events, one per token, in order")
             XCTAssertEqual(c.text, c.result?.text, "choice \(i): text events")
         }
         return out
@@ -244,6 +247,7 @@ final class PrefixCacheTests: XCTestCase {
             case let .finished(i, r, _): reasons[i] = r.finishReason
             case let .failed(m): XCTFail(m)
             case .text: break
+            case .logprob: XCTFail("a logprob event without logprobs asked for")
             }
         }
         XCTAssertEqual(reasons, [0: .cancelled, 1: .cancelled, 2: .cancelled])

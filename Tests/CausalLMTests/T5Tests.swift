@@ -239,6 +239,7 @@ final class T5Tests: XCTestCase {
             case let .finished(i, r, _): results[i] = r
             case let .failed(m): XCTFail(m)
             case .text: break
+            case .logprob: XCTFail("a logprob event without logprobs asked for")
             }
         }
         XCTAssertEqual(results.compactMap { $0?.tokens }, refs.greedySingle)

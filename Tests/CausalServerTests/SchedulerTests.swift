@@ -15,6 +15,7 @@ final class SchedulerTests: XCTestCase {
             case let .text(_, s): o.text += s
             case let .finished(_, r, _): o.result = r
             case let .failed(m): XCTFail("failed: \(m)")
+            case .logprob: XCTFail("a logprob event without logprobs asked for")
             }
         }
         return o

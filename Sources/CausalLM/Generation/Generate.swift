@@ -213,6 +213,8 @@ public struct GenerationObserver {
     public var onText: ((Int, String) -> Void)?
     /// Each new token id, as it is chosen.
     public var onToken: ((Int, Int) -> Void)?
+    /// Each new token's log-probability (with `GenerateParameters.logprobs`), right after its `onToken`.
+    public var onLogprob: ((Int, TokenLogprob) -> Void)?
     /// The logits a sequence's next token is chosen from (before any sampling transform).
     public var onLogits: ((Int, ArraySlice<Float>) -> Void)?
     /// Polled before every step; returning true stops that sequence and releases its cache.
@@ -344,6 +346,7 @@ struct SequenceState {
         if !generator.endTokenIDs.contains(id) { constraint?.advance(id) }
         if parameters.logprobs { logprobs.append(TokenLogprob(id: id, logits: logits, top: parameters.topLogprobs)) }
         observer.onToken?(index, id)
+        if parameters.logprobs, let lp = logprobs.last { observer.onLogprob?(index, lp) }
         if parameters.stopAtEOS && generator.endTokenIDs.contains(id) {
             text += decoder?.flush() ?? ""
             finish = .stop

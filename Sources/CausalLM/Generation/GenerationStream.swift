@@ -4,6 +4,8 @@ import Foundation
 public enum GenerationEvent: Sendable {
     /// A new token id was chosen.
     case token(index: Int, id: Int)
+    /// The log-probability of the token just chosen (only with `GenerateParameters.logprobs`); follows its `.token`.
+    case logprob(index: Int, value: TokenLogprob)
     /// Text that has become final.
     case text(index: Int, delta: String)
     /// The sequence stopped; its result holds only the new tokens and the reason.
@@ -38,6 +40,7 @@ extension Generator {
                     continuation.yield(.token(index: i, id: id))
                 }
                 observer.onText = { i, s in continuation.yield(.text(index: i, delta: s)) }
+                observer.onLogprob = { i, lp in continuation.yield(.logprob(index: i, value: lp)) }
                 observer.isCancelled = { i in handle.isCancelled(i) }
                 observer.onFinish = { i, r in
                     continuation.yield(.finished(index: i, result: r, timings: SequenceTimings(timeToFirstToken: first[i], total: now())))

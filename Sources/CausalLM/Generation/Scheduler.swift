@@ -512,6 +512,7 @@ public final class Scheduler: @unchecked Sendable {
         let index = e.index, c = e.continuation
         observer.onToken = { _, id in c.yield(.token(index: index, id: id)) }
         observer.onText = { _, s in c.yield(.text(index: index, delta: s)) }
+        observer.onLogprob = { _, lp in c.yield(.logprob(index: index, value: lp)) }
         return observer
     }
 
