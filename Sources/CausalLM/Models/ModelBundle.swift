@@ -116,6 +116,14 @@ public final class ModelBundle {
 
     /// Renders messages through the model's chat template (with the assistant prompt) and tokenizes them.
     public func chatPromptIDs(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) throws -> [Int] {
+        try renderChat { t, bos, eos in
+            try t.render(messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: bos, eosToken: eos)
+        }
+    }
+
+    /// Renders with the model's chat template (`render` gets it and the BOS and EOS token texts) and tokenizes the
+    /// text; a model without a template is a clear error.
+    func renderChat(_ render: (ChatTemplate, _ bos: String, _ eos: String) throws -> String) throws -> [Int] {
         let tokenizer = try self.tokenizer
         guard let t = chatTemplate else {
             throw CausalError.badFormat(path: path, field: gguf != nil ? "tokenizer.chat_template" : "tokenizer_config.json chat_template",
@@ -123,8 +131,7 @@ public final class ModelBundle {
         }
         let bos = tokenizer.bosTokenID.flatMap { tokenizer.tokenString($0) } ?? ""
         let eos = tokenizer.eosTokenID.flatMap { tokenizer.tokenString($0) } ?? ""
-        let text = try t.render(messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: bos, eosToken: eos)
-        return try tokenizer.encode(text)
+        return try tokenizer.encode(try render(t, bos, eos))
     }
 }
 

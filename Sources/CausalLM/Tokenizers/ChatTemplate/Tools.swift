@@ -220,15 +220,9 @@ extension ModelBundle {
     /// `assistantPrefix` is text the assistant's answer starts with (e.g. `<tool_call>\n` to force a call); it is
     /// added after the generation prompt.
     public func chatPromptIDs(turns: [ChatTurn], tools: [ChatTool], assistantPrefix: String = "") throws -> [Int] {
-        let tokenizer = try self.tokenizer
-        guard let t = chatTemplate else {
-            throw CausalError.badFormat(path: path, field: gguf != nil ? "tokenizer.chat_template" : "tokenizer_config.json chat_template",
-                                        reason: "the model has no chat template; use raw text")
+        try renderChat { t, bos, eos in
+            try t.render(turns: turns, tools: tools, addGenerationPrompt: true, bosToken: bos, eosToken: eos) + assistantPrefix
         }
-        let bos = tokenizer.bosTokenID.flatMap { tokenizer.tokenString($0) } ?? ""
-        let eos = tokenizer.eosTokenID.flatMap { tokenizer.tokenString($0) } ?? ""
-        let text = try t.render(turns: turns, tools: tools, addGenerationPrompt: true, bosToken: bos, eosToken: eos)
-        return try tokenizer.encode(text + assistantPrefix)
     }
 }
 
