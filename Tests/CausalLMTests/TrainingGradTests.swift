@@ -239,7 +239,7 @@ final class TrainingGradTests: XCTestCase {
             XCTAssertEqual(try trainer.loss(batch).sumLoss, loss.sumLoss, accuracy: 1e-9)
             for t in p.tensors {
                 var values = Array(p.values(t))
-                let analytic = Array(trainer.gradients.values(t))
+                let analytic = Array(trainer.parameterGradients!.values(t))
                 check("model \(mask) tied=\(tied) \(t.name)", &values, analytic: analytic, eps: 1e-2, tol: 2e-2, samples: 16) { vals in
                     let dst = p.values(t)
                     let saved = Array(dst)

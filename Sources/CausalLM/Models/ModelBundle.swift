@@ -112,6 +112,16 @@ public final class ModelBundle {
         }
     }
 
+    /// The model as the one decoder (every family `DecoderConfig` describes): what LoRA training needs.
+    public var decoder: DecoderModel {
+        get throws {
+            guard let m = model as? DecoderModel else {
+                throw CausalError.invalidArgument("\(path): this needs a decoder-only model (LLaMA, Qwen, Gemma ...), not \(type(of: model))")
+            }
+            return m
+        }
+    }
+
     public func makeGenerator() -> Generator { Generator(model: model, tokenizer: textTokenizer, endTokenIDs: endTokenIDs) }
 
     /// Renders messages through the model's chat template (with the assistant prompt) and tokenizes them.

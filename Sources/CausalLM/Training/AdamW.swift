@@ -112,18 +112,3 @@ public func clipGradients(_ gradients: any FlatParameters, maxNorm: Double) -> D
     if coef < 1 { ck_train_scale(gradients.data, Int64(gradients.count), Float(coef)) }
     return norm
 }
-
-extension LlamaTrainer {
-    /// Gradient accumulation: forward/backward over each micro-batch, with every loss scaled by 1/(scored tokens of
-    /// all micro-batches), so the accumulated gradient equals that of one batch holding them all (mean over all
-    /// scored tokens). Gradients are added to `gradients` (zero them first for a fresh step).
-    public func accumulate(_ microBatches: [[SFTExample]]) throws -> BatchLoss {
-        let total = microBatches.reduce(0) { $0 + $1.reduce(0) { $0 + $1.scoredTokenCount } }
-        let scale = total > 0 ? 1 / Double(total) : 0
-        var out = BatchLoss(sequences: [])
-        for mb in microBatches where !mb.isEmpty {
-            out.sequences += try forwardBackward(mb, lossScale: scale).sequences
-        }
-        return out
-    }
-}

@@ -167,14 +167,15 @@ public enum TrainingOps {
     // MARK: Grouped-query attention
 
     /// out (rows, heads*D) from q (rows, heads*D), k and v (rows, kvHeads*D), within each sequence, under `mask`
+    /// (scores scaled by `scale`, default 1/√D)
     /// (per query head for `.mixed`); query head h reads key/value head h / (heads/kvHeads). Saves the log-sum-exp of
     /// each (row, head) in lse (rows, heads).
     public static func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                         sequences: [SequenceSpan], mask: AttentionMask, heads: Int, kvHeads: Int,
-                                        headDim D: Int, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                                        pool: ThreadPool) {
+                                        headDim D: Int, scale: Float? = nil, out: UnsafeMutablePointer<Float>,
+                                        lse: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
-        let scale = 1 / Float(D).squareRoot()
+        let scale = scale ?? 1 / Float(D).squareRoot()
         pool.parallelFor(sequences.count * heads) { item in
             let s = sequences[item / heads], h = item % heads, g = h / group
             let rule = mask.kernelRule(head: h, heads: heads, span: s)
@@ -192,10 +193,10 @@ public enum TrainingOps {
     public static func attentionBackward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                          out: UnsafePointer<Float>, lse: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
                                          sequences: [SequenceSpan], mask: AttentionMask, heads: Int, kvHeads: Int,
-                                         headDim D: Int, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
-                                         dv: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+                                         headDim D: Int, scale: Float? = nil, dq: UnsafeMutablePointer<Float>,
+                                         dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
-        let scale = 1 / Float(D).squareRoot()
+        let scale = scale ?? 1 / Float(D).squareRoot()
         let rows = sequences.map { $0.start + $0.length }.max() ?? 0
         dq.update(repeating: 0, count: rows * qDim)
         dk.update(repeating: 0, count: rows * kvDim)
