@@ -107,7 +107,8 @@ extension OpenAIService {
             let P = bundle.isEncoderDecoder ? 1 : ids.count
             var p = req.parameters
             p.maxNewTokens = req.maxTokens ?? (scheduler.contextLength - P)
-            return bundle.isEncoderDecoder ? SequenceRequest(encoderInput: ids, parameters: p) : SequenceRequest(prompt: ids, parameters: p)
+            return bundle.isEncoderDecoder ? SequenceRequest(encoderInput: ids, parameters: p)
+                                           : SequenceRequest(prompt: ids, parameters: p, adapter: adapters.adapter(forModel: req.model))
         }
     }
 

@@ -138,6 +138,8 @@ struct RequestParser {
     let modelID: String
     let acceptedModelNames: Set<String>
     let contextLength: Int
+    /// What the server serves, for the error naming an unknown model ("'base' and the adapters 'a', 'b'").
+    var served: String
 
     func parse(_ body: ByteBuffer, endpoint: Endpoint) throws -> CompletionRequest {
         let f = FieldReader(object: try Self.jsonObject(body))
@@ -147,7 +149,7 @@ struct RequestParser {
             throw APIError.invalid("You must provide a model parameter.", param: "model", code: "missing_required_parameter")
         }
         guard acceptedModelNames.contains(model) else {
-            throw APIError(.notFound, "The model '\(model)' does not exist. This server serves '\(modelID)'.",
+            throw APIError(.notFound, "The model '\(model)' does not exist. This server serves \(served).",
                            param: "model", code: "model_not_found")
         }
 

@@ -38,6 +38,9 @@ public struct ServerConfiguration: Sendable {
     public var logLevel: Logger.Level
     /// Bytes of keys and values the automatic prefix cache may hold (0: off; `causal serve --cache-memory MIB`).
     public var prefixCacheBytes: Int = Scheduler.defaultPrefixCacheBytes
+    /// LoRA adapters served beside the base model (`causal serve --adapter name=DIR`); a request selects one with
+    /// `"model": "name"` or `"model": "<base>:name"`. Sequences of different adapters share each step.
+    public var adapters: [ServedAdapter] = []
 
     public init(host: String = "127.0.0.1", port: Int = 8080, modelPath: String? = nil, modelName: String? = nil,
                 maxSequences: Int = 16, context: Int? = nil, maxTokensPerStep: Int = 512, maxQueue: Int = 256,
@@ -100,6 +103,8 @@ public final class OpenAIService: @unchecked Sendable {
     let parser: RequestParser
     /// `POST /v1/embeddings`, when an embedding model is loaded.
     let embeddings: EmbeddingService?
+    /// The LoRA adapters served beside the base model (`ServerConfiguration.adapters`).
+    let adapters: AdapterTable
     /// The embedding model's id, when one is loaded.
     public var embeddingModelID: String? { embeddings?.modelID }
 
@@ -120,8 +125,11 @@ public final class OpenAIService: @unchecked Sendable {
         var l = logger ?? Logger(label: "causal.server")
         if logger == nil { l.logLevel = configuration.logLevel }
         self.logger = l
-        parser = RequestParser(bundle: bundle, modelID: modelID, acceptedModelNames: [modelID, base, file],
-                               contextLength: scheduler.contextLength)
+        var baseNames = [modelID]
+        for n in [base, file] where !baseNames.contains(n) { baseNames.append(n) }
+        adapters = try AdapterTable(configuration.adapters, bundle: bundle, baseNames: baseNames)
+        parser = RequestParser(bundle: bundle, modelID: modelID, acceptedModelNames: Set(baseNames).union(adapters.acceptedNames),
+                               contextLength: scheduler.contextLength, served: adapters.describe(base: modelID))
     }
 
     /// The router with every endpoint, behind the error/auth/logging middleware.
@@ -159,8 +167,15 @@ public final class OpenAIService: @unchecked Sendable {
                  ("context_length", .int(scheduler.contextLength))])
     }
 
+    /// An adapter's entry in /v1/models: its id, with the base model as `parent`.
+    func adapterObject(_ e: AdapterTable.Entry) -> JSONValue {
+        .object([("id", .string(e.name)), ("object", .string("model")), ("created", .int(created)), ("owned_by", .string("causal")),
+                 ("parent", .string(modelID)), ("context_length", .int(scheduler.contextLength))])
+    }
+
     func models() -> Response {
         var data = [modelObject]
+        data += adapters.entries.map(adapterObject)
         if let e = embeddings { data.append(e.modelObject(created: created)) }
         return jsonResponse(.object([("object", .string("list")), ("data", .array(data))]))
     }
@@ -168,8 +183,9 @@ public final class OpenAIService: @unchecked Sendable {
     func model(_ id: String) throws -> Response {
         if let e = embeddings, e.acceptedModelNames.contains(id) { return jsonResponse(e.modelObject(created: created)) }
         guard parser.acceptedModelNames.contains(id) else {
-            throw APIError(.notFound, "The model '\(id)' does not exist. This server serves '\(modelID)'.", param: "model", code: "model_not_found")
+            throw APIError(.notFound, "The model '\(id)' does not exist. This server serves \(parser.served).", param: "model", code: "model_not_found")
         }
+        if let e = adapters.entry(forModel: id) { return jsonResponse(adapterObject(e)) }
         return jsonResponse(modelObject)
     }
 
@@ -211,7 +227,8 @@ public final class OpenAIService: @unchecked Sendable {
         do {
             // An encoder-decoder model (T5) reads the prompt with its encoder; only the decoder's tokens come back.
             let sequence = bundle.isEncoderDecoder ? SequenceRequest(encoderInput: req.promptIDs, parameters: req.parameters)
-                                                   : SequenceRequest(prompt: req.promptIDs, parameters: req.parameters)
+                                                   : SequenceRequest(prompt: req.promptIDs, parameters: req.parameters,
+                                                                     adapter: adapters.adapter(forModel: req.model))
             submitted = try scheduler.submit(sequence)
         } catch {
             throw submitError(error)

@@ -17,7 +17,7 @@ extension OpenAIService {
     /// Checks an optional `model` field against the served model's names.
     func checkModel(_ f: FieldReader) throws {
         if let m = try f.string("model"), !parser.acceptedModelNames.contains(m) {
-            throw APIError(.notFound, "The model '\(m)' does not exist. This server serves '\(modelID)'.", param: "model", code: "model_not_found")
+            throw APIError(.notFound, "The model '\(m)' does not exist. This server serves \(parser.served).", param: "model", code: "model_not_found")
         }
     }
 

@@ -48,6 +48,9 @@ struct Generate: ParsableCommand {
     @Option(name: .long, help: "Constrain the output to JSON valid against this JSON Schema file (docs/constrained-decoding.md).")
     var jsonSchema: String?
 
+    @Option(name: .long, help: ArgumentHelp("Apply a LoRA adapter: a PEFT directory (adapter_config.json, adapter_model.safetensors) for this model (docs/adapters.md).", valueName: "dir"))
+    var adapter: String?
+
     @Argument(help: "The prompt.") var prompt: String?
 
     func validate() throws {
@@ -78,7 +81,8 @@ struct Generate: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let bundle = try modelOptions.load()
-            if let input { return try runBatch(bundle, file: input) }
+            let lora = try loadAdapter(adapter, for: bundle)
+            if let input { return try runBatch(bundle, file: input, adapter: lora) }
             let ids: [Int]
             if raw {
                 ids = try bundle.tokenizer.encode(prompt!)
@@ -86,7 +90,8 @@ struct Generate: ParsableCommand {
                 ids = try bundle.userMessageIDs(prompt!, system: system)
             }
             let generator = bundle.makeGenerator()
-            let request = bundle.request(ids, parameters: try parameters(bundle))
+            var request = bundle.request(ids, parameters: try parameters(bundle))
+            request.adapter = lora
             if json {
                 let r = try generator.generate([request], chunkSize: chunk)[0]
                 writeOut(resultJSON(r) + "\n")
@@ -99,7 +104,7 @@ struct Generate: ParsableCommand {
     }
 
     /// Batch mode: one JSON line per request, in input order; a bad request gets an error line, the rest run.
-    func runBatch(_ bundle: ModelBundle, file: String) throws {
+    func runBatch(_ bundle: ModelBundle, file: String, adapter: LoRAAdapter?) throws {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw CausalError.io(path: file, reason: "cannot read")
         }
@@ -110,7 +115,9 @@ struct Generate: ParsableCommand {
         let defaults = try parameters(bundle)
         for (slot, (n, line)) in lines.enumerated() {
             do {
-                requests.append((slot, try BatchLine.parse(String(line), lineNumber: n + 1, bundle: bundle, defaults: defaults, system: system)))
+                var r = try BatchLine.parse(String(line), lineNumber: n + 1, bundle: bundle, defaults: defaults, system: system)
+                r.adapter = adapter
+                requests.append((slot, r))
             } catch {
                 outputs[slot] = errorJSON("line \(n + 1): \(error)")
             }
@@ -151,6 +158,15 @@ struct Generate: ParsableCommand {
             format: "prompt: %d tokens in %.3f s (%.1f tok/s); generated: %d tokens, %.1f tok/s after the first\n",
             s.promptTokens, s.prefillSeconds, s.prefillTokensPerSecond, s.generatedTokens, s.decodeTokensPerSecond).data(using: .utf8)!)
     }
+}
+
+/// The PEFT LoRA adapter at `directory` for `bundle`'s decoder (nil without a directory).
+func loadAdapter(_ directory: String?, for bundle: ModelBundle) throws -> LoRAAdapter? {
+    guard let directory else { return nil }
+    guard let decoder = bundle.model as? DecoderModel else {
+        throw CausalError.invalidArgument("--adapter: LoRA adapters need a decoder model (llama, qwen2, qwen3, gemma3); \(bundle.path) is not one")
+    }
+    return try LoRAAdapter.load(directory: directory, model: decoder.config)
 }
 
 enum PaddingArgument: String, ExpressibleByArgument, CaseIterable {

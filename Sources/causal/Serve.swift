@@ -41,6 +41,8 @@ struct Serve: AsyncParsableCommand {
     var activations: ActivationsArgument?
     @Option(name: .long, help: ArgumentHelp("Serve POST /v1/embeddings with this embedding model directory (config.json, model.safetensors, tokenizer.json); 'default': all-MiniLM-L6-v2, fetched into the cache if missing.", valueName: "dir|default"))
     var embeddingModel: String?
+    @Option(name: .long, help: ArgumentHelp("Serve a LoRA adapter (a PEFT directory) beside the base model, selected with \"model\": \"name\" or \"<base>:name\" (repeatable; docs/adapters.md).", valueName: "name=dir"))
+    var adapter: [String] = []
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
 
     func validate() throws {
@@ -57,6 +59,9 @@ struct Serve: AsyncParsableCommand {
         if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
         if let k = apiKey, k.isEmpty { throw ValidationError("--api-key must not be empty") }
         if let e = embeddingModel, e.isEmpty { throw ValidationError("--embedding-model must not be empty (give a directory or 'default')") }
+        for a in adapter {
+            do { _ = try ServedAdapter(argument: a) } catch { throw ValidationError("\(error)") }
+        }
     }
 
     func run() async throws {
@@ -68,6 +73,7 @@ struct Serve: AsyncParsableCommand {
             maxBodyBytes: maxBodyBytes, shutdownGracePeriod: shutdownGrace, threads: threads, embeddingModel: embeddingModel,
             logLevel: Logger.Level(rawValue: logLevel) ?? .info)
         config.prefixCacheBytes = cacheMemory << 20
+        config.adapters = try adapter.map { try ServedAdapter(argument: $0) }
         do {
             try await runServer(config)
         } catch let e as CausalError {

@@ -86,9 +86,12 @@ public struct SequenceRequest {
     public var parameters: GenerateParameters
     public var cache: KVCache?
     public var encoderInput: [Int]?
+    /// A LoRA adapter the decoder applies to every step of this sequence (nil: the base model). A cache to continue
+    /// from must have been filled with the same adapter.
+    public var adapter: LoRAAdapter?
 
-    public init(prompt: [Int], parameters: GenerateParameters, cache: KVCache? = nil) {
-        self.prompt = prompt; self.parameters = parameters; self.cache = cache
+    public init(prompt: [Int], parameters: GenerateParameters, cache: KVCache? = nil, adapter: LoRAAdapter? = nil) {
+        self.prompt = prompt; self.parameters = parameters; self.cache = cache; self.adapter = adapter
     }
 
     /// An encoder-decoder request: the encoder reads `encoderInput`; the decoder starts from `prompt`
@@ -230,6 +233,8 @@ struct SequenceState {
     let index: Int
     let parameters: GenerateParameters
     let cache: KVCache
+    /// The LoRA adapter every chunk of this sequence runs with (nil: the base model).
+    var adapter: LoRAAdapter? = nil
     let promptCount: Int
     var pending: [Int]
     var history: [Int]
@@ -256,6 +261,15 @@ struct SequenceState {
         if let bad = r.prompt.first(where: { $0 < 0 || $0 >= V }) { throw CausalError.badTokenID(id: bad, vocabularySize: V) }
         self.index = index
         parameters = r.parameters
+        if let a = r.adapter {
+            guard let d = generator.model as? DecoderModel else {
+                throw CausalError.invalidArgument("request \(index): LoRA adapters run on decoder models (llama, qwen2, qwen3, gemma3), not on \(type(of: generator.model))")
+            }
+            guard a.fits(d.config) else {
+                throw CausalError.invalidArgument("request \(index): the LoRA adapter is shaped for another model (\(a.model.layerCount) layers, hidden size \(a.model.hiddenSize)) than the \(d.config.architecture) model (\(d.config.layerCount) layers, hidden size \(d.config.hiddenSize))")
+            }
+            adapter = a
+        }
         let cache: KVCache
         if let c = r.cache {
             // Continue from a cache: keep the positions the new prompt shares with it.
@@ -298,7 +312,8 @@ struct SequenceState {
         lastChunkStart = fed
         fed += take
         lastChunkAll = inPrompt && parameters.promptLogprobs
-        return SequenceChunk(cache: cache, tokens: toks, logits: lastChunkAll ? .all : (pending.isEmpty ? .last : .none))
+        return SequenceChunk(cache: cache, tokens: toks, logits: lastChunkAll ? .all : (pending.isEmpty ? .last : .none),
+                             adapter: adapter)
     }
 
     /// Takes a chunk's logits: scores prompt tokens when asked to, and chooses the next token once the prompt has run.

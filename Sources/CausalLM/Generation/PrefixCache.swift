@@ -12,6 +12,10 @@ import Foundation
 ///
 /// Memory: at most `budgetBytes` of keys and values; beyond that the least recently used leaves go first (a lookup or
 /// insert marks its whole path as used). Not thread-safe: the scheduler's loop thread is its only user.
+///
+/// Sequences run with a LoRA adapter (`SequenceRequest.adapter`) have other keys and values for the same tokens: each
+/// adapter has a tree of its own (keyed by the adapter object, which the cache keeps alive so its identity is never
+/// reused), and a lookup never crosses trees.
 final class PrefixCache {
     let budgetBytes: Int
     let layout: KVLayout
@@ -31,6 +35,8 @@ final class PrefixCache {
     }
 
     private let root = Node(tokens: [], block: nil, parent: nil)
+    /// The root of each adapter's tree, with the adapter (held, so its ObjectIdentifier stays its own).
+    private var adapterRoots: [ObjectIdentifier: (owner: AnyObject, root: Node)] = [:]
     private var nodes: [ObjectIdentifier: Node] = [:]   // every node but the root
     private var clock: UInt64 = 0
     /// Bytes of keys and values held now.
@@ -55,11 +61,12 @@ final class PrefixCache {
 
     /// Copies the rows of the longest cached prefix of `tokens[0..<limit]` into `cache` (which must be empty) and
     /// returns its length (0: a miss, the cache is untouched).
-    func fill(_ cache: KVCache, tokens: [Int], limit: Int) -> Int {
+    func fill(_ cache: KVCache, tokens: [Int], limit: Int, adapter: AnyObject? = nil) -> Int {
         precondition(cache.count == 0)
         let limit = min(limit, tokens.count)
         var path: [(Node, Int)] = []
-        var node = root, pos = 0
+        guard var node = rootNode(adapter, create: false) else { return 0 }
+        var pos = 0
         while pos < limit, let child = node.children[tokens[pos]] {
             let k = commonPrefix(child.tokens, tokens[pos..<limit])
             path.append((child, k))
@@ -78,11 +85,11 @@ final class PrefixCache {
 
     /// Adds `tokens` (whose positions `cache` holds: `cache.count >= tokens.count`) to the tree, copying only the
     /// positions not cached yet, then evicts least recently used leaves while over the budget.
-    func insert(_ tokens: [Int], from cache: KVCache) {
+    func insert(_ tokens: [Int], from cache: KVCache, adapter: AnyObject? = nil) {
         let n = tokens.count
         precondition(!cache.isReleased && cache.count >= n)
         clock += 1
-        var node = root, pos = 0
+        var node = rootNode(adapter, create: true)!, pos = 0
         while pos < n {
             guard let child = node.children[tokens[pos]] else {
                 // A new leaf for the rest, unless it alone could never fit.
@@ -117,6 +124,17 @@ final class PrefixCache {
         evict()
     }
 
+    /// The root of the tree of `adapter` (nil: the base model's).
+    private func rootNode(_ adapter: AnyObject?, create: Bool) -> Node? {
+        guard let adapter else { return root }
+        let key = ObjectIdentifier(adapter)
+        if let r = adapterRoots[key] { return r.root }
+        guard create else { return nil }
+        let r = Node(tokens: [], block: nil, parent: nil)
+        adapterRoots[key] = (adapter, r)
+        return r
+    }
+
     private func bytesPerPosition(_ cache: KVCache) -> Int { cache.layers * 2 * cache.kvDim * MemoryLayout<Float>.size }
 
     /// Drops least recently used leaves until the held bytes fit the budget.
@@ -133,6 +151,7 @@ final class PrefixCache {
     /// Drops everything.
     func removeAll() {
         root.children = [:]
+        adapterRoots = [:]
         evictions += nodes.count
         nodes = [:]
         bytes = 0
@@ -148,6 +167,7 @@ extension SequenceState {
         self.index = index
         parameters = r.parameters
         self.cache = cache
+        adapter = r.adapter
         self.promptCount = promptCount
         prompt = r.prompt
         fed = r.prompt.count

@@ -144,7 +144,10 @@ public struct SchedulerMetrics: Sendable, Equatable {
 /// least recently used first out under the byte budget). A new request whose prompt starts with cached tokens gets
 /// their rows copied into its cache and runs only the rest (at least its last token, which gives the first logits).
 /// The copied rows are bit-identical to the ones the model would write, so results do not change. Requests that
-/// score their prompt (`promptLogprobs`) run it whole.
+/// score their prompt (`promptLogprobs`) run it whole. Keys and values are cached per LoRA adapter
+/// (`SequenceRequest.adapter`): a request only reuses rows computed with its own adapter (or, without one, the base's).
+///
+/// **LoRA adapters**: requests with different adapters, and without one, share each step (`SequenceChunk.adapter`).
 ///
 /// **n > 1** (`submit(_:n:)`): the prompt runs once, as choice 0; choices 1..<n then copy its cache and each samples
 /// its own first token from the same last logits row, with its own random generator (seed `seed &+ i` for choice i).
@@ -469,7 +472,7 @@ public final class Scheduler: @unchecked Sendable {
     private func remember(_ e: Entry, count: Int) {
         guard let p = prefixCache, let s = e.state, !s.cache.isReleased, e.request.encoderInput == nil, count > 0 else { return }
         let n = min(count, s.cache.count, s.history.count)
-        p.insert(Array(s.history[0..<n]), from: s.cache)
+        p.insert(Array(s.history[0..<n]), from: s.cache, adapter: e.request.adapter)
         updatePrefixStats()
     }
 
@@ -604,7 +607,7 @@ public final class Scheduler: @unchecked Sendable {
                         r.cache = encoded[ObjectIdentifier(e)] ?? generator.model.makeCache(capacity: e.capacity)
                         if let p = prefixCache, !r.parameters.promptLogprobs, r.encoderInput == nil {
                             // Leave at least the last prompt token to run: it gives the first logits.
-                            let hit = p.fill(r.cache!, tokens: r.prompt, limit: r.prompt.count - 1)
+                            let hit = p.fill(r.cache!, tokens: r.prompt, limit: r.prompt.count - 1, adapter: r.adapter)
                             cond.lock()
                             if hit > 0 { stats.prefixCacheHits += 1; stats.prefixCacheHitTokens += hit } else { stats.prefixCacheMisses += 1 }
                             cond.unlock()

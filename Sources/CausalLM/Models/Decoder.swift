@@ -169,9 +169,13 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
         let rows = try RaggedRows(chunks, vocabularySize: cfg.vocabularySize) { ci, c in
             // A prefix-LM's prompt is the first chunk on an empty cache; its later chunks continue causally.
             if mask != .causal, c.cache.count == 0 { c.cache.promptLength = c.tokens.count }
+            if let a = c.adapter, !a.fits(cfg) {
+                throw CausalError.invalidArgument("chunk \(ci): its LoRA adapter is shaped for another model (\(a.model.layerCount) layers, hidden size \(a.model.hiddenSize)) than this \(cfg.architecture) model (\(cfg.layerCount) layers, hidden size \(C))")
+            }
         }
         let n = rows.count
         guard n > 0 else { return chunks.map { _ in [] } }
+        let lora = AdapterRuns(chunks, pool: pool)   // LoRA updates, added to each adapted layer's output (with its bias)
 
         let x = be.buffer(n * C), xb = be.buffer(n * C)                 // (n, C) residual stream, normed copy
         let q = be.buffer(n * qDim), k = be.buffer(n * kvDim), v = be.buffer(n * kvDim)
@@ -192,6 +196,7 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
             be.matmul(w.q, xb, rows: n, bias: w.qBias, into: q)    // (n, H*D)
             be.matmul(w.k, xb, rows: n, bias: w.kBias, into: k)    // (n, Hkv*D)
             be.matmul(w.v, xb, rows: n, bias: w.vBias, into: v)    // (n, Hkv*D)
+            lora.apply(l, .q, xb, q); lora.apply(l, .k, xb, k); lora.apply(l, .v, xb, v)
             if let qn = w.qNorm, let kn = w.kNorm {                 // per head: (n*H, D), (n*Hkv, D)
                 be.rmsNorm(q, weight: qn, rows: n * H, width: D, eps: eps, into: q)
                 be.rmsNorm(k, weight: kn, rows: n * Hkv, width: D, eps: eps, into: k)
@@ -203,6 +208,7 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
             be.attention(q, rows: rows, chunks: chunks, layer: l, heads: H, kvHeads: Hkv, headDim: D, scale: scale,
                          window: cfg.isSliding(l) ? cfg.slidingWindow : nil, promptAttention: mask, into: att)
             be.matmul(w.o, att, rows: n, bias: nil, into: xb)      // (n, C)
+            lora.apply(l, .o, att, xb)
             if let pn = w.postAttnNorm { be.rmsNorm(xb, weight: pn, rows: n, width: C, eps: eps, into: xb) }
             be.add(x, xb, count: n * C)
 
@@ -210,8 +216,10 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
             be.rmsNorm(x, weight: w.mlpNorm, rows: n, width: C, eps: eps, into: xb)
             be.matmul(w.gate, xb, rows: n, bias: nil, into: g)     // (n, F)
             be.matmul(w.up, xb, rows: n, bias: nil, into: u)       // (n, F)
+            lora.apply(l, .gate, xb, g); lora.apply(l, .up, xb, u)
             be.gatedActivation(g, u, count: n * F, rows: n, activation: cfg.activation)
             be.matmul(w.down, g, rows: n, bias: nil, into: xb)     // (n, C)
+            lora.apply(l, .down, g, xb)
             if let pn = w.postMlpNorm { be.rmsNorm(xb, weight: pn, rows: n, width: C, eps: eps, into: xb) }
             be.add(x, xb, count: n * C)
         }
@@ -220,6 +228,39 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
         // Final norm and the output head, only for the rows whose logits were asked for.
         return be.logits(x, width: C, wanted: LogitRows(chunks), head: output, normWeight: finalNorm, eps: eps,
                          softcap: cfg.finalLogitSoftcap.map { Float($0) })
+    }
+}
+
+/// The rows of a step that carry a LoRA adapter, as runs of consecutive rows sharing one (a chunk, or neighbouring
+/// chunks of the same adapter). `apply` adds s·(x·Aᵀ)·Bᵀ to those rows of a linear layer's output, as PEFT adds it to
+/// the base layer's output (bias included); each row's update depends only on that row, so batch invariance holds.
+/// Host memory only (the CPU backend's buffers); a device backend would run the same two small products per run.
+struct AdapterRuns {
+    private var runs: [(adapter: LoRAAdapter, start: Int, count: Int)] = []
+    private let pool: ThreadPool
+
+    init(_ chunks: [SequenceChunk], pool: ThreadPool) {
+        self.pool = pool
+        var start = 0
+        for c in chunks {
+            defer { start += c.tokens.count }
+            guard let a = c.adapter, !c.tokens.isEmpty else { continue }
+            if let last = runs.last, last.adapter === a, last.start + last.count == start {
+                runs[runs.count - 1].count += c.tokens.count
+            } else {
+                runs.append((a, start, c.tokens.count))
+            }
+        }
+    }
+
+    /// y (rows, out) += each run's update of `target` in `layer` for x (rows, in).
+    func apply(_ layer: Int, _ target: LoRATarget, _ x: BackendBuffer, _ y: BackendBuffer) {
+        guard !runs.isEmpty else { return }
+        let xp = (x as! HostBuffer).p, yp = (y as! HostBuffer).p
+        for r in runs {
+            guard let s = r.adapter.slot(layer: layer, target: target) else { continue }
+            r.adapter.apply(s, x: xp + r.start * s.inDim, rows: r.count, into: yp + r.start * s.outDim, pool: pool)
+        }
     }
 }
 

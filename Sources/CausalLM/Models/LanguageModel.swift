@@ -19,13 +19,17 @@ public enum LogitsRequest: Sendable, Equatable {
 }
 
 /// A piece of one sequence to run in a forward step: `tokens` continue the sequence at `cache.count`.
+/// With an `adapter`, the decoder adds that LoRA adapter's update to the outputs of the linear layers it adapts, for
+/// this chunk's rows only (chunks of other adapters, or none, may share the step). A sequence keeps one adapter: its
+/// cache holds keys and values computed with it.
 public struct SequenceChunk {
     public let cache: KVCache
     public let tokens: [Int]
     public let logits: LogitsRequest
+    public let adapter: LoRAAdapter?
 
-    public init(cache: KVCache, tokens: [Int], logits: LogitsRequest = .last) {
-        self.cache = cache; self.tokens = tokens; self.logits = logits
+    public init(cache: KVCache, tokens: [Int], logits: LogitsRequest = .last, adapter: LoRAAdapter? = nil) {
+        self.cache = cache; self.tokens = tokens; self.logits = logits; self.adapter = adapter
     }
 }
 
