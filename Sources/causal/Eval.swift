@@ -20,6 +20,7 @@ struct Eval: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp(AttentionArgument.help)) var attention: AttentionArgument = .causal
     @Flag(name: .long, help: "Score the prompt tokens too.") var trainOnPrompt = false
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+    @Option(name: .long, help: "A LoRA adapter directory (PEFT format, e.g. written by causal train --lora-rank) applied to --model. A --model directory holding adapter_config.json is read as such an adapter over its base model.") var adapter: String?
 
     func validate() throws {
         if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
@@ -31,8 +32,17 @@ struct Eval: ParsableCommand {
     func run() throws {
         try reportingErrors {
             // An encoder-decoder model (T5 directory or its checkpoint) scores (input, labels) pairs: TrainT5.swift.
-            if let m = model, try ModelBundle.isEncoderDecoder(path: m) { return try runT5(modelDirectory: m) }
             var isDir: ObjCBool = false
+            // A LoRA run directory given as --model: its base model (trainer_state.json) with the adapter.
+            var adapterDir = adapter, modelPath = model
+            if adapter == nil, let m = model, FileManager.default.fileExists(atPath: m + "/adapter_config.json") {
+                guard let base = try LlamaCheckpoint.tokenizerSource(ofCheckpoint: m) else {
+                    throw CausalError.invalidArgument("\(m): a LoRA adapter without a recorded base model; give the base as --model and this as --adapter")
+                }
+                adapterDir = m; modelPath = base
+            }
+            if let adapterDir { return try runAdapter(model: modelPath, adapter: adapterDir) }
+            if let m = model, try ModelBundle.isEncoderDecoder(path: m) { return try runT5(modelDirectory: m) }
             let params: LlamaParameters
             let bundle: ModelBundle
             if let m = model, FileManager.default.fileExists(atPath: m, isDirectory: &isDir), isDir.boolValue {
@@ -45,7 +55,9 @@ struct Eval: ParsableCommand {
                     throw CausalError.invalidArgument("\(base): its vocabulary (\(bundle.model.vocabularySize)) does not match the checkpoint's (\(params.config.vocabularySize))")
                 }
             } else {
-                bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
+                bundle = try ModelBundle(path: modelPath, precision: .fast, threads: threads)
+                // A plain LLaMA is scored in fp32 as fine-tuning sees it; other families through the frozen base.
+                guard (try bundle.decoder).config.isPlainLlama else { return try runAdapterless(bundle) }
                 params = LlamaParameters(model: try bundle.llama)
             }
             let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? params.config.contextLength, trainOnPrompt: trainOnPrompt)
@@ -60,6 +72,40 @@ struct Eval: ParsableCommand {
             } else {
                 writeOut(String(format: "loss %.6f  perplexity %.4f  (%d scored tokens, %d examples)\n", l.meanLoss, exp(l.meanLoss), l.scoredTokens, ds.examples.count))
             }
+        }
+    }
+
+    /// The base model alone, frozen in its own weight types (Qwen, Gemma ...).
+    func runAdapterless(_ bundle: ModelBundle) throws {
+        let base = try bundle.decoder
+        let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? base.config.contextLength, trainOnPrompt: trainOnPrompt)
+        let ds = try enc.load(path: data)
+        if !ds.skipped.isEmpty {
+            FileHandle.standardError.write(Data("causal: \(data): skipped \(ds.skipped.count) example(s): \(ds.skipped[0].reason)\n".utf8))
+        }
+        let trainer = try DecoderTrainer(base: base, adapter: nil, attention: attention.value, pool: bundle.pool)
+        report(try trainer.evaluate(ds.examples, maxBatchTokens: batchTokens), examples: ds.examples.count, skipped: ds.skipped.count)
+    }
+
+    /// A frozen base model (any decoder family, in its own weight types) with a LoRA adapter.
+    func runAdapter(model: String?, adapter: String) throws {
+        let bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
+        let base = try bundle.decoder
+        let lora = try LoRAAdapter.load(directory: adapter, model: base)
+        let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? base.config.contextLength, trainOnPrompt: trainOnPrompt)
+        let ds = try enc.load(path: data)
+        if !ds.skipped.isEmpty {
+            FileHandle.standardError.write(Data("causal: \(data): skipped \(ds.skipped.count) example(s): \(ds.skipped[0].reason)\n".utf8))
+        }
+        let trainer = try DecoderTrainer(base: base, adapter: lora, attention: attention.value, pool: bundle.pool)
+        report(try trainer.evaluate(ds.examples, maxBatchTokens: batchTokens), examples: ds.examples.count, skipped: ds.skipped.count)
+    }
+
+    func report(_ l: BatchLoss, examples: Int, skipped: Int) {
+        if json {
+            writeOut(#"{"loss": \#(l.meanLoss), "perplexity": \#(exp(l.meanLoss)), "scored_tokens": \#(l.scoredTokens), "examples": \#(examples), "skipped": \#(skipped)}"# + "\n")
+        } else {
+            writeOut(String(format: "loss %.6f  perplexity %.4f  (%d scored tokens, %d examples)\n", l.meanLoss, exp(l.meanLoss), l.scoredTokens, examples))
         }
     }
 }

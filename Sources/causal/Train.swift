@@ -56,6 +56,11 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "Also save a checkpoint every N steps.") var saveEvery: Int?
     @Option(name: .long, help: "Evaluate --eval-data every N steps.") var evalEvery: Int?
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+    @Option(name: .long, help: "Train a LoRA adapter of this rank instead of every weight: the base stays frozen (in its GGUF quantization: QLoRA), --out gets a PEFT adapter (adapter_config.json, adapter_model.safetensors).") var loraRank: Int?
+    @Option(name: .long, help: "LoRA alpha (the update is scaled by alpha / rank; default: the rank).") var loraAlpha: Double?
+    @Option(name: .long, help: "LoRA dropout on the adapters' input during training.") var loraDropout: Double = 0
+    @Option(name: .long, help: "Linear layers that get adapters: any of q,k,v,o,gate,up,down (or q_proj ...), comma-separated.") var loraTargets: String = "q,k,v,o,gate,up,down"
+    @Flag(name: .long, help: "Keep only each block's input in the forward and recompute the block in the backward (less memory, about a third more compute).") var checkpointActivations = false
 
     func validate() throws {
         if epochs != nil && steps != nil { throw ValidationError("give --epochs or --steps, not both") }
@@ -75,6 +80,56 @@ struct Train: ParsableCommand {
         try attention.check(trainOnPrompt: trainOnPrompt)
         if initialization == .random && config == nil { throw ValidationError("--init random needs --config FILE.json (the architecture)") }
         if initialization == .pretrained && config != nil { throw ValidationError("--config is for --init random (a pretrained model brings its own architecture)") }
+        if let r = loraRank {
+            if r < 1 { throw ValidationError("--lora-rank must be at least 1") }
+            if initialization == .random { throw ValidationError("--lora-rank adapts a pretrained model; it cannot be combined with --init random") }
+            if let a = loraAlpha, !(a > 0) { throw ValidationError("--lora-alpha must be positive") }
+            if !(loraDropout >= 0 && loraDropout < 1) { throw ValidationError("--lora-dropout must be in [0, 1)") }
+            _ = try Self.parseTargets(loraTargets)
+        } else if loraAlpha != nil || loraDropout != 0 || loraTargets != "q,k,v,o,gate,up,down" {
+            throw ValidationError("--lora-alpha, --lora-dropout and --lora-targets need --lora-rank")
+        }
+    }
+
+    static func parseTargets(_ s: String) throws -> [LoRATarget] {
+        let names = s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !names.isEmpty else { throw ValidationError("--lora-targets is empty") }
+        return try names.map { n in
+            guard let t = LoRATarget(name: n) else {
+                throw ValidationError("--lora-targets: unknown module '\(n)' (use q, k, v, o, gate, up, down)")
+            }
+            return t
+        }
+    }
+
+    var options: TrainingOptions {
+        TrainingOptions(steps: steps, epochs: epochs, batchTokens: batchTokens, microBatch: microBatch, learningRate: lr,
+                        warmupSteps: warmup, weightDecay: weightDecay, clip: clip, seed: seed, saveEvery: saveEvery,
+                        evalEvery: evalEvery)
+    }
+
+    /// Prints the loop's progress on stderr.
+    static func progressObserver(total: Int, start: Int, unit: String) -> (TrainingEvent) -> Void {
+        let progress = Progress(total: total, start: start)
+        return { event in
+            switch event {
+            case let .step(m):
+                progress.update(step: m.step, loss: m.loss, lr: m.learningRate, scoredPerSecond: m.scoredTokensPerSecond, seconds: m.seconds)
+            case let .evaluated(step, l):
+                progress.finishLine()
+                FileHandle.standardError.write(Data(String(format: "eval at step %d: loss %.4f, perplexity %.3f (%d scored %@)\n",
+                                                           step, l.meanLoss, exp(l.meanLoss), l.scoredTokens, unit).utf8))
+            case .saved: break
+            }
+        }
+    }
+
+    /// Peak resident memory of this process (Linux: VmHWM), in MiB.
+    static func peakRSSMiB() -> Double? {
+        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kb = Double(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        return kb / 1024
     }
 
     func run() throws {
@@ -85,17 +140,20 @@ struct Train: ParsableCommand {
             let bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
             // From scratch, the bundle gives only the tokenizer and chat template; otherwise its LLaMA weights too.
             let arch = try config.map { try LlamaArchitecture(path: $0, vocabularySize: bundle.tokenizer.vocabularySize) }
-            let shape = try arch?.config ?? bundle.llama.config
+            let shape = try arch?.config ?? bundle.decoder.config
             let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? shape.contextLength, trainOnPrompt: trainOnPrompt)
             let train = try enc.load(path: data)
             reportSkipped(train, data)
             let evalSet = try evalData.map { p -> SFTDataset in let d = try enc.load(path: p); reportSkipped(d, p); return d }
 
+            if let rank = loraRank {
+                return try runLoRA(bundle: bundle, rank: rank, encoder: enc, train: train, evalSet: evalSet)
+            }
             let params: LlamaParameters
-            if let resume {
-                params = try LlamaCheckpoint.load(directory: resume)
+            if resume != nil {
+                params = try LlamaCheckpoint.load(directory: resume!)
                 guard params.config == shape else {
-                    throw CausalError.invalidArgument("\(resume): the checkpoint's shape does not match \(config ?? bundle.path)")
+                    throw CausalError.invalidArgument("\(resume!): the checkpoint's shape does not match \(config ?? bundle.path)")
                 }
             } else if let arch {
                 params = LlamaParameters(initializing: arch, seed: seed, paddingTokenID: try bundle.tokenizer.padTokenID)
@@ -103,82 +161,74 @@ struct Train: ParsableCommand {
                 params = LlamaParameters(model: try bundle.llama)
             }
             let pool = bundle.pool
-            let trainer = LlamaTrainer(parameters: params, attention: attention.value, pool: pool)
+            let trainer = DecoderTrainer(parameters: params, attention: attention.value, pool: pool)
             // As Hugging Face's LLaMA (nn.Embedding with padding_idx = pad_token_id).
             trainer.paddingTokenID = try bundle.tokenizer.padTokenID
-            let opt = AdamW(parameters: params, weightDecay: weightDecay, pool: pool)
-            var start = 0
-            var order = seed
-            if let resume {
-                let state = try LlamaCheckpoint.loadState(directory: resume, into: opt)
-                start = state.step
-                order = state.seed
-            }
-
-            let plan = trainingPlan(steps: steps, epochs: epochs) { epoch in
-                SFTDataset.pack(train.shuffled(seed: order, epoch: epoch), maxTokens: batchTokens)
-            }
-            guard start < plan.count else {
-                throw CausalError.invalidArgument("the checkpoint is already at step \(start) of \(plan.count)")
-            }
-            let schedule = LearningRateSchedule(peak: lr, warmupSteps: warmup, totalSteps: plan.count)
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            let metrics = try MetricsFile(path: out + "/metrics.jsonl")
-            let progress = Progress(total: plan.count, start: start)
-            FileHandle.standardError.write(Data(("causal train: \(train.examples.count) examples (\(train.scoredTokenCount) scored tokens), " +
-                "\(plan.count) steps\(start > 0 ? ", resuming at step \(start)" : ""), \(params.count) parameters\n").utf8))
-
+            trainer.checkpointActivations = checkpointActivations
+            let loop = makeLoop(trainer: trainer, trainable: params, train: train, evalSet: evalSet, pool: pool)
+            if let resume { try loop.resume { try LlamaCheckpoint.loadState(directory: resume, into: $0) } }
             // The base model (absolute, so that eval and generate find its tokenizer from any directory).
-            var info = ["base_model": URL(fileURLWithPath: bundle.path).standardizedFileURL.path, "attention": attention.rawValue]
+            loop.info = ["base_model": URL(fileURLWithPath: bundle.path).standardizedFileURL.path, "attention": attention.rawValue]
             if let config, let arch {
-                info["init"] = "random"
-                info["architecture_config"] = URL(fileURLWithPath: config).standardizedFileURL.path
-                info["initializer_range"] = String(arch.initializerRange)
+                loop.info["init"] = "random"
+                loop.info["architecture_config"] = URL(fileURLWithPath: config).standardizedFileURL.path
+                loop.info["initializer_range"] = String(arch.initializerRange)
             }
-            func save() throws {
-                var extra: [String: Any] = [:]
-                if let b = try bundle.tokenizer.bosTokenID { extra["bos_token_id"] = b }
-                if let e = try bundle.tokenizer.eosTokenID { extra["eos_token_id"] = e }
-                if let p = try bundle.tokenizer.padTokenID { extra["pad_token_id"] = p }
-                try LlamaCheckpoint.save(params, optimizer: opt, state: TrainingState(
-                    step: opt.step, totalSteps: plan.count, seed: order, info: info), to: out, extraConfig: extra)
-            }
-            func evaluate(_ step: Int) throws {
-                guard let evalSet else { return }
-                let l = try trainer.evaluate(evalSet.examples, maxBatchTokens: microBatch ?? batchTokens)
-                progress.finishLine()
-                FileHandle.standardError.write(Data(String(format: "eval at step %d: loss %.4f, perplexity %.3f (%d scored tokens)\n",
-                                                           step, l.meanLoss, exp(l.meanLoss), l.scoredTokens).utf8))
-                metrics.write(#"{"step": \#(step), "eval_loss": \#(l.meanLoss), "eval_perplexity": \#(exp(l.meanLoss)), "eval_scored_tokens": \#(l.scoredTokens)}"#)
-            }
-
-            func plot() throws {
-                try LossPlot.write(metricsPath: out + "/metrics.jsonl", to: out + "/loss.svg", title: "causal train: \(URL(fileURLWithPath: data).lastPathComponent)")
-            }
-
-            for step in start..<plan.count {
-                let t0 = Date()
-                let (ep, batch) = plan[step]
-                trainer.zeroGradients()
-                let loss = try trainer.accumulate(SFTDataset.pack(batch, maxTokens: microBatch ?? batchTokens))
-                let norm = clip > 0 ? clipGradients(trainer.gradients, maxNorm: clip) : trainer.gradientNorm()
-                let rate = schedule.lr(at: step)
-                opt.update(params, gradients: trainer.gradients, lr: rate)
-                let dt = Date().timeIntervalSince(t0)
-                let tokens = batch.reduce(0) { $0 + $1.tokens.count }
-                metrics.write(#"{"step": \#(step + 1), "epoch": \#(ep), "loss": \#(loss.meanLoss), "lr": \#(rate), "grad_norm": \#(norm), "#
-                    + #""scored_tokens": \#(loss.scoredTokens), "tokens": \#(tokens), "sequences": \#(batch.count), "seconds": \#(dt), "#
-                    + #""scored_tokens_per_second": \#(Double(loss.scoredTokens) / dt)}"#)
-                progress.update(step: step + 1, loss: loss.meanLoss, lr: rate, scoredPerSecond: Double(loss.scoredTokens) / dt, seconds: dt)
-                if let s = saveEvery, (step + 1) % s == 0, step + 1 < plan.count { try save(); try plot() }
-                if let e = evalEvery, (step + 1) % e == 0, step + 1 < plan.count { try evaluate(step + 1); try plot() }
-            }
-            progress.finishLine()
-            try save()
-            try evaluate(plan.count)
-            try plot()
-            FileHandle.standardError.write(Data("saved \(out)/model.safetensors (step \(opt.step))\n".utf8))
+            var extra: [String: Any] = [:]
+            if let b = try bundle.tokenizer.bosTokenID { extra["bos_token_id"] = b }
+            if let e = try bundle.tokenizer.eosTokenID { extra["eos_token_id"] = e }
+            if let p = try bundle.tokenizer.padTokenID { extra["pad_token_id"] = p }
+            loop.save = { [out] opt, state in try LlamaCheckpoint.save(params, optimizer: opt, state: state, to: out, extraConfig: extra) }
+            FileHandle.standardError.write(Data(("causal train: \(train.examples.count) examples (\(train.scoredTokenCount) scored tokens), " +
+                "\(loop.plan.count) steps\(loop.startStep > 0 ? ", resuming at step \(loop.startStep)" : ""), \(params.count) parameters\n").utf8))
+            loop.observer = Self.progressObserver(total: loop.plan.count, start: loop.startStep, unit: "tokens")
+            try loop.run()
+            finish("saved \(out)/model.safetensors (step \(loop.optimizer.step))")
         }
+    }
+
+    func makeLoop(trainer: DecoderTrainer, trainable: any FlatParameters, train: SFTDataset, evalSet: SFTDataset?,
+                  pool: DecoderTrainer.Pool) -> TrainingLoop<DecoderTrainer> {
+        let loop = TrainingLoop(trainer: trainer, trainable: trainable, examples: train.examples, options: options,
+                                directory: out, pool: pool, shuffled: { _, seed, epoch in train.shuffled(seed: seed, epoch: epoch) },
+                                pack: SFTDataset.pack, tokenCount: { $0.tokens.count })
+        loop.evalExamples = evalSet?.examples
+        loop.plotTitle = "causal train: \(URL(fileURLWithPath: data).lastPathComponent)"
+        return loop
+    }
+
+    /// LoRA / QLoRA: the base model frozen in its own weight types, the adapter trained and written in PEFT's format.
+    func runLoRA(bundle: ModelBundle, rank: Int, encoder: SFTEncoder, train: SFTDataset, evalSet: SFTDataset?) throws {
+        let base = try bundle.decoder
+        let adapter: LoRAAdapter
+        if let resume {
+            adapter = try LoRAAdapter.load(directory: resume, model: base)
+        } else {
+            let cfg = LoRAConfig(rank: rank, alpha: loraAlpha, dropout: loraDropout, targets: try Self.parseTargets(loraTargets))
+            adapter = try LoRAAdapter(config: cfg, model: base.config)
+            adapter.initialize(seed: seed)
+        }
+        let trainer = try DecoderTrainer(base: base, adapter: adapter, attention: attention.value, pool: bundle.pool)
+        trainer.checkpointActivations = checkpointActivations
+        trainer.dropoutSeed = seed
+        let loop = makeLoop(trainer: trainer, trainable: adapter, train: train, evalSet: evalSet, pool: bundle.pool)
+        if let resume { try loop.resume { try LlamaCheckpoint.loadState(directory: resume, into: $0) } }
+        let basePath = URL(fileURLWithPath: bundle.path).standardizedFileURL.path
+        loop.info = ["base_model": basePath, "attention": attention.rawValue, "adapter": "lora"]
+        loop.save = { [out] opt, state in try adapter.saveCheckpoint(optimizer: opt, state: state, to: out, baseModel: basePath) }
+        let weights = bundle.model is DecoderModel ? "\(base.config.architecture) base frozen" : "base frozen"
+        FileHandle.standardError.write(Data(("causal train: \(train.examples.count) examples (\(train.scoredTokenCount) scored tokens), " +
+            "\(loop.plan.count) steps\(loop.startStep > 0 ? ", resuming at step \(loop.startStep)" : ""), LoRA rank \(adapter.config.rank) " +
+            "alpha \(adapter.config.alpha) on \(adapter.config.targets.map(\.rawValue).joined(separator: ",")): \(adapter.count) trainable parameters (\(weights))\n").utf8))
+        loop.observer = Self.progressObserver(total: loop.plan.count, start: loop.startStep, unit: "tokens")
+        try loop.run()
+        finish("saved \(out)/adapter_model.safetensors (step \(loop.optimizer.step))")
+    }
+
+    func finish(_ message: String) {
+        var line = message
+        if let rss = Self.peakRSSMiB() { line += String(format: ", peak RSS %.0f MiB", rss) }
+        FileHandle.standardError.write(Data("\n\(line)\n".utf8))
     }
 
     /// Creates `dir` if needed and proves it writable with a probe file, before any work is done.
@@ -225,19 +275,6 @@ enum AttentionArgument: String, ExpressibleByArgument, CaseIterable {
             throw ValidationError("--train-on-prompt with --attention \(rawValue) would let prompt tokens see the tokens they predict")
         }
     }
-}
-
-/// metrics.jsonl, appended line by line.
-final class MetricsFile {
-    let handle: FileHandle
-    init(path: String) throws {
-        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
-        guard let h = FileHandle(forWritingAtPath: path) else { throw CausalError.io(path: path, reason: "cannot open for writing") }
-        h.seekToEndOfFile()
-        handle = h
-    }
-    func write(_ line: String) { handle.write(Data((line + "\n").utf8)) }
-    deinit { try? handle.close() }
 }
 
 /// The live progress line on stderr (rewritten in place on a terminal, one line per step otherwise).

@@ -19,6 +19,9 @@ extension Train {
 
     func runT5(modelDirectory dir: String) throws {
         try Self.checkSeq2SeqOptions(attention: attention, trainOnPrompt: trainOnPrompt)
+        if loraRank != nil {
+            throw CausalError.invalidArgument("--lora-rank trains decoder-only models (LLaMA, Qwen, Gemma ...); LoRA for T5 is not implemented yet")
+        }
         try Self.checkWritableDirectory(out)
         let bundle = try ModelBundle(path: dir, precision: .fast, threads: threads)
         guard let t5 = bundle.model as? T5Model else {
@@ -40,69 +43,23 @@ extension Train {
         }
         let pool = bundle.pool
         let trainer = T5Trainer(parameters: params, pool: pool)
-        let opt = AdamW(parameters: params, weightDecay: weightDecay, pool: pool)
-        var start = 0
-        var order = seed
-        if let resume {
-            let state = try T5Checkpoint.loadState(directory: resume, into: opt)
-            start = state.step
-            order = state.seed
-        }
-
-        let plan = trainingPlan(steps: steps, epochs: epochs) { epoch in
-            Seq2SeqDataset.pack(train.shuffled(seed: order, epoch: epoch), maxTokens: batchTokens)
-        }
-        guard start < plan.count else {
-            throw CausalError.invalidArgument("the checkpoint is already at step \(start) of \(plan.count)")
-        }
-        let schedule = LearningRateSchedule(peak: lr, warmupSteps: warmup, totalSteps: plan.count)
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let metrics = try MetricsFile(path: out + "/metrics.jsonl")
-        let progress = Progress(total: plan.count, start: start)
-        FileHandle.standardError.write(Data(("causal train: \(train.examples.count) pairs (\(train.scoredLabelCount) scored labels), " +
-            "\(plan.count) steps\(start > 0 ? ", resuming at step \(start)" : ""), \(params.count) parameters (T5 encoder-decoder)\n").utf8))
-
+        let loop = TrainingLoop(trainer: trainer, trainable: params, examples: train.examples, options: options, directory: out,
+                                pool: pool, shuffled: { _, seed, epoch in train.shuffled(seed: seed, epoch: epoch) },
+                                pack: Seq2SeqDataset.pack, tokenCount: { $0.tokenCount })
+        loop.evalExamples = evalSet?.examples
+        loop.plotTitle = "causal train: \(URL(fileURLWithPath: data).lastPathComponent)"
+        if let resume { try loop.resume { try T5Checkpoint.loadState(directory: resume, into: $0) } }
         let baseConfig = try T5Checkpoint.readConfigObject(directory: dir)
-        let info = ["base_model": URL(fileURLWithPath: dir).standardizedFileURL.path, "architecture": "t5"]
-        func save() throws {
+        loop.info = ["base_model": URL(fileURLWithPath: dir).standardizedFileURL.path, "architecture": "t5"]
+        loop.save = { [out] opt, state in
             try T5Checkpoint.copyTokenizerFiles(from: dir, to: out)
-            try T5Checkpoint.save(params, optimizer: opt, state: TrainingState(step: opt.step, totalSteps: plan.count, seed: order, info: info),
-                                  to: out, baseConfig: baseConfig)
+            try T5Checkpoint.save(params, optimizer: opt, state: state, to: out, baseConfig: baseConfig)
         }
-        func evaluate(_ step: Int) throws {
-            guard let evalSet else { return }
-            let l = try trainer.evaluate(evalSet.examples, maxBatchTokens: microBatch ?? batchTokens)
-            progress.finishLine()
-            FileHandle.standardError.write(Data(String(format: "eval at step %d: loss %.4f, perplexity %.3f (%d scored labels)\n",
-                                                       step, l.meanLoss, exp(l.meanLoss), l.scoredTokens).utf8))
-            metrics.write(#"{"step": \#(step), "eval_loss": \#(l.meanLoss), "eval_perplexity": \#(exp(l.meanLoss)), "eval_scored_tokens": \#(l.scoredTokens)}"#)
-        }
-        func plot() throws {
-            try LossPlot.write(metricsPath: out + "/metrics.jsonl", to: out + "/loss.svg", title: "causal train: \(URL(fileURLWithPath: data).lastPathComponent)")
-        }
-
-        for step in start..<plan.count {
-            let t0 = Date()
-            let (ep, batch) = plan[step]
-            trainer.zeroGradients()
-            let loss = try trainer.accumulate(Seq2SeqDataset.pack(batch, maxTokens: microBatch ?? batchTokens))
-            let norm = clip > 0 ? clipGradients(trainer.gradients, maxNorm: clip) : trainer.gradientNorm()
-            let rate = schedule.lr(at: step)
-            opt.update(params, gradients: trainer.gradients, lr: rate)
-            let dt = Date().timeIntervalSince(t0)
-            let tokens = batch.reduce(0) { $0 + $1.tokenCount }
-            metrics.write(#"{"step": \#(step + 1), "epoch": \#(ep), "loss": \#(loss.meanLoss), "lr": \#(rate), "grad_norm": \#(norm), "#
-                + #""scored_tokens": \#(loss.scoredTokens), "tokens": \#(tokens), "sequences": \#(batch.count), "seconds": \#(dt), "#
-                + #""scored_tokens_per_second": \#(Double(loss.scoredTokens) / dt)}"#)
-            progress.update(step: step + 1, loss: loss.meanLoss, lr: rate, scoredPerSecond: Double(loss.scoredTokens) / dt, seconds: dt)
-            if let s = saveEvery, (step + 1) % s == 0, step + 1 < plan.count { try save(); try plot() }
-            if let e = evalEvery, (step + 1) % e == 0, step + 1 < plan.count { try evaluate(step + 1); try plot() }
-        }
-        progress.finishLine()
-        try save()
-        try evaluate(plan.count)
-        try plot()
-        FileHandle.standardError.write(Data("saved \(out)/model.safetensors (step \(opt.step))\n".utf8))
+        FileHandle.standardError.write(Data(("causal train: \(train.examples.count) pairs (\(train.scoredLabelCount) scored labels), " +
+            "\(loop.plan.count) steps\(loop.startStep > 0 ? ", resuming at step \(loop.startStep)" : ""), \(params.count) parameters (T5 encoder-decoder)\n").utf8))
+        loop.observer = Self.progressObserver(total: loop.plan.count, start: loop.startStep, unit: "labels")
+        try loop.run()
+        finish("saved \(out)/model.safetensors (step \(loop.optimizer.step))")
     }
 
     static func reportSkipped(_ d: Seq2SeqDataset, _ path: String) {

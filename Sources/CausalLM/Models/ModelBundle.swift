@@ -106,7 +106,7 @@ public final class ModelBundle {
                 throw CausalError.invalidArgument("\(path): this needs a LLaMA model, not \(type(of: model))")
             }
             guard m.config.isPlainLlama else {
-                throw CausalError.invalidArgument("\(path): training supports plain LLaMA decoders only; this is a \(m.config.architecture) configuration")
+                throw CausalError.invalidArgument("\(path): full fine-tuning writes LLaMA checkpoints only; this is a \(m.config.architecture) model (\(m.config.features)): train a LoRA adapter with --lora-rank")
             }
             return m
         }

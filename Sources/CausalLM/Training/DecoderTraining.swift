@@ -165,15 +165,15 @@ public final class DecoderTrainer {
         dOutput = G.data + P.output
     }
 
-    /// LoRA (QLoRA when `base` is quantized): `base` stays frozen, only `adapter`'s factors train.
-    public init(base: DecoderModel, adapter: LoRAAdapter, attention: AttentionMask = .causal, pool: ThreadPool? = nil) throws {
-        guard adapter.model == base.config else {
+    /// LoRA (QLoRA when `base` is quantized): `base` stays frozen, only `adapter`'s factors train. Without an
+    /// adapter, the frozen base alone (for `loss` and `evaluate`; nothing trains).
+    public init(base: DecoderModel, adapter: LoRAAdapter?, attention: AttentionMask = .causal, pool: ThreadPool? = nil) throws {
+        if let adapter, adapter.model != base.config {
             throw CausalError.invalidArgument("the LoRA adapter is shaped for a different model configuration than the base (\(base.config.architecture))")
         }
         let cfg = base.config
         self.config = cfg; self.parameters = nil; self.base = base; self.adapter = adapter
-        let G = adapter.zerosLike()
-        self.gradients = G
+        self.gradients = try adapter?.zerosLike() ?? LoRAAdapter(config: LoRAConfig(rank: 1, targets: [.q], layers: []), model: cfg)
         self.attention = attention; self.pool = pool ?? base.pool
         self.ropeFactors = base.ropeFactors
         // Norm weights and biases of the frozen base, in one stable buffer.
@@ -197,7 +197,7 @@ public final class DecoderTrainer {
         func vec(_ i: Int) -> TrainVector { TrainVector(p: buf.p + offsets[i], d: nil) }
         func ptr(_ i: Int?) -> UnsafePointer<Float>? { i.map { UnsafePointer(buf.p + offsets[$0]) } }
         func linear(_ w: WeightMatrix, _ l: Int, _ t: LoRATarget, bias: Int? = nil) -> TrainLinear {
-            TrainLinear(weight: w, dWeight: nil, bias: ptr(bias), dBias: nil, lora: adapter.slot(layer: l, target: t), target: t)
+            TrainLinear(weight: w, dWeight: nil, bias: ptr(bias), dBias: nil, lora: adapter?.slot(layer: l, target: t), target: t)
         }
         layers = base.layers.enumerated().map { l, w in
             let i = idx[l]
