@@ -60,6 +60,7 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "LoRA alpha (the update is scaled by alpha / rank; default: the rank).") var loraAlpha: Double?
     @Option(name: .long, help: "LoRA dropout on the adapters' input during training.") var loraDropout: Double = 0
     @Option(name: .long, help: "Linear layers that get adapters: any of q,k,v,o,gate,up,down (or q_proj ...), comma-separated.") var loraTargets: String = "q,k,v,o,gate,up,down"
+    @Option(name: .long, help: "With --lora-rank: native keeps the base's weights in the file's types (QLoRA for a quantized GGUF); f32 dequantizes them to fp32 first (LoRA on an fp32 base, more memory).") var baseWeights: BaseWeights = .native
     @Flag(name: .long, help: "Keep only each block's input in the forward and recompute the block in the backward (less memory, about a third more compute).") var checkpointActivations = false
 
     func validate() throws {
@@ -86,8 +87,8 @@ struct Train: ParsableCommand {
             if let a = loraAlpha, !(a > 0) { throw ValidationError("--lora-alpha must be positive") }
             if !(loraDropout >= 0 && loraDropout < 1) { throw ValidationError("--lora-dropout must be in [0, 1)") }
             _ = try Self.parseTargets(loraTargets)
-        } else if loraAlpha != nil || loraDropout != 0 || loraTargets != "q,k,v,o,gate,up,down" {
-            throw ValidationError("--lora-alpha, --lora-dropout and --lora-targets need --lora-rank")
+        } else if loraAlpha != nil || loraDropout != 0 || loraTargets != "q,k,v,o,gate,up,down" || baseWeights != .native {
+            throw ValidationError("--lora-alpha, --lora-dropout, --lora-targets and --base-weights need --lora-rank")
         }
     }
 
@@ -137,7 +138,7 @@ struct Train: ParsableCommand {
             // An encoder-decoder model (T5 directory) trains on (input, labels) pairs: TrainT5.swift.
             if let m = model, try ModelBundle.isEncoderDecoder(path: m) { return try runT5(modelDirectory: m) }
             try Self.checkWritableDirectory(out)
-            let bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
+            let bundle = try ModelBundle(path: model, precision: loraRank != nil && baseWeights == .f32 ? .reference : .fast, threads: threads)
             // From scratch, the bundle gives only the tokenizer and chat template; otherwise its LLaMA weights too.
             let arch = try config.map { try LlamaArchitecture(path: $0, vocabularySize: bundle.tokenizer.vocabularySize) }
             let shape = try arch?.config ?? bundle.decoder.config
@@ -254,6 +255,10 @@ struct Train: ParsableCommand {
         let first = d.skipped.prefix(5).map { "line \($0.line)" }.joined(separator: ", ")
         FileHandle.standardError.write(Data("causal: \(path): skipped \(d.skipped.count) example(s) (\(first)\(d.skipped.count > 5 ? ", ..." : "")): \(d.skipped[0].reason)\n".utf8))
     }
+}
+
+enum BaseWeights: String, ExpressibleByArgument, CaseIterable {
+    case native, f32
 }
 
 enum InitArgument: String, ExpressibleByArgument, CaseIterable {
