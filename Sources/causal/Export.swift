@@ -10,7 +10,9 @@ struct Export: ParsableCommand {
         holds config.json and model.safetensors (F32) and loads with 'causal generate --model OUT' and with \
         transformers. A Hugging Face directory base keeps its tensor names, config and tokenizer files; a GGUF base \
         (plain LLaMA, e.g. SmolLM2) is written as a LLaMA checkpoint whose trainer_state.json names the GGUF file, \
-        which supplies the tokenizer and chat template. See docs/adapters.md.
+        which supplies the tokenizer and chat template. With --gguf (a GGUF base of any family), OUT is a GGUF file \
+        instead: the base's metadata and tensors, each adapted matrix replaced by its merged F32 weights. See \
+        docs/adapters.md.
         """)
 
     @Option(name: .long, help: "The base model: a GGUF file, a Hugging Face model directory or a known name (default: SmolLM2-135M-Instruct Q4_1).")
@@ -22,7 +24,10 @@ struct Export: ParsableCommand {
     @Flag(name: .long, help: "Merge the adapter into the base weights (the only export there is so far).")
     var merge = false
 
-    @Option(name: .long, help: ArgumentHelp("The output directory (created; files in it are replaced).", valueName: "dir"))
+    @Flag(name: .long, help: "Write a GGUF file (from a GGUF base) instead of a Hugging Face directory.")
+    var gguf = false
+
+    @Option(name: .long, help: ArgumentHelp("The output directory (created; files in it are replaced), or with --gguf the output file.", valueName: "path"))
     var out: String
 
     @Option(name: .long, help: "Worker threads (default: all cores).")
@@ -39,7 +44,7 @@ struct Export: ParsableCommand {
             // The merge reads the base's weights itself (dequantized to fp32), so the model loads in place.
             let bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
             guard let lora = try loadAdapter(adapter, for: bundle) else { return }
-            try lora.exportMerged(base: bundle, to: out)
+            if gguf { try lora.exportMergedGGUF(base: bundle, to: out) } else { try lora.exportMerged(base: bundle, to: out) }
             FileHandle.standardError.write(Data("causal export: \(lora.slots.count) adapted matrices merged (rank \(lora.config.rank), scale \(lora.config.scale)) into \(out)\n".utf8))
         }
     }

@@ -75,6 +75,31 @@ final class ExportCLITests: XCTestCase {
         XCTAssertTrue(withAdapter.stdout.contains("\"prompt_tokens\": 37"), withAdapter.stdout)
     }
 
+    /// --gguf: a merged GGUF file generates what base + adapter generates.
+    func testMergeToGGUFEqualsAdapter() throws {
+        let lora = try adapter("smollm2")
+        if !FileManager.default.fileExists(atPath: CLITests.modelPath) {
+            let r = try causal(["info"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        let dir = tempDir()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let out = dir + "/merged.gguf"
+        let e = try causal(["export", "--model", CLITests.modelPath, "--adapter", lora, "--merge", "--gguf", "--out", out])
+        XCTAssertEqual(e.status, 0, e.stderr)
+        let prompt = "Name three colours."
+        let withAdapter = try causal(["generate", "--model", CLITests.modelPath, "--adapter", lora, "--max-tokens", "12", "--json", prompt])
+        let merged = try causal(["generate", "--model", out, "--max-tokens", "12", "--json", prompt])
+        XCTAssertEqual(withAdapter.status, 0, withAdapter.stderr)
+        XCTAssertEqual(merged.status, 0, merged.stderr)
+        XCTAssertEqual(merged.stdout, withAdapter.stdout)
+        // A Hugging Face directory base has no GGUF to copy.
+        let tiny = Self.fixtures.appendingPathComponent("tiny/qwen2").path
+        let bad = try causal(["export", "--model", tiny, "--adapter", try adapter("qwen2"), "--merge", "--gguf", "--out", dir + "/x.gguf"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("GGUF base"), bad.stderr)
+    }
+
     func testErrors() throws {
         let base = Self.fixtures.appendingPathComponent("tiny/qwen2").path
         let noMerge = try causal(["export", "--model", base, "--adapter", base, "--out", tempDir()])

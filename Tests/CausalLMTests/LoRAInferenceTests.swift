@@ -217,6 +217,29 @@ final class LoRAInferenceTests: XCTestCase {
         }
     }
 
+    /// A GGUF base (SmolLM2, q/k rows permuted) merged into a GGUF file: the same logits as base + adapter within
+    /// 1e-4 (reference precision), the metadata copied (the tokenizer loads), unadapted tensors keep their type.
+    func testMergedGGUFEqualsAdapterSmolLM2() throws {
+        let (bundle, m) = try decoder(TestModel.path)
+        let a = try Self.randomAdapter(m.config, rank: 4, alpha: 8, layers: [0, 7, 29], seed: 13, range: 0.1)
+        let out = try tempDir("merged-gguf") + "/merged.gguf"
+        try a.exportMergedGGUF(base: bundle, to: out)
+        let merged = try ModelBundle(path: out, precision: .reference)
+        let mm = try XCTUnwrap(merged.model as? DecoderModel)
+        let f = try GGUFFile(path: out), g = try GGUFFile(path: TestModel.path)
+        XCTAssertEqual(f.metadataKeys, g.metadataKeys)
+        XCTAssertEqual(f.tensors.map(\.name), g.tensors.map(\.name))
+        XCTAssertEqual(try f.tensor("blk.7.attn_q.weight").type.name, "F32")
+        XCTAssertEqual(try f.tensor("blk.6.attn_q.weight").type.name, try g.tensor("blk.6.attn_q.weight").type.name)
+        let tokens = try bundle.tokenizer.encode("The quick brown fox jumps over the lazy dog.")
+        XCTAssertEqual(try merged.tokenizer.encode("The quick brown fox jumps over the lazy dog."), tokens)
+        let ours = try forwardAll(m, tokens, a), ref = try forwardAll(mm, tokens, nil), base = try forwardAll(m, tokens, nil)
+        let d = Self.relative(ours, ref[...]), moved = Self.relative(base, ref[...])
+        print("smollm2 gguf: adapter vs merged GGUF max rel \(d); adapter moves logits by \(moved)")
+        XCTAssertLessThanOrEqual(d, 1e-4)
+        XCTAssertGreaterThan(moved, 1e-2)
+    }
+
     // MARK: Batch invariance
 
     /// Sequences with adapter a, adapter b, none, and a again, in one step (and a's prompt split into chunks) give

@@ -147,3 +147,100 @@ extension LoRAAdapter {
                                       to: out + "/trainer_state.json")
     }
 }
+
+extension LoRAAdapter {
+    /// The slot a GGUF tensor name (`blk.3.attn_q.weight`) carries, if any.
+    func slot(forGGUFTensor name: String) -> LoRASlot? {
+        let suffixes: [(String, LoRATarget)] = [("attn_q", .q), ("attn_k", .k), ("attn_v", .v), ("attn_output", .o),
+                                                 ("ffn_gate", .gate), ("ffn_up", .up), ("ffn_down", .down)]
+        guard name.hasPrefix("blk."), name.hasSuffix(".weight") else { return nil }
+        let rest = name.dropFirst(4).dropLast(".weight".count)
+        guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]) else { return nil }
+        let module = rest[rest.index(after: dot)...]
+        guard let t = suffixes.first(where: { $0.0 == module })?.1 else { return nil }
+        return slot(layer: layer, target: t)
+    }
+
+    /// Writes `bundle`'s GGUF file with this adapter merged: the same metadata (copied byte for byte) and tensors, each
+    /// adapted matrix replaced by its merged weights W + s·B·A as F32 (in the file's own row order); every other tensor
+    /// keeps its bytes and type. Written to a temporary name beside `path`, then renamed into place.
+    public func exportMergedGGUF(base bundle: ModelBundle, to path: String) throws {
+        guard let gguf = bundle.gguf, let decoder = bundle.model as? DecoderModel else {
+            throw CausalError.invalidArgument("\(bundle.path): a merged GGUF is written from a GGUF base (for a Hugging Face directory, export the merged directory)")
+        }
+        guard fits(decoder.config) else {
+            throw CausalError.invalidArgument("the LoRA adapter is shaped for another model than \(bundle.path)")
+        }
+        guard URL(fileURLWithPath: path).standardizedFileURL.path != URL(fileURLWithPath: gguf.path).standardizedFileURL.path else {
+            throw CausalError.invalidArgument("\(path): the output is the base model's own file; choose another")
+        }
+        let base = gguf.file.base
+        // The metadata section ends where the tensor infos begin: find it from the data offset (the infos' size is
+        // known; only the alignment padding before the data is not), checking the first tensor's name is there.
+        func infoBytes(_ t: GGUFTensor) -> Int { 8 + t.name.utf8.count + 4 + 8 * t.dims.count + 4 + 8 }
+        let infos = gguf.tensors.reduce(0) { $0 + infoBytes($1) }
+        var metadataEnd: Int? = nil
+        if let first = gguf.tensors.first {
+            for pad in 0..<gguf.alignment {
+                let at = gguf.dataOffset - pad - infos
+                guard at >= 24 else { break }
+                let n = Int(UInt64(littleEndian: (base + at).loadUnaligned(as: UInt64.self)))
+                if n == first.name.utf8.count,
+                   Array(UnsafeRawBufferPointer(start: base + at + 8, count: n)) == Array(first.name.utf8) {
+                    metadataEnd = at
+                    break
+                }
+            }
+        }
+        guard let metadataEnd else {
+            throw CausalError.badFormat(path: gguf.path, field: "tensor infos", reason: "cannot locate the tensor infos to copy the metadata")
+        }
+        var covered = Set<Int>()
+        var plan: [(t: GGUFTensor, slot: LoRASlot?, bytes: Int)] = []
+        for t in gguf.tensors {
+            let s = slot(forGGUFTensor: t.name)
+            if let s {
+                guard t.dims == [s.inDim, s.outDim] else {
+                    throw CausalError.badTensor(path: gguf.path, tensor: t.name, reason: "dims \(t.dims) do not match the adapter's \([s.inDim, s.outDim])")
+                }
+                covered.insert(slots.firstIndex { $0.layer == s.layer && $0.target == s.target }!)
+            }
+            plan.append((t, s, s.map { $0.outDim * $0.inDim * 4 } ?? t.byteCount))
+        }
+        if let missing = slots.indices.first(where: { !covered.contains($0) }) {
+            throw CausalError.invalidArgument("\(gguf.path): no tensor for \(slots[missing].target.moduleName) of layer \(slots[missing].layer) to merge into")
+        }
+        let A = gguf.alignment
+        func padded(_ n: Int) -> Int { (n + A - 1) / A * A }
+        try LlamaCheckpoint.atomicWrite(path) { h in
+            var header = Data(bytes: base, count: metadataEnd)   // magic, version, counts, every metadata pair
+            func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { header.append(contentsOf: $0) } }
+            func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { header.append(contentsOf: $0) } }
+            var offset = 0
+            for (t, s, bytes) in plan {
+                u64(UInt64(t.name.utf8.count)); header.append(contentsOf: Array(t.name.utf8))
+                u32(UInt32(t.dims.count)); t.dims.forEach { u64(UInt64($0)) }
+                u32(s == nil ? t.type.id : 0)   // merged matrices are F32 (ggml type 0)
+                u64(UInt64(offset))
+                offset += padded(bytes)
+            }
+            header.append(contentsOf: [UInt8](repeating: 0, count: padded(header.count) - header.count))
+            try h.write(contentsOf: header)
+            for (t, s, bytes) in plan {
+                if let s {
+                    let w = UnsafeMutablePointer<Float>.allocate(capacity: s.outDim * s.inDim)
+                    defer { w.deallocate() }
+                    guard let dt = DType(rawValue: Int32(t.type.id)) else {
+                        throw CausalError.badTensor(path: gguf.path, tensor: t.name, reason: "type \(t.type.name) cannot be dequantized")
+                    }
+                    dequantizeAll(WeightMatrix(dtype: dt, data: gguf.data(t), rows: s.outDim, cols: s.inDim), into: w)
+                    addUpdate(s, into: w)
+                    try h.write(contentsOf: Data(bytesNoCopy: w, count: bytes, deallocator: .none))
+                } else {
+                    try h.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: gguf.data(t)), count: bytes, deallocator: .none))
+                }
+                if padded(bytes) > bytes { try h.write(contentsOf: Data(count: padded(bytes) - bytes)) }
+            }
+        }
+    }
+}
