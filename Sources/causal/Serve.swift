@@ -13,7 +13,9 @@ struct Serve: AsyncParsableCommand {
         request gets exactly the tokens it gets alone. As in the OpenAI API, 'temperature' defaults to 1 (sampling; \
         'causal generate' defaults to 0): send "temperature": 0 for greedy answers. SIGINT/SIGTERM stop the server \
         gracefully. An encoder-decoder model (T5) reads the prompt of /v1/completions with its encoder and returns only \
-        the decoder's text; without a chat template it answers /v1/chat/completions with 400. See docs/server-api.md.
+        the decoder's text; without a chat template it answers /v1/chat/completions with 400. See docs/server-api.md. \
+        With --adapter name=DIR (repeatable), LoRA adapters are served beside the base model: a request selects one \
+        with "model": "name" or "<base>:name", and sequences of every adapter share each step (docs/adapters.md).
         """)
 
     @Option(name: .long, help: "A GGUF model file or a Hugging Face model directory with its tokenizer.json (decoder-only, or encoder-decoder such as T5: the prompt goes to the encoder) (default: SmolLM2-135M-Instruct Q4_1, fetched into the cache if missing).")

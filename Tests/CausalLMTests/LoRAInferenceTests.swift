@@ -149,6 +149,11 @@ final class LoRAInferenceTests: XCTestCase {
         let wrong = try Self.randomAdapter(q.config, seed: 1)
         if !wrong.fits(m.config) {
             XCTAssertThrowsError(try forwardAll(m, [1, 2, 3], wrong)) { XCTAssertTrue("\($0)".contains("LoRA adapter"), "\($0)") }
+            let sched = try Scheduler(generator: ModelBundle(path: Self.tiny("llama")).makeGenerator(), maxSequences: 1)
+            defer { sched.beginShutdown(cancelInFlight: true) }
+            XCTAssertThrowsError(try sched.submit(SequenceRequest(prompt: [1, 2], parameters: GenerateParameters(maxNewTokens: 2), adapter: wrong))) {
+                XCTAssertTrue("\($0)".contains("LoRA adapter"), "\($0)")
+            }
             XCTAssertThrowsError(try ModelBundle(path: Self.tiny("llama")).makeGenerator().generate(
                 [SequenceRequest(prompt: [1, 2], parameters: GenerateParameters(maxNewTokens: 2), adapter: wrong)])) {
                 XCTAssertTrue("\($0)".contains("LoRA adapter"), "\($0)")

@@ -342,6 +342,11 @@ public final class Scheduler: @unchecked Sendable {
         }
         guard !request.prompt.isEmpty else { throw CausalError.invalidArgument("the prompt has no tokens") }
         if let bad = request.prompt.first(where: { $0 < 0 || $0 >= V }) { throw CausalError.badTokenID(id: bad, vocabularySize: V) }
+        if let a = request.adapter {
+            guard let d = generator.model as? DecoderModel, a.fits(d.config) else {
+                throw CausalError.invalidArgument("the LoRA adapter does not fit this model (adapters run on decoder models of the shape they were made for)")
+            }
+        }
         let cap = capacity(for: request)
         guard request.prompt.count < cap else {
             throw CausalError.invalidArgument("the prompt has \(request.prompt.count) tokens but the context holds \(contextLength); it must be shorter to leave room for at least one new token")
