@@ -422,12 +422,21 @@ public final class DecoderTrainer {
             return d
         }
         if let dropped { input = UnsafePointer(dropped.p) }
-        let t = FloatBuffer(n * s.rank), u = FloatBuffer(n * s.outDim)
+        // t = drop(x)·Aᵀ (n, r) through the matmul kernel (K = in); u = t·Bᵀ as a rank-r update with Bᵀ contiguous.
+        let t = FloatBuffer(n * s.rank), u = FloatBuffer(n * s.outDim), bt = transposed(A.b(s), rows: s.outDim, cols: s.rank)
         TrainingOps.linearForward(x: input, weight: A.a(s), rows: n, inDim: s.inDim, outDim: s.rank, out: t.p, pool: pool)
-        TrainingOps.linearForward(x: t.p, weight: A.b(s), rows: n, inDim: s.rank, outDim: s.outDim, out: u.p, pool: pool)
+        TrainingOps.gemm(M: n, N: s.outDim, K: s.rank, A: t.p, aRow: s.rank, aCol: 1, B: bt.p, ldb: s.outDim, C: u.p,
+                         ldc: s.outDim, accumulate: false, pool: pool)
         ck_train_scale(u.p, Int64(n * s.outDim), A.config.scale)
         ck_add(y, u.p, Int64(n * s.outDim))
         a.lora[L.target] = LoRASaved(t: t, mask: mask)
+    }
+
+    /// A (cols, rows) copy of a row-major (rows, cols) matrix.
+    private func transposed(_ m: UnsafePointer<Float>, rows: Int, cols: Int) -> FloatBuffer {
+        let t = FloatBuffer(rows * cols)
+        for i in 0..<rows { for j in 0..<cols { t.p[j * rows + i] = m[i * cols + j] } }
+        return t
     }
 
     // MARK: Head and loss
@@ -615,12 +624,17 @@ public final class DecoderTrainer {
         }
         if let dropped { input = UnsafePointer(dropped.p) }
         // u = t·Bᵀ, y += s·u:  dB += s·dyᵀ·t;  dt = s·dy·B;  dA += dtᵀ·drop(x);  dx += (dt·A) ⊙ mask.
+        // The rank-r products are shaped so that the long dimension (out or in) is the contiguous one: dBᵀ (r, out)
+        // = (s·t)ᵀ·dy, dt = dy·(Bᵀ)ᵀ through the matmul kernel (K = out).
         let ts = FloatBuffer(n * r)
         ts.p.update(from: sv.t.p, count: n * r)
         ck_train_scale(ts.p, Int64(n * r), scale)
-        TrainingOps.gemm(M: out, N: r, K: n, A: dy, aRow: 1, aCol: out, B: ts.p, ldb: r, C: G.b(sl), ldc: r, accumulate: true, pool: pool)
-        let dt = FloatBuffer(n * r)
-        TrainingOps.gemm(M: n, N: r, K: out, A: dy, aRow: out, aCol: 1, B: A.b(sl), ldb: r, C: dt.p, ldc: r, accumulate: false, pool: pool)
+        let dbt = FloatBuffer(r * out)
+        TrainingOps.gemm(M: r, N: out, K: n, A: ts.p, aRow: 1, aCol: r, B: dy, ldb: out, C: dbt.p, ldc: out, accumulate: false, pool: pool)
+        let db = G.b(sl)
+        for o in 0..<out { for j in 0..<r { db[o * r + j] += dbt.p[j * out + o] } }
+        let dt = FloatBuffer(n * r), bt = transposed(A.b(sl), rows: out, cols: r)
+        matmul(WeightMatrix(dtype: .f32, data: UnsafeRawPointer(bt.p), rows: r, cols: out), dy, rows: n, into: dt.p, pool: pool)
         ck_train_scale(dt.p, Int64(n * r), scale)
         TrainingOps.gemm(M: r, N: inDim, K: n, A: dt.p, aRow: 1, aCol: r, B: input, ldb: inDim, C: G.a(sl), ldc: inDim,
                          accumulate: true, pool: pool)
