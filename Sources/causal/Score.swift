@@ -14,9 +14,12 @@ struct Score: ParsableCommand {
         moves to the continuation, context + continuation is encoded whole (without the tokens a tokenizer adds around
         a sequence), and the continuation is what follows the context's own encoding. is_greedy: every continuation
         token is the most likely one. SUM adds the float32 log-probabilities in order in double precision.
+        A line may give token ids instead: {"context_ids": [...], "continuation_ids": [...]} (no tokenizer needed).
         """)
     @OptionGroup var modelOptions: ModelOptions
     @Option(name: .long, help: "The JSON-lines file (- for stdin).") var input: String
+    @Option(name: .long, help: ArgumentHelp("Apply a LoRA adapter: a PEFT directory for this model (docs/adapters.md).", valueName: "dir"))
+    var adapter: String?
 
     func run() throws {
         try reportingErrors {
@@ -24,15 +27,25 @@ struct Score: ParsableCommand {
             guard !bundle.isEncoderDecoder else {
                 throw CausalError.invalidArgument("causal score takes a decoder-only model; \(bundle.path) is encoder-decoder")
             }
-            let tok = try bundle.tokenizer
+            let lora = try loadAdapter(adapter, for: bundle)
             let data = input == "-" ? FileHandle.standardInput.readDataToEndOfFile()
                                     : try Data(contentsOf: URL(fileURLWithPath: input))
             var pairs: [(context: [Int], whole: [Int])] = []
             for (n, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
                 let trimmed = line.trimmingCharacters(in: .whitespaces)
                 if trimmed.isEmpty { continue }
-                guard let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any],
-                      var context = obj["context"] as? String, var continuation = obj["continuation"] as? String else {
+                let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any]
+                if let obj, obj["context_ids"] != nil || obj["continuation_ids"] != nil {
+                    guard let ctx = obj["context_ids"] as? [Int], let cont = obj["continuation_ids"] as? [Int] else {
+                        throw CausalError.invalidArgument("\(input) line \(n + 1): context_ids and continuation_ids must both be arrays of token ids")
+                    }
+                    guard !ctx.isEmpty, !cont.isEmpty else {
+                        throw CausalError.invalidArgument("\(input) line \(n + 1): context_ids and continuation_ids must not be empty")
+                    }
+                    pairs.append((ctx, ctx + cont))
+                    continue
+                }
+                guard let obj, var context = obj["context"] as? String, var continuation = obj["continuation"] as? String else {
                     throw CausalError.invalidArgument("\(input) line \(n + 1): expected {\"context\": TEXT, \"continuation\": TEXT}")
                 }
                 guard !context.isEmpty else { throw CausalError.invalidArgument("\(input) line \(n + 1): the context is empty") }
@@ -43,6 +56,7 @@ struct Score: ParsableCommand {
                     continuation = String(String.UnicodeScalarView(scalars[cut...])) + continuation
                     context = String(String.UnicodeScalarView(scalars[..<cut]))
                 }
+                let tok = try bundle.tokenizer
                 let whole = try tok.encode(context + continuation, addingSpecialTokens: false)
                 let ctx = try tok.encode(context, addingSpecialTokens: false)
                 guard !ctx.isEmpty, whole.count > ctx.count else {
@@ -51,7 +65,7 @@ struct Score: ParsableCommand {
                 pairs.append((ctx, whole))
             }
             let p = GenerateParameters(maxNewTokens: 0, logprobs: true, topLogprobs: 1, promptLogprobs: true)
-            let results = try bundle.makeGenerator().generate(pairs.map { SequenceRequest(prompt: $0.whole, parameters: p) })
+            let results = try bundle.makeGenerator().generate(pairs.map { SequenceRequest(prompt: $0.whole, parameters: p, adapter: lora) })
             for (pair, r) in zip(pairs, results) {
                 let lps = Array((r.promptLogprobs ?? [])[(pair.context.count - 1)...])
                 var sum = 0.0
