@@ -2,7 +2,7 @@
 # LoRA adapters between causal and the `peft` package, both directions, through the directories users exchange:
 #  1. adapters written by peft (Tests/Fixtures/lora/{qwen2,smollm2}/adapter_step3, from make_lora_refs.py): causal
 #     reads them (`causal score --adapter DIR`) and gives peft's log-probabilities;
-#  2. adapters written by causal (`causal train --lora-rank ... --out RUN` writes RUN/adapter) on the tiny random
+#  2. adapters written by causal (`causal train --lora-rank ... --out RUN` writes the PEFT files into RUN) on the tiny random
 #     Qwen2 (q/k/v biases, rotate-half RoPE) and on SmolLM2 (a LLaMA GGUF, whose q/k rows causal keeps permuted: the
 #     writer must un-permute B): peft loads them onto the transformers model and gives causal's log-probabilities.
 # Each comparison is Tests/peft/compare.py: tensor names and shapes exactly as peft creates them, then per prompt the
@@ -70,9 +70,9 @@ done
 "$CAUSAL" train --model Tests/Fixtures/tiny/qwen2 --data "$TMP/qwen2.jsonl" --out "$TMP/qwen2-run" \
   --lora-rank 4 --lora-alpha 8 --steps 3 --lr 0.05 --seed 1 >"$TMP/qwen2-train.log" 2>&1 ||
   { cat "$TMP/qwen2-train.log" >&2; exit 1; }
-compare --model Tests/Fixtures/tiny/qwen2 --adapter "$TMP/qwen2-run/adapter" --prompts Tests/Fixtures/lora/qwen2/refs.json
+compare --model Tests/Fixtures/tiny/qwen2 --adapter "$TMP/qwen2-run" --prompts Tests/Fixtures/lora/qwen2/refs.json
 "$CAUSAL" train --model "$SMOLLM2" --data "$TMP/smollm2.jsonl" --out "$TMP/smollm2-run" \
   --lora-rank 4 --lora-alpha 16 --lora-targets q,k,v,o,gate,up,down --steps 2 --lr 0.01 --seed 1 \
   >"$TMP/smollm2-train.log" 2>&1 || { cat "$TMP/smollm2-train.log" >&2; exit 1; }
-compare --model "$SMOLLM2" --adapter "$TMP/smollm2-run/adapter" --prompts Tests/Fixtures/lora/smollm2/refs.json
+compare --model "$SMOLLM2" --adapter "$TMP/smollm2-run" --prompts Tests/Fixtures/lora/smollm2/refs.json
 echo "peft round trip passed in $(( $(date +%s) - start )) s"
