@@ -10,11 +10,13 @@ struct Chat: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var sampling: SamplingOptions
     @Option(name: .long, help: "A system message.") var system: String?
+    @Option(name: .long, help: ArgumentHelp("Apply a LoRA adapter: a PEFT directory for this model (docs/adapters.md).", valueName: "dir"))
+    var adapter: String?
 
     func run() throws {
         try reportingErrors {
             let bundle = try modelOptions.load()
-            let session = ChatSession(bundle: bundle, system: system)
+            let session = ChatSession(bundle: bundle, system: system, adapter: try loadAdapter(adapter, for: bundle))
             let interactive = isatty(0) != 0
             while true {
                 if interactive { writeOut("> ") }

@@ -100,6 +100,23 @@ final class ExportCLITests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("GGUF base"), bad.stderr)
     }
 
+    /// `causal chat --adapter`: a turn answers what `causal generate --adapter` answers.
+    func testChatWithAdapter() throws {
+        let lora = try adapter("smollm2")
+        if !FileManager.default.fileExists(atPath: CLITests.modelPath) {
+            let r = try causal(["info"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        let prompt = "Name three colours."
+        let gen = try causal(["generate", "--model", CLITests.modelPath, "--adapter", lora, "--max-tokens", "12", prompt])
+        let chat = try runCausal(["chat", "--model", CLITests.modelPath, "--adapter", lora, "--max-tokens", "12"], stdin: prompt + "\n/exit\n")
+        let plain = try causal(["generate", "--model", CLITests.modelPath, "--max-tokens", "12", prompt])
+        XCTAssertEqual(gen.status, 0, gen.stderr)
+        XCTAssertEqual(chat.status, 0, chat.stderr)
+        XCTAssertEqual(chat.stdout, gen.stdout)
+        XCTAssertNotEqual(plain.stdout, gen.stdout, "the adapter should change the answer")
+    }
+
     func testErrors() throws {
         let base = Self.fixtures.appendingPathComponent("tiny/qwen2").path
         let noMerge = try causal(["export", "--model", base, "--adapter", base, "--out", tempDir()])

@@ -286,10 +286,13 @@ public final class ChatSession {
     private var cachedIDs: [Int] = []
     /// Prompt tokens the last turn had to run (the rest came from the cache).
     public private(set) var lastPrefillTokens = 0
+    /// The LoRA adapter every turn runs with (nil: the base model); fixed for the session, as its cache depends on it.
+    public let adapter: LoRAAdapter?
 
-    public init(bundle: ModelBundle, system: String? = nil) {
+    public init(bundle: ModelBundle, system: String? = nil, adapter: LoRAAdapter? = nil) {
         self.bundle = bundle
         self.system = system
+        self.adapter = adapter
         cache = bundle.model.makeCache(capacity: nil)
     }
 
@@ -313,7 +316,7 @@ public final class ChatSession {
         cache.truncate(to: common)
         lastPrefillTokens = ids.count - common
         let result = try bundle.makeGenerator().generate(
-            [SequenceRequest(prompt: ids, parameters: parameters, cache: cache)],
+            [SequenceRequest(prompt: ids, parameters: parameters, cache: cache, adapter: adapter)],
             onText: { _, s in onText?(s) })[0]
         cachedIDs = ids + result.tokens
         convo.append(ChatMessage(role: "assistant", content: result.text))
