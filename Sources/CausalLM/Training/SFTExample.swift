@@ -154,11 +154,16 @@ public struct SFTEncoder {
 
     /// The model's tokenizer and chat template; the end-of-turn token is `<|im_end|>` (or `<|eot_id|>`,
     /// `<end_of_turn>`), else the end-of-sequence token.
+    /// A model without a chat template (or without a tokenizer) still reads already-tokenized lines
+    /// (`input_ids`/`labels`); a text line is then an error naming what is missing.
     public init(bundle: ModelBundle, maxLength: Int? = nil, trainOnPrompt: Bool = false) throws {
-        guard let template = bundle.chatTemplate else {
-            throw CausalError.badFormat(path: bundle.path, field: "tokenizer.chat_template", reason: "the model has no chat template to format training examples with")
+        let noTemplate = CausalError.badFormat(path: bundle.path, field: "tokenizer.chat_template", reason: "the model has no chat template to format training examples with (already tokenized input_ids/labels lines need none)")
+        guard let tok = try? bundle.tokenizer, let template = bundle.chatTemplate else {
+            self.init(encode: { _ in throw noTemplate }, renderChat: { _, _ in throw noTemplate }, endOfTurnID: -1,
+                      maxLength: maxLength, trainOnPrompt: trainOnPrompt)
+            vocabularySize = bundle.model.vocabularySize
+            return
         }
-        let tok = try bundle.tokenizer
         guard let eot = tok.tokenID("<|im_end|>") ?? tok.tokenID("<|eot_id|>") ?? tok.tokenID("<end_of_turn>") ?? tok.eosTokenID else {
             throw CausalError.badFormat(path: bundle.path, field: "tokenizer.ggml.eos_token_id", reason: "no end-of-turn or end-of-sequence token")
         }
