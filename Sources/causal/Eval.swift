@@ -41,7 +41,9 @@ struct Eval: ParsableCommand {
                 }
                 adapterDir = m; modelPath = base
             }
-            if let adapterDir { return try runAdapter(model: modelPath, adapter: adapterDir) }
+            if let adapterDir {
+                return try runFrozen(try ModelBundle(path: modelPath, precision: .fast, threads: threads), adapter: adapterDir)
+            }
             if let m = model, try ModelBundle.isEncoderDecoder(path: m) { return try runT5(modelDirectory: m) }
             let params: LlamaParameters
             let bundle: ModelBundle
@@ -57,7 +59,7 @@ struct Eval: ParsableCommand {
             } else {
                 bundle = try ModelBundle(path: modelPath, precision: .fast, threads: threads)
                 // A plain LLaMA is scored in fp32 as fine-tuning sees it; other families through the frozen base.
-                guard (try bundle.decoder).config.isPlainLlama else { return try runAdapterless(bundle) }
+                guard (try bundle.decoder).config.isPlainLlama else { return try runFrozen(bundle, adapter: nil) }
                 params = LlamaParameters(model: try bundle.llama)
             }
             let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? params.config.contextLength, trainOnPrompt: trainOnPrompt)
@@ -75,23 +77,10 @@ struct Eval: ParsableCommand {
         }
     }
 
-    /// The base model alone, frozen in its own weight types (Qwen, Gemma ...).
-    func runAdapterless(_ bundle: ModelBundle) throws {
+    /// A frozen base model (any decoder family, in its own weight types), with a LoRA adapter if given.
+    func runFrozen(_ bundle: ModelBundle, adapter: String?) throws {
         let base = try bundle.decoder
-        let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? base.config.contextLength, trainOnPrompt: trainOnPrompt)
-        let ds = try enc.load(path: data)
-        if !ds.skipped.isEmpty {
-            FileHandle.standardError.write(Data("causal: \(data): skipped \(ds.skipped.count) example(s): \(ds.skipped[0].reason)\n".utf8))
-        }
-        let trainer = try DecoderTrainer(base: base, adapter: nil, attention: attention.value, pool: bundle.pool)
-        report(try trainer.evaluate(ds.examples, maxBatchTokens: batchTokens), examples: ds.examples.count, skipped: ds.skipped.count)
-    }
-
-    /// A frozen base model (any decoder family, in its own weight types) with a LoRA adapter.
-    func runAdapter(model: String?, adapter: String) throws {
-        let bundle = try ModelBundle(path: model, precision: .fast, threads: threads)
-        let base = try bundle.decoder
-        let lora = try LoRAAdapter.load(directory: adapter, model: base)
+        let lora = try adapter.map { try LoRAAdapter.load(directory: $0, model: base) }
         let enc = try SFTEncoder(bundle: bundle, maxLength: maxLength ?? base.config.contextLength, trainOnPrompt: trainOnPrompt)
         let ds = try enc.load(path: data)
         if !ds.skipped.isEmpty {

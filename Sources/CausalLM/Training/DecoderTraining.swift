@@ -401,9 +401,9 @@ public final class DecoderTrainer {
     /// A dropout mask of `count` values (0 or 1/(1-p)), from the batch's seed, the layer and the module.
     private func dropoutMask(_ b: TrainBatch, layer: Int, target: LoRATarget, count: Int, p: Double) -> FloatBuffer? {
         guard let seed = b.dropoutSeed, p > 0 else { return nil }
-        var rng = SplitMix64(seed: seed ^ (UInt64(layer) &* 0x100_0000_01B3 &+ UInt64(LoRATarget.allCases.firstIndex(of: target)!) &* 0xC2B2_AE3D_27D4_EB4F))
+        var rng = SequenceRNG(seed: seed ^ (UInt64(layer) &* 0x100_0000_01B3 &+ UInt64(LoRATarget.allCases.firstIndex(of: target)!) &* 0xC2B2_AE3D_27D4_EB4F))
         let m = FloatBuffer(count), keep = Float(1 / (1 - p)), threshold = Float(p)
-        for i in 0..<count { m.p[i] = rng.nextUnitFloat() < threshold ? 0 : keep }
+        for i in 0..<count { m.p[i] = Float(rng.nextUnitFloat()) < threshold ? 0 : keep }
         return m
     }
 

@@ -155,11 +155,11 @@ public final class LoRAAdapter: FlatParameters, @unchecked Sendable {
 
     /// PEFT's initialisation: every A uniform in ±1/√inDim (kaiming_uniform with a = √5), every B zero. Seeded.
     public func initialize(seed: UInt64) {
-        var rng = SplitMix64(seed: seed)
+        var rng = SequenceRNG(seed: seed)
         for s in slots {
             let bound = 1 / Float(s.inDim).squareRoot()
             let a = self.a(s)
-            for i in 0..<(s.rank * s.inDim) { a[i] = (2 * rng.nextUnitFloat() - 1) * bound }
+            for i in 0..<(s.rank * s.inDim) { a[i] = (2 * Float(rng.nextUnitFloat()) - 1) * bound }
             self.b(s).update(repeating: 0, count: s.outDim * s.rank)
         }
     }
@@ -195,19 +195,4 @@ public final class LoRAAdapter: FlatParameters, @unchecked Sendable {
         ck_train_scale(u, Int64(rows * s.outDim), config.scale)
         ck_add(y, u, Int64(rows * s.outDim))
     }
-}
-
-/// SplitMix64 (Steele et al.): a small seeded generator for initialisation and dropout masks.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1) with 24 bits.
-    mutating func nextUnitFloat() -> Float { Float(next() >> 40) * (1 / Float(1 << 24)) }
 }
