@@ -212,6 +212,10 @@ public final class DecoderTrainer {
         output = base.output; dOutput = nil
     }
 
+    /// Dropout masks of optimizer step `step` (its micro-batches count on from there): a run resumed at a step
+    /// draws the masks the uninterrupted run drew.
+    public func startStep(_ step: Int) { passes = UInt64(step) << 24 }
+
     /// Gradients of the full fine-tune's parameters (nil for LoRA).
     public var parameterGradients: DecoderParameters? { gradients as? DecoderParameters }
     /// Gradients of the LoRA factors (nil for full fine-tuning).

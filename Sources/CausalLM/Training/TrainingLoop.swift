@@ -16,6 +16,13 @@ public protocol StepTrainer: AnyObject {
     func accumulate(_ microBatches: [[Example]]) throws -> BatchLoss
     /// The loss over examples, forward only.
     func evaluate(_ examples: [Example], maxBatchTokens: Int) throws -> BatchLoss
+    /// Called before optimizer step `step` (0-based): what a trainer draws at random in a step (dropout masks)
+    /// depends on the step, so a resumed run draws what the uninterrupted run drew.
+    func startStep(_ step: Int)
+}
+
+extension StepTrainer {
+    public func startStep(_ step: Int) {}
 }
 
 extension DecoderTrainer: StepTrainer {
@@ -153,6 +160,7 @@ public final class TrainingLoop<Trainer: StepTrainer> {
             let t0 = Date()
             let (epoch, batch) = plan[step]
             trainer.zeroGradients()
+            trainer.startStep(step)
             let loss = try trainer.accumulate(pack(batch, micro))
             let grads = trainer.flatGradients
             let norm = options.clip > 0 ? clipGradients(grads, maxNorm: options.clip) : grads.norm()
