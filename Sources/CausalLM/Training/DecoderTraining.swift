@@ -426,13 +426,9 @@ public final class DecoderTrainer {
             return d
         }
         if let dropped { input = UnsafePointer(dropped.p) }
-        // t = drop(x)·Aᵀ (n, r) through the matmul kernel (K = in); u = t·Bᵀ as a rank-r update with Bᵀ contiguous.
-        let t = FloatBuffer(n * s.rank), u = FloatBuffer(n * s.outDim), bt = transposed(A.b(s), rows: s.outDim, cols: s.rank)
-        TrainingOps.linearForward(x: input, weight: A.a(s), rows: n, inDim: s.inDim, outDim: s.rank, out: t.p, pool: pool)
-        TrainingOps.gemm(M: n, N: s.outDim, K: s.rank, A: t.p, aRow: s.rank, aCol: 1, B: bt.p, ldb: s.outDim, C: u.p,
-                         ldc: s.outDim, accumulate: false, pool: pool)
-        ck_train_scale(u.p, Int64(n * s.outDim), A.config.scale)
-        ck_add(y, u.p, Int64(n * s.outDim))
+        // The inference update itself (LoRAAdapter.apply), keeping t = drop(x)·Aᵀ for the backward.
+        let t = FloatBuffer(n * s.rank)
+        A.apply(s, x: input, rows: n, into: y, pool: pool, keepingT: t.p)
         a.lora[L.target] = LoRASaved(t: t, mask: mask)
     }
 

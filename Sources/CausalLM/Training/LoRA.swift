@@ -184,12 +184,14 @@ public final class LoRAAdapter: FlatParameters, @unchecked Sendable {
     public func zeroBuffer() -> any FlatParameters { zerosLike() }
 
     /// y (rows, outDim) += s · (x·Aᵀ)·Bᵀ for x (rows, inDim): the adapter's update of one linear layer's output.
-    /// Each row's result depends only on that row (the products reduce in a fixed order per row).
-    public func apply(_ s: LoRASlot, x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+    /// Each row's result depends only on that row (the products reduce in a fixed order per row). `keepingT`, when
+    /// given (rows × rank floats), receives t = x·Aᵀ (what training keeps for the backward).
+    public func apply(_ s: LoRASlot, x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>, pool: ThreadPool,
+                      keepingT kept: UnsafeMutablePointer<Float>? = nil) {
         guard rows > 0 else { return }
-        let t = UnsafeMutablePointer<Float>.allocate(capacity: rows * s.rank)
+        let t = kept ?? UnsafeMutablePointer<Float>.allocate(capacity: rows * s.rank)
         let u = UnsafeMutablePointer<Float>.allocate(capacity: rows * s.outDim)
-        defer { t.deallocate(); u.deallocate() }
+        defer { if kept == nil { t.deallocate() }; u.deallocate() }
         TrainingOps.linearForward(x: x, weight: a(s), rows: rows, inDim: s.inDim, outDim: s.rank, out: t, pool: pool)
         TrainingOps.linearForward(x: t, weight: b(s), rows: rows, inDim: s.rank, outDim: s.outDim, out: u, pool: pool)
         ck_train_scale(u, Int64(rows * s.outDim), config.scale)
