@@ -20,6 +20,8 @@ struct Eval: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp(AttentionArgument.help)) var attention: AttentionArgument = .causal
     @Flag(name: .long, help: "Score the prompt tokens too.") var trainOnPrompt = false
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+    @Option(name: .long, help: "A BERT directory (masked-LM): share of the tokens masked in lines without labels (evaluation masks, seed 0).") var maskRate: Double = 0.15
+    @Option(name: .long, help: "A BERT directory (masked-LM): write the logits of every masked position to this file (JSON lines).") var logits: String?
     @Option(name: .long, help: "A LoRA adapter directory (PEFT format, e.g. written by causal train --lora-rank) applied to --model. A --model directory holding adapter_config.json is read as such an adapter over its base model.") var adapter: String?
 
     func validate() throws {
@@ -44,6 +46,7 @@ struct Eval: ParsableCommand {
             if let adapterDir {
                 return try runFrozen(try ModelBundle(path: modelPath, precision: .fast, threads: threads), adapter: adapterDir)
             }
+            if let m = model, isBertDirectory(m) { return try runMLM(directory: m) }   // masked-LM: TrainMLM.swift
             if let m = model, try ModelBundle.isEncoderDecoder(path: m) { return try runT5(modelDirectory: m) }
             let params: LlamaParameters
             let bundle: ModelBundle

@@ -62,6 +62,9 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "Linear layers that get adapters: any of q,k,v,o,gate,up,down (or q_proj ...), comma-separated.") var loraTargets: String = "q,k,v,o,gate,up,down"
     @Option(name: .long, help: "With --lora-rank: native keeps the base's weights in the file's types (QLoRA for a quantized GGUF); f32 dequantizes them to fp32 first (LoRA on an fp32 base, more memory).") var baseWeights: BaseWeights = .native
     @Flag(name: .long, help: "Keep only each block's input in the forward and recompute the block in the backward (less memory, about a third more compute).") var checkpointActivations = false
+    @Option(name: .long, help: "lm: next-token prediction (decoder-only; T5: input/output pairs); mlm: masked-LM for a BERT directory (BERT's 80/10/10 masking, loss on the masked positions; --attention bidirectional or mixed; the default for a BERT directory). TrainMLM.swift, docs/training.md.") var objective: ObjectiveArgument?
+    @Option(name: .long, help: "With --objective mlm: share of the (non-special) tokens that are masked and scored (default 0.15).") var maskRate: Double?
+    @Option(name: .long, help: "With --objective mlm --attention mixed: head (half of every layer's heads read forward, half backward; default) or layer (even layers forward, odd layers backward).") var mixedBy: MixedByArgument?
 
     func validate() throws {
         if epochs != nil && steps != nil { throw ValidationError("give --epochs or --steps, not both") }
@@ -78,7 +81,8 @@ struct Train: ParsableCommand {
         if let s = saveEvery, s < 1 { throw ValidationError("--save-every must be at least 1") }
         if let s = evalEvery, s < 1 { throw ValidationError("--eval-every must be at least 1") }
         if evalEvery != nil && evalData == nil { throw ValidationError("--eval-every needs --eval-data") }
-        try attention.check(trainOnPrompt: trainOnPrompt)
+        try validateObjective()
+        if resolvedObjective == .lm { try attention.check(trainOnPrompt: trainOnPrompt) }
         if initialization == .random && config == nil { throw ValidationError("--init random needs --config FILE.json (the architecture)") }
         if initialization == .pretrained && config != nil { throw ValidationError("--config is for --init random (a pretrained model brings its own architecture)") }
         if let r = loraRank {
@@ -135,6 +139,8 @@ struct Train: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            // An encoder-only model (BERT directory) trains as a masked-LM: TrainMLM.swift.
+            if resolvedObjective == .mlm { return try runMLM() }
             // An encoder-decoder model (T5 directory) trains on (input, labels) pairs: TrainT5.swift.
             if let m = model, try ModelBundle.isEncoderDecoder(path: m) { return try runT5(modelDirectory: m) }
             try Self.checkWritableDirectory(out)

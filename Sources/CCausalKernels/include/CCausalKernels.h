@@ -13,6 +13,7 @@
 #include "ck_train.h"
 #include "ck_t5.h"
 #include "ck_t5_train.h"
+#include "ck_train_encoder.h"
 #include "ck_membw.h"
 #include "ck_q8.h"
 
