@@ -241,7 +241,8 @@ struct HFDirectory {
             // The tokenizer.json's model type picks the tokenizer: BPE (byte-level) or Unigram (SentencePiece, T5).
             let t: any TextTokenizer
             switch try Self.tokenizerModelType(tokPath) {
-            case "BPE": t = try ByteLevelBPETokenizer(tokenizerJSON: tokPath, bosTokenID: bos, eosTokenID: eos.first, padTokenID: pad)
+            // BPE: SentencePiece-style (byte_fallback: Gemma, Llama 2, Mistral) or byte-level (GPT-2, Llama 3, Qwen).
+            case "BPE": t = try makeBPETokenizer(tokenizerJSON: tokPath, bosTokenID: bos, eosTokenID: eos.first, padTokenID: pad)
             case "Unigram": t = try UnigramTokenizer(path: tokPath, bosTokenID: bos, eosTokenID: eos.first, padTokenID: pad)
             case let other:
                 throw CausalError.badFormat(path: tokPath, field: "model.type",

@@ -1,7 +1,8 @@
 import Foundation
 
 // One interface for every tokenizer the engine runs: byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM; from GGUF or
-// tokenizer.json), SentencePiece BPE (Gemma 3, Llama 2; GGUF), SentencePiece Unigram (T5; tokenizer.json) and
+// tokenizer.json), SentencePiece BPE (Gemma 3, Llama 2; GGUF, or tokenizer.json with byte_fallback), SentencePiece
+// Unigram (T5; tokenizer.json) and
 // WordPiece (BERT; tokenizer.json). Generation, the
 // streaming decoder, `ModelBundle`, the CLI and the server see only this protocol.
 //
@@ -84,6 +85,10 @@ extension TextTokenizer {
             if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
             return ids
         case let t as SentencePieceBPETokenizer:
+            var ids = t.encode(text)
+            if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
+            return ids
+        case let t as SentencePieceJSONTokenizer:
             var ids = t.encode(text)
             if t.addBOS, let b = t.bosTokenID, ids.first == b { ids.removeFirst() }
             return ids

@@ -9,8 +9,8 @@ import Foundation
 //   post_processor   ByteLevel (nothing added) or TemplateProcessing whose single template starts with a special
 //                    token (a BOS put first)
 // The tokenizer itself is `ByteLevelBPETokenizer`, the same one GGUF files build; this file only maps the JSON onto
-// its inputs, refusing what it cannot run (byte_fallback, other models, other pre-tokenizers) with an error naming
-// the file and field.
+// its inputs, refusing what it cannot run (other models, other pre-tokenizers) with an error naming the file and
+// field. A BPE model with byte_fallback (Gemma, Llama 2, Mistral) is SentencePieceJSONTokenizer's.
 
 extension ByteLevelBPETokenizer {
     /// Reads a byte-level BPE `tokenizer.json`. `bosTokenID`/`eosTokenID`/`padTokenID` come from the model's
@@ -25,7 +25,7 @@ extension ByteLevelBPETokenizer {
         let type = model["type"]?.stringValue ?? "BPE"
         guard type == "BPE" else { throw bad("model.type", "'\(type)' is not a byte-level BPE model (supported here: BPE)") }
         if model["byte_fallback"]?.boolValue == true {
-            throw bad("model.byte_fallback", "byte fallback (SentencePiece-style BPE) is not supported; only byte-level BPE")
+            throw bad("model.byte_fallback", "true: a SentencePiece-style BPE model, read by SentencePieceJSONTokenizer (makeBPETokenizer picks it), not byte-level BPE")
         }
         guard let vocab = model["vocab"]?.objectValue else { throw bad("model.vocab", model["vocab"] == nil ? "missing" : "expected an object of token → id") }
 

@@ -31,18 +31,20 @@ public struct ChatTemplate: Sendable {
     /// `add_generation_prompt`, `bos_token`, `eos_token`, then `variables` (which may replace any of these,
     /// e.g. `messages` with extra keys, or add `tools`, `date_string`, ...). Objects in `variables` present
     /// their keys in sorted order.
+    /// `now` pins the clock `strftime_now(fmt)` reads (formatted in UTC); nil: the current local time, as
+    /// transformers' `datetime.now().strftime(fmt)` (Llama 3.2's template prints "Today Date: " from it).
     public func render(messages: [ChatMessage], addGenerationPrompt: Bool,
                        bosToken: String = "", eosToken: String = "",
-                       variables: [String: JinjaValue] = [:]) throws -> String {
+                       variables: [String: JinjaValue] = [:], now: Date? = nil) throws -> String {
         let body = self.body
         return try onLargeStack {
             try Self.render(body, messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: bosToken,
-                            eosToken: eosToken, variables: variables)
+                            eosToken: eosToken, variables: variables, now: now)
         }
     }
 
     private static func render(_ body: [Node], messages: [ChatMessage], addGenerationPrompt: Bool, bosToken: String,
-                               eosToken: String, variables: [String: JinjaValue]) throws -> String {
+                               eosToken: String, variables: [String: JinjaValue], now: Date?) throws -> String {
         let scope = Scope(parent: nil)
         scope.vars["messages"] = .list(messages.map { m in
             var d = PyDict()
@@ -54,7 +56,7 @@ public struct ChatTemplate: Sendable {
         scope.vars["bos_token"] = .string(bosToken)
         scope.vars["eos_token"] = .string(eosToken)
         for (k, v) in variables { scope.vars[k] = Value(v) }
-        return try JinjaInterpreter().render(body, scope: scope)
+        return try JinjaInterpreter(now: now).render(body, scope: scope)
     }
 }
 

@@ -42,7 +42,7 @@ final class JinjaInterpreter {
     private var macros: [Macro] = []
     private var globals: [String: Value] = [:]
 
-    init() {
+    init(now: Date? = nil) {
         globals["range"] = .function(Function("range", Self.range))
         globals["namespace"] = .function(Function("namespace") { [unowned self] args, pos in
             let d = try Self.dictFromArgs(args, "namespace", pos)
@@ -59,7 +59,7 @@ final class JinjaInterpreter {
             guard case let .string(fmt) = a[0] else {
                 throw templateError("strftime_now: the format must be a string", at: pos)
             }
-            return .string(Self.strftimeNow(fmt))
+            return .string(Self.formatTime(fmt, at: now))
         })
     }
 
@@ -1344,10 +1344,16 @@ final class JinjaInterpreter {
         return ns
     }
 
-    private static func strftimeNow(_ format: String) -> String {
-        var t = time(nil)
+    /// `format` applied to `date` in UTC, or to the current local time when `date` is nil.
+    private static func formatTime(_ format: String, at date: Date?) -> String {
         var parts = tm()
-        localtime_r(&t, &parts)
+        if let date {
+            var t = time_t(date.timeIntervalSince1970.rounded(.down))
+            gmtime_r(&t, &parts)
+        } else {
+            var t = time(nil)
+            localtime_r(&t, &parts)
+        }
         var buf = [CChar](repeating: 0, count: 512)
         let n = strftime(&buf, buf.count, format, &parts)
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)

@@ -114,6 +114,22 @@ public enum ToolCallFormat {
         return ToolJSON.compact(.object(HFJSONObject([("anyOf", .array(tools.enumerated().map { one($1, at: "#/anyOf/\($0)") }))])))
     }
 
+    /// The grammar (docs/constrained-decoding.md) of a forced answer, the text after the `<tool_call>\n` the prompt
+    /// ends with: one call's JSON (`callSchema(tools)`), nothing after it; or with `parallel`, one or more calls:
+    /// `JSON\n</tool_call>` followed by any number of `\n<tool_call>\nJSON\n</tool_call>` (an end token may come after
+    /// each closing tag). Throws the schema compiler's error (a path into `callSchema(tools)`).
+    public static func callGrammar(_ tools: [ChatTool], parallel: Bool) throws -> String {
+        let g = try JSONSchemaGrammar.grammar(schema: callSchema(tools))
+        guard parallel else { return g }
+        let head = "root ::= "
+        guard g.hasPrefix(head) else { throw CausalError.invalidArgument("tool call grammar: the schema's grammar does not start with its root rule") }
+        // The schema compiler's rule names never hold '_', so `tool_call_json` cannot clash with one.
+        let one = "tool_call_json"
+        let close = JSONSchemaGrammar.literal("\n" + ToolCallFormat.close)
+        let open = JSONSchemaGrammar.literal("\n" + ToolCallFormat.open + "\n")
+        return "root ::= \(one) \(close) ( \(open) \(one) \(close) )*\n" + one + " ::= " + g.dropFirst(head.count)
+    }
+
     /// `schema` with every local `$ref` (`#` or `#/...`) prefixed by `base`.
     public static func rebase(_ schema: HFJSON, _ base: String) -> HFJSON {
         switch schema {
@@ -263,6 +279,12 @@ public enum ToolJSON {
 /// `{"name": ..., "arguments": {...}}` (or `"parameters"`) is a call; text outside the blocks is content. Fed piece
 /// by piece (streaming), it holds back only text that might be the start of `<tool_call>`; a block whose JSON does
 /// not parse as a call is given back as text. A block still open at the end is a call if its JSON is complete.
+///
+/// With `names` given, a message that is *only* one JSON call, fenced (```` ```json\n{"name": ..., "arguments": {...}}\n``` ````,
+/// any or no language tag) or bare (`{"name": ..., "arguments": {...}}`), whitespace around allowed, is a call too when
+/// its name is among `names` and its arguments are an object (Qwen2.5-Coder answers so under `tool_choice: auto`).
+/// While the output may still become such a message, nothing is given out; it is decided at the end (or as soon as
+/// the output cannot be one any more: other text after the block, or a start that is neither a fence nor `{`).
 public struct ToolCallParser {
     public enum Event: Equatable {
         case text(String)
@@ -271,13 +293,33 @@ public struct ToolCallParser {
 
     private var buffer = ""
     private var inside = false
+    /// The output so far while it may still be a whole-message JSON call.
+    private var whole = ""
+    private var maybeWhole: Bool
+    private var scanner = WholeMessageScanner()
     /// Names a call may have (empty: any).
     public let names: Set<String>
 
-    public init(names: Set<String> = []) { self.names = names }
+    /// - Parameter wholeMessageCalls: read a message that is only a (fenced) JSON call as a call; it takes effect only
+    ///   with `names` given.
+    public init(names: Set<String> = [], wholeMessageCalls: Bool = true) {
+        self.names = names
+        maybeWhole = wholeMessageCalls && !names.isEmpty
+    }
 
     /// Feeds the next piece of output.
     public mutating func feed(_ piece: String) -> [Event] {
+        if maybeWhole {
+            whole += piece
+            if scanner.feed(piece) { return [] }
+            maybeWhole = false
+            defer { whole = "" }
+            return feedTags(whole)
+        }
+        return feedTags(piece)
+    }
+
+    private mutating func feedTags(_ piece: String) -> [Event] {
         buffer += piece
         var events: [Event] = []
         while true {
@@ -306,14 +348,23 @@ public struct ToolCallParser {
 
     /// Ends the output: what is still held back.
     public mutating func finish() -> [Event] {
+        var events: [Event] = []
+        if maybeWhole {
+            maybeWhole = false
+            let w = whole
+            whole = ""
+            if let c = wholeMessageCall(w) { return [c] }
+            events = feedTags(w)
+        }
         defer { buffer = ""; inside = false }
-        if inside { return [call(buffer) ?? .text(ToolCallFormat.open + buffer)] }
-        return buffer.isEmpty ? [] : [.text(buffer)]
+        if inside { return events + [call(buffer) ?? .text(ToolCallFormat.open + buffer)] }
+        return buffer.isEmpty ? events : events + [.text(buffer)]
     }
 
     /// Parses a whole output.
-    public static func parse(_ text: String, names: Set<String> = []) -> (content: String, calls: [(name: String, arguments: String)]) {
-        var p = ToolCallParser(names: names)
+    public static func parse(_ text: String, names: Set<String> = [], wholeMessageCalls: Bool = true)
+        -> (content: String, calls: [(name: String, arguments: String)]) {
+        var p = ToolCallParser(names: names, wholeMessageCalls: wholeMessageCalls)
         var content = ""
         var calls: [(String, String)] = []
         for e in p.feed(text) + p.finish() {
@@ -325,9 +376,12 @@ public struct ToolCallParser {
         return (content, calls)
     }
 
-    func call(_ body: String) -> Event? {
+    func call(_ body: String, argumentsMustBeObject: Bool = false) -> Event? {
         guard let j = try? HFJSON.parse(Data(body.utf8)), let o = j.objectValue,
               let name = o["name"]?.stringValue, names.isEmpty || names.contains(name) else { return nil }
+        if argumentsMustBeObject {
+            guard let a = o["arguments"] ?? o["parameters"], a.objectValue != nil else { return nil }
+        }
         let args = o["arguments"] ?? o["parameters"] ?? .object(HFJSONObject())
         switch args {
         case .object: return .call(name: name, arguments: ToolJSON.compact(args))
@@ -336,6 +390,92 @@ public struct ToolCallParser {
             guard let a = try? HFJSON.parse(Data(s.utf8)), a.objectValue != nil else { return nil }
             return .call(name: name, arguments: ToolJSON.compact(a))
         default: return nil
+        }
+    }
+
+    // MARK: A whole message that is one JSON call
+
+    /// The call a whole message is, if it is only a fenced or bare JSON call (see the type's comment).
+    func wholeMessageCall(_ text: String) -> Event? {
+        guard let body = Self.wholeMessageJSON(text) else { return nil }
+        return call(body, argumentsMustBeObject: true)
+    }
+
+    /// The JSON text of a message that is only a fenced block or a bare object (whitespace around), else nil.
+    static func wholeMessageJSON(_ text: String) -> String? {
+        let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if t.hasPrefix("{") { return t }
+        guard t.hasPrefix(fence), t.count >= 2 * fence.count, t.hasSuffix(fence) else { return nil }
+        var inner = t.dropFirst(fence.count).dropLast(fence.count)
+        // The info string (a language tag such as `json`) up to the first line break.
+        let tag = inner.prefix { !$0.isNewline && !$0.isWhitespace && $0 != "{" }
+        guard tag.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else { return nil }
+        inner = inner.dropFirst(tag.count)
+        let body = inner.trimmingCharacters(in: .whitespacesAndNewlines)
+        return body.hasPrefix("{") ? body : nil
+    }
+
+    static let fence = "```"
+
+    /// Reads a message character by character (in linear time over the whole stream) and says whether it may still
+    /// grow into a message that is only a fenced or bare JSON object: leading whitespace, then either `{`…`}` and
+    /// whitespace, or a fence of three backticks, an optional language tag, whitespace, `{`…`}`, whitespace, a closing
+    /// fence and whitespace. Braces and brackets are counted outside JSON strings.
+    struct WholeMessageScanner {
+        enum Phase { case start, fence(Int), tag, beforeObject, object, afterBare, afterObject, closing(Int), afterFence, dead }
+        var phase = Phase.start
+        var bare = false
+        var depth = 0
+        var inString = false
+        var escaped = false
+
+        var possible: Bool { if case .dead = phase { return false } else { return true } }
+
+        mutating func feed(_ s: String) -> Bool {
+            for c in s.unicodeScalars {
+                step(c)
+                if case .dead = phase { return false }
+            }
+            return true
+        }
+
+        private static func isSpace(_ c: Unicode.Scalar) -> Bool { c.properties.isWhitespace }
+
+        private mutating func open(_ isBare: Bool) { bare = isBare; depth = 1; inString = false; escaped = false; phase = .object }
+
+        private mutating func step(_ c: Unicode.Scalar) {
+            switch phase {
+            case .dead: return
+            case .start:
+                if Self.isSpace(c) { return }
+                if c == "{" { open(true) } else if c == "`" { phase = .fence(1) } else { phase = .dead }
+            case let .fence(n):
+                if n < 3 { phase = c == "`" ? .fence(n + 1) : .dead; return }
+                phase = .tag
+                step(c)
+            case .tag:
+                if c == "{" { open(false) } else if Self.isSpace(c) { phase = .beforeObject }
+                else if !(c.isASCII && (c.properties.isAlphabetic || ("0"..."9").contains(c) || c == "-" || c == "_")) { phase = .dead }
+            case .beforeObject:
+                if c == "{" { open(false) } else if !Self.isSpace(c) { phase = .dead }
+            case .object:
+                if inString {
+                    if escaped { escaped = false } else if c == "\\" { escaped = true } else if c == "\"" { inString = false }
+                } else if c == "\"" {
+                    inString = true
+                } else if c == "{" || c == "[" {
+                    depth += 1
+                } else if c == "}" || c == "]" {
+                    depth -= 1
+                    if depth == 0 { phase = bare ? .afterBare : .afterObject }
+                }
+            case .afterBare, .afterFence:
+                if !Self.isSpace(c) { phase = .dead }
+            case .afterObject:
+                if c == "`" { phase = .closing(1) } else if !Self.isSpace(c) { phase = .dead }
+            case let .closing(n):
+                if n < 3 { phase = c == "`" ? .closing(n + 1) : .dead } else { phase = Self.isSpace(c) ? .afterFence : .dead }
+            }
         }
     }
 
