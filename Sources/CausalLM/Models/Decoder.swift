@@ -43,7 +43,9 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
     /// GGUF `rope_freqs.weight` (ropeDim/2 divisors of the RoPE frequencies: Llama 3's scaling), if any.
     let ropeFactors: [Float]?
     public let pool: ThreadPool
-    let backend: any DecoderBackend
+    /// The ops' implementation. A variable so that a wrapper can observe the forward's operations without changing
+    /// them (AttentionAnalysis records each layer's attention inputs and outputs); the forward reads it once per step.
+    var backend: any DecoderBackend
     /// How a sequence's prompt attends within itself: causal (every pretrained model), or as a prefix-LM trained with
     /// `causal train --attention prefix|mixed` (read from its checkpoint's trainer_state.json). Generation then runs
     /// each prompt in one chunk and its response tokens causally, as in training.
