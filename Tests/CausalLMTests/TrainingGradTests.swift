@@ -119,52 +119,96 @@ final class TrainingGradTests: XCTestCase {
         }
     }
 
+    /// Attention forward and backward against softmax attention written out in Double over exactly the keys each mask
+    /// allows, for head dimensions that take the per-pair path (8) and the blocked one (16, 64, 80: several 64-key
+    /// score tiles, 4-row blocks with ragged tails, sequences longer than one 64-row backward tile); central
+    /// differences as well on the small shapes.
     func testAttention() {
-        for mask in AttentionMask.allCases {
-            var rng = RNG(s: 4)
-            let (H, Hkv, D) = (4, 2, 8)
-            let spans = [SequenceSpan(start: 0, length: 5, prefix: 3), SequenceSpan(start: 5, length: 4, prefix: 2)]
-            let n = 9
-            var q = rng.array(n * H * D), k = rng.array(n * Hkv * D), v = rng.array(n * Hkv * D)
-            let r = rng.array(n * H * D)
-            func f(_ q: [Float], _ k: [Float], _ v: [Float]) -> [Float] {
-                var out = [Float](repeating: 0, count: n * H * D), lse = [Float](repeating: 0, count: n * H)
-                TrainingOps.attentionForward(q: q, k: k, v: v, sequences: spans, mask: mask, heads: H, kvHeads: Hkv, headDim: D,
-                                             out: &out, lse: &lse, pool: pool)
-                return out
+        let shapes: [(D: Int, spans: [SequenceSpan], fd: Bool)] = [
+            (8, [SequenceSpan(start: 0, length: 5, prefix: 3), SequenceSpan(start: 5, length: 4, prefix: 2)], true),
+            (16, [SequenceSpan(start: 0, length: 7, prefix: 3), SequenceSpan(start: 7, length: 6, prefix: 5)], true),
+            (64, [SequenceSpan(start: 0, length: 70, prefix: 21), SequenceSpan(start: 70, length: 3, prefix: 1)], false),
+            (80, [SequenceSpan(start: 0, length: 133, prefix: 67), SequenceSpan(start: 133, length: 17, prefix: 16)], false),
+        ]
+        for shape in shapes {
+            for mask in AttentionMask.allCases {
+                checkAttention(D: shape.D, spans: shape.spans, mask: mask, finiteDifferences: shape.fd)
             }
+        }
+    }
+
+    func checkAttention(D: Int, spans: [SequenceSpan], mask: AttentionMask, finiteDifferences: Bool) {
+        var rng = RNG(s: UInt64(4 + D))
+        let (H, Hkv) = (4, 2)
+        let n = spans.map { $0.start + $0.length }.max()!
+        let tag = "\(mask), D \(D), lengths \(spans.map(\.length))"
+        var q = rng.array(n * H * D), k = rng.array(n * Hkv * D), v = rng.array(n * Hkv * D)
+        let r = rng.array(n * H * D)
+        func f(_ q: [Float], _ k: [Float], _ v: [Float]) -> [Float] {
             var out = [Float](repeating: 0, count: n * H * D), lse = [Float](repeating: 0, count: n * H)
             TrainingOps.attentionForward(q: q, k: k, v: v, sequences: spans, mask: mask, heads: H, kvHeads: Hkv, headDim: D,
                                          out: &out, lse: &lse, pool: pool)
-            var dq = [Float](repeating: 0, count: n * H * D), dk = [Float](repeating: 0, count: n * Hkv * D), dv = dk
-            TrainingOps.attentionBackward(q: q, k: k, v: v, out: out, lse: lse, dOut: r, sequences: spans, mask: mask, heads: H,
-                                          kvHeads: Hkv, headDim: D, dq: &dq, dk: &dk, dv: &dv, pool: pool)
+            return out
+        }
+        var out = [Float](repeating: 0, count: n * H * D), lse = [Float](repeating: 0, count: n * H)
+        TrainingOps.attentionForward(q: q, k: k, v: v, sequences: spans, mask: mask, heads: H, kvHeads: Hkv, headDim: D,
+                                     out: &out, lse: &lse, pool: pool)
+        var dq = [Float](repeating: 0, count: n * H * D), dk = [Float](repeating: 0, count: n * Hkv * D), dv = dk
+        TrainingOps.attentionBackward(q: q, k: k, v: v, out: out, lse: lse, dOut: r, sequences: spans, mask: mask, heads: H,
+                                      kvHeads: Hkv, headDim: D, dq: &dq, dk: &dk, dv: &dv, pool: pool)
+        if finiteDifferences {
             let (q0, k0, v0) = (q, k, v)
-            check("attention dq (\(mask))", &q, analytic: dq) { Self.dot(f($0, k0, v0), r) }
-            check("attention dk (\(mask))", &k, analytic: dk) { Self.dot(f(q0, $0, v0), r) }
-            check("attention dv (\(mask))", &v, analytic: dv) { Self.dot(f(q0, k0, $0), r) }
-            // The output against softmax attention over exactly the allowed keys, in Double.
-            let (qDim, kvDim) = (H * D, Hkv * D)
-            var worst = 0.0
-            for s in spans {
-                for i in 0..<s.length {
-                    for h in 0..<H {
-                        let g = h / (H / Hkv)
-                        let keys = (0..<s.length).filter { Self.allowed(mask, i: i, j: $0, h: h, heads: H, P: s.prefix) }
-                        let scores = keys.map { j in
-                            (0..<D).reduce(0.0) { $0 + Double(q[(s.start + i) * qDim + h * D + $1]) * Double(k[(s.start + j) * kvDim + g * D + $1]) } / Double(D).squareRoot()
-                        }
-                        let mx = scores.max()!
-                        let e = scores.map { exp($0 - mx) }, sum = e.reduce(0, +)
+            check("attention dq (\(tag))", &q, analytic: dq) { Self.dot(f($0, k0, v0), r) }
+            check("attention dk (\(tag))", &k, analytic: dk) { Self.dot(f(q0, $0, v0), r) }
+            check("attention dv (\(tag))", &v, analytic: dv) { Self.dot(f(q0, k0, $0), r) }
+        }
+        // Forward and backward in Double over exactly the allowed keys.
+        let (qDim, kvDim) = (H * D, Hkv * D)
+        let scale = 1 / Double(D).squareRoot()
+        var refQ = [Double](repeating: 0, count: n * qDim), refK = [Double](repeating: 0, count: n * kvDim), refV = refK
+        var worstOut = 0.0, maxOut = 0.0
+        for s in spans {
+            for i in 0..<s.length {
+                for h in 0..<H {
+                    let g = h / (H / Hkv)
+                    let qi = (s.start + i) * qDim + h * D
+                    let keys = (0..<s.length).filter { Self.allowed(mask, i: i, j: $0, h: h, heads: H, P: s.prefix) }
+                    let scores = keys.map { j in
+                        (0..<D).reduce(0.0) { $0 + Double(q[qi + $1]) * Double(k[(s.start + j) * kvDim + g * D + $1]) } * scale
+                    }
+                    let mx = scores.max()!
+                    let e = scores.map { exp($0 - mx) }, sum = e.reduce(0, +)
+                    let p = e.map { $0 / sum }
+                    var o = [Double](repeating: 0, count: D)
+                    for (t, j) in keys.enumerated() {
+                        for d in 0..<D { o[d] += p[t] * Double(v[(s.start + j) * kvDim + g * D + d]) }
+                    }
+                    for d in 0..<D {
+                        worstOut = max(worstOut, abs(o[d] - Double(out[qi + d])))
+                        maxOut = max(maxOut, abs(o[d]))
+                    }
+                    XCTAssertEqual(Double(lse[(s.start + i) * H + h]), mx + log(sum), accuracy: 1e-5 * max(1, abs(mx + log(sum))),
+                                   "\(tag): lse row \(i) head \(h)")
+                    // dP_j = r_i · v_j; dS_j = P_j (dP_j − Σ_t P_t dP_t); dq_i = scale Σ dS_j k_j, dk_j += scale dS_j q_i, dv_j += P_j r_i.
+                    let dp = keys.map { j in (0..<D).reduce(0.0) { $0 + Double(r[qi + $1]) * Double(v[(s.start + j) * kvDim + g * D + $1]) } }
+                    let di = zip(p, dp).reduce(0.0) { $0 + $1.0 * $1.1 }
+                    for (t, j) in keys.enumerated() {
+                        let ds = p[t] * (dp[t] - di) * scale, kj = (s.start + j) * kvDim + g * D
                         for d in 0..<D {
-                            let ref = zip(keys, e).reduce(0.0) { $0 + $1.1 / sum * Double(v[(s.start + $1.0) * kvDim + g * D + d]) }
-                            worst = max(worst, abs(ref - Double(out[(s.start + i) * qDim + h * D + d])))
+                            refQ[qi + d] += ds * Double(k[kj + d])
+                            refK[kj + d] += ds * Double(q[qi + d])
+                            refV[kj + d] += p[t] * Double(r[qi + d])
                         }
-                        XCTAssertEqual(Double(lse[(s.start + i) * H + h]), mx + log(sum), accuracy: 1e-5, "\(mask) lse row \(i) head \(h)")
                     }
                 }
             }
-            XCTAssertLessThan(worst, 1e-5, "\(mask): attention output against the reference")
+        }
+        XCTAssertLessThan(worstOut, 2e-6 * max(maxOut, 1), "\(tag): attention output against the Double reference")
+        for (name, got, ref) in [("dq", dq, refQ), ("dk", dk, refK), ("dv", dv, refV)] {
+            let scaleRef = ref.map(abs).max()!
+            let worst = zip(got, ref).map { abs(Double($0) - $1) }.max()!
+            XCTAssertGreaterThan(scaleRef, 0, "\(tag): \(name) reference is zero")
+            XCTAssertLessThan(worst, 2e-6 * scaleRef, "\(tag): \(name) against the Double reference (max |ref| \(scaleRef))")
         }
     }
 

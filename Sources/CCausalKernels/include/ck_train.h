@@ -36,14 +36,15 @@ void ck_train_swiglu_backward(const float *dh, const float *g, const float *u, f
 /// the prefix right to left) and a row i >= prefix to 0...i (causal); no row ever reads a key after max(i, prefix - 1).
 /// q, out: row i at q + i * q_stride; k, v: row j at k + j * kv_stride (head_dim floats each).
 /// lse: row i at lse[i * lse_stride] (log-sum-exp of the scaled scores, kept for the backward).
-/// scratch: len floats.
+/// scratch: len floats (used only by the per-pair path: a head_dim that is not a multiple of 16, or no memory for
+/// the blocked one, which allocates its own tiles; train_attention.c).
 void ck_train_attention_forward(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
                                 int reverse, int64_t q_stride, int64_t kv_stride, int64_t head_dim, float scale,
                                 float *out, float *lse, int64_t lse_stride, float *scratch);
 
 /// Backward of `ck_train_attention_forward` for one query head (same prefix and reverse): recomputes the
 /// probabilities from lse and adds to dq (rows like q), dk and dv (rows like k). dout, out: rows like q.
-/// scratch: 2 * len floats.
+/// scratch: 2 * len floats (as for the forward).
 void ck_train_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                  const float *dout, const float *lse, int64_t lse_stride, int64_t len,
                                  int64_t prefix, int reverse, int64_t q_stride, int64_t kv_stride, int64_t head_dim,
