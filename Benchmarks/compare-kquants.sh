@@ -23,7 +23,8 @@
 # --activations int8` (the opt-in int8-activation path) in every pair (three engines, order rotating each round) and
 # prints a second row per model with those numbers against the same llama.cpp runs.
 #
-# llama.cpp is built by Benchmarks/build-llama-cpp.sh on first use. NO_BUILD=1 reuses the built `causal` binary.
+# llama.cpp is built by Benchmarks/build-llama-cpp.sh on first use. NO_BUILD=1 reuses the built `causal` binary;
+# CAUSAL_BIN=PATH runs that binary instead of .build/release/causal (say, a build in another --scratch-path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${CAUSAL_BENCH_DIR:-$HOME/.cache/causal-bench}
@@ -42,7 +43,7 @@ done
 [ -z "$RSS" ] || [ -x /usr/bin/time ] || { echo "compare-kquants.sh: /usr/bin/time is missing (Debian: apt-get install -y time), or pass --no-rss" >&2; exit 1; }
 BIN=$(Benchmarks/build-llama-cpp.sh)
 [ -n "${NO_BUILD:-}" ] || swift build -c release --product causal >&2
-CAUSAL=$PWD/.build/release/causal
+CAUSAL=${CAUSAL_BIN:-$PWD/.build/release/causal}
 BASE=$($CAUSAL info | sed -n 's/^file: //p')
 [ -f "$BASE" ] || { echo "compare-kquants.sh: cannot find the default model (causal info)" >&2; exit 1; }
 ALL=("$BASE")

@@ -18,6 +18,9 @@
 //               partial sums in 128-bit lane i), then a two-level in-lane transpose-and-add gives the 16 block sums
 //               in transposed order. One function per (type, tokens, quads of the last group), so that every
 //               vector index is a constant and nothing spills.
+//   AVX-512 GEMM  n >= 3 tokens: rows decoded once per block of rows, their codes transposed to the lane-major
+//               order of the activations' second copy (ln), then tiles of 4 rows x GEMM_T tokens where eight
+//               vpdpbusd per (row, token, group) give the 16 block sums in place (no reduction shuffles); see tile512.
 //   AVX2        the same with ymm halves (blocks 4 q, 4 q + 1 | 4 q + 2, 4 q + 3), maddubs + madd into int32, and a
 //               hadd tree to the same transposed order.
 // Unsigned x signed products: the weight codes are made unsigned with an offset (Q8_0, IQ4_NL: + 128 on AVX-512;
@@ -57,7 +60,7 @@ static inline uint32_t bits_of_f(float f) { uint32_t u; memcpy(&u, &f, 4); retur
 
 static const int8_t q8_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
-typedef struct { int64_t nb, npb; size_t d, s32, slo, shi, ds, bytes; } q8_layout;
+typedef struct { int64_t nb, npb; size_t d, s32, slo, shi, ds, ln, bytes; } q8_layout;
 
 static q8_layout q8_layout_of(int64_t K) {
     q8_layout L;
@@ -68,7 +71,8 @@ static q8_layout q8_layout_of(int64_t K) {
     L.slo = L.s32 + (size_t)L.npb * 4;
     L.shi = L.slo + (size_t)L.npb * 4;
     L.ds = L.shi + (size_t)L.npb * 4;
-    L.bytes = L.ds + (size_t)L.npb * 4;
+    L.ln = L.ds + (size_t)L.npb * 4;
+    L.bytes = L.ln + (size_t)L.npb * 32;
     return L;
 }
 
@@ -236,6 +240,40 @@ static Q8_AVX2 void qblock_avx2(const float *x, int8_t *q0, int8_t *q1, float *d
 }
 #endif
 
+// The lane-major copy of a group's codes (ck_q8.h): vector k = 4 h + m, dword p = 4 i + q holds codes
+// 16 h + 4 m .. 16 h + 4 m + 3 of block 4 q + i, which the quad layout holds at 128 q + 64 h + 16 i + 4 m.
+static void lanes_scalar(const uint8_t *quad, uint8_t *lanes) {
+    for (int k = 0; k < 8; k++)
+        for (int p = 0; p < 16; p++)
+            memcpy(lanes + 64 * k + 4 * p, quad + 128 * (p & 3) + 64 * (k >> 2) + 16 * (p >> 2) + 4 * (k & 3), 4);
+}
+
+#if Q8_X86
+// Four vectors holding, in 128-bit lane i, dwords m = 0..3 (a0 .. a3: q = 0..3) to v[m] holding dword q in lane i:
+// a 4 x 4 dword transpose inside each 128-bit lane.
+Q8_INLINE Q8_AVX512 void tr4x4_512(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i *v) {
+    const __m512i t0 = _mm512_unpacklo_epi32(a0, a1), t1 = _mm512_unpackhi_epi32(a0, a1);
+    const __m512i t2 = _mm512_unpacklo_epi32(a2, a3), t3 = _mm512_unpackhi_epi32(a2, a3);
+    v[0] = _mm512_unpacklo_epi64(t0, t2);
+    v[1] = _mm512_unpackhi_epi64(t0, t2);
+    v[2] = _mm512_unpacklo_epi64(t1, t3);
+    v[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+// Quad-layout code vectors c[2 q + h] (half h of blocks 4 q + i in 128-bit lane i) to lane-major v[4 h + m].
+Q8_INLINE Q8_AVX512 void lanes512(const __m512i c[8], __m512i v[8]) {
+    tr4x4_512(c[0], c[2], c[4], c[6], v);
+    tr4x4_512(c[1], c[3], c[5], c[7], v + 4);
+}
+
+static Q8_AVX512 void lanes_act512(const uint8_t *quad, uint8_t *lanes) {
+    __m512i c[8], v[8];
+    for (int j = 0; j < 8; j++) c[j] = _mm512_loadu_si512((const void *)(quad + 64 * j));
+    lanes512(c, v);
+    for (int k = 0; k < 8; k++) _mm512_storeu_si512((void *)(lanes + 64 * k), v[k]);
+}
+#endif
+
 void ck_quantize_activations_q8(const float *x, int64_t K, void *out) {
     if (K <= 0 || K % 32 != 0) return;
     const q8_layout L = q8_layout_of(K);
@@ -262,6 +300,12 @@ void ck_quantize_activations_q8(const float *x, int64_t K, void *out) {
 #endif
         qblock_scalar(x + 32 * b, q0, q1, d + p, s32 + p, slo + p, shi + p);
         ds[p] = d[p] * (float)s32[p];
+    }
+    for (int64_t G = 0; G < L.npb / 16; G++) {
+#if Q8_X86
+        if (ck_q8_isa() == CK_ISA_AVX512) { lanes_act512(o + 512 * G, o + L.ln + 512 * G); continue; }
+#endif
+        lanes_scalar(o + 512 * G, o + L.ln + 512 * G);
     }
 }
 
@@ -660,18 +704,17 @@ Q8_INLINE Q8_AVX512 __m512 group512(const int type, const grp512 *G, const uint8
     return acc;
 }
 
-// The fixed tree of four accumulators at once, in transposed order (position 4 i + q = lane 4 q + i): the same
-// pairs are added as tree512 adds, so each result has the same bits. Lane j + j+8 is position p + p+2 (q < 2),
-// j + j+4 (j < 4) is 4 i + 4 i+1, then 128-bit lanes 0 + 2 and 1 + 3, then 0 + 1.
+// The fixed tree of four accumulators at once, in transposed order (position 4 i + q = lane 4 q + i, so 128-bit
+// lane i holds lanes i, i + 4, i + 8, i + 12 in dwords 0-3): the same pairs are added as tree16 adds, so each
+// result has the same bits. Lane j + j+8 is dword d + d+2 (two accumulators per step: 64-bit unpacks), j + j+4
+// (j < 4) is dword 0 + 1 (four per step: dword shuffles), then 128-bit lanes 0 + 2 and 1 + 3, then 0 + 1.
 Q8_INLINE Q8_AVX512 __m128 tree512x4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m512 v[4] = {a, b, c, d};
-    for (int k = 0; k < 4; k++) {
-        v[k] = _mm512_add_ps(v[k], _mm512_shuffle_ps(v[k], v[k], _MM_SHUFFLE(1, 0, 3, 2)));
-        v[k] = _mm512_add_ps(v[k], _mm512_shuffle_ps(v[k], v[k], _MM_SHUFFLE(2, 3, 0, 1)));
-    }
-    // Element 0 of 128-bit lane i of v[k]: lane-i partial of accumulator k. Gather them: lane i = [a, b, c, d].
-    const __m512 ab = _mm512_unpacklo_ps(v[0], v[1]), cd = _mm512_unpacklo_ps(v[2], v[3]);
-    const __m512 u = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd)));
+    const __m512 ab = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))),
+                                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))));
+    const __m512 cd = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(c), _mm512_castps_pd(d))),
+                                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(c), _mm512_castps_pd(d))));
+    // ab: [a0+a2, a1+a3, b0+b2, b1+b3] per 128-bit lane; pair dwords 0 + 1 of each.
+    const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
     const __m512 w = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, _MM_SHUFFLE(1, 0, 3, 2)));
     return _mm_add_ps(_mm512_castps512_ps128(w), _mm512_extractf32x4_ps(w, 1));
 }
@@ -723,87 +766,192 @@ Q8_INLINE Q8_AVX512 void rows512(const int type, const int T, const int TQ, cons
 
 typedef void (*rows_fn)(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy);
 
-// Many tokens (n > 4): blocks of 16 rows are decoded once into G (16 x NG groups, the calling thread's 64-byte
-// aligned scratch), then every tile of 4 tokens (whose activations stay in L1; the last 1-3 tokens one by one)
-// runs against the 16 decoded rows.
-#define RN_ROWS 16
-Q8_INLINE Q8_AVX512 void rowsn512(const int type, const int TQ, const uint8_t *W, size_t rb, int64_t R, int64_t K,
-                                  const uint8_t *xq, size_t xs, int64_t n, float *y, int64_t ldy, grp512 *G) {
+// Many tokens: a GEMM micro-kernel on lane-major operands. A block of rows is decoded once into the calling thread's
+// scratch with its codes transposed to the lane-major order of the activations' second copy (ck_q8.h): vector
+// k = 4 h + m holds in dword p = 4 i + q bytes 16 h + 4 m .. + 3 of the block at position p. Then eight vpdpbusd per
+// (row, token, group) leave the 16 exact block sums in the 16 lanes, in transposed order, with no reduction
+// shuffles; the offset of unsigned codes is the accumulators' start value, -(sum of activations) << log2(offset).
+// Tiles of 4 rows x T tokens keep 4 T integer and 4 T fp32 accumulators in registers; each weight vector is used T
+// times, each activation vector 4 times, from L1. The integers are the same exact sums and the fp32 steps the same
+// operations on the same operands as group512's, so every (row, token) result has the same bits.
+#ifndef GEMM_T
+#define GEMM_T 3
+#endif
+#ifndef GEMM_MIN
+#define GEMM_MIN 3
+#endif
+Q8_INLINE Q8_AVX512 void decode_rows512(const int type, const int TQ, const uint8_t *W, size_t rb, int64_t rr, int64_t K,
+                                        grp512 *S) {
     const q8_layout L = q8_layout_of(K);
-    const int64_t ngf = L.nb / 16, NG = ngf + (TQ ? 1 : 0);
+    const int64_t ngf = L.nb / 16, ng = ngf + (TQ ? 1 : 0);
     idx512 X;
     make_idx512(type, &X);
-    for (int64_t o0 = 0; o0 < R; o0 += RN_ROWS) {
-        const int64_t rr = R - o0 < RN_ROWS ? R - o0 : RN_ROWS;
-        for (int64_t r = 0; r < rr; r++) {
-            const uint8_t *w = W + (size_t)(o0 + r) * rb;
-            for (int64_t g = 0; g < ngf; g++) decode512(type, &X, w, g, L.nb, 4, 0, &G[r * NG + g]);
-            if (TQ) decode512(type, &X, w, ngf, L.nb, TQ, 1, &G[r * NG + ngf]);
+    for (int64_t r = 0; r < rr; r++) {
+        const uint8_t *w = W + (size_t)r * rb;
+        grp512 *Sr = S + r * ng;
+        for (int64_t g = 0; g < ngf; g++) {
+            grp512 G;
+            decode512(type, &X, w, g, L.nb, 4, 0, &G);
+            lanes512(G.c, Sr[g].c);
+            Sr[g].dw = G.dw;
+            if (has_min_t(type)) Sr[g].mw = G.mw;
+            if (type == CK_TYPE_Q6_K) { Sr[g].sc0 = G.sc0; Sr[g].sc1 = G.sc1; }
         }
-        int64_t t0 = 0;
-        for (; t0 + 4 <= n; t0 += 4)
-            for (int64_t r = 0; r < rr; r++) {
-                const grp512 *Gr = G + r * NG;
-                __m512 acc[4];
-                for (int t = 0; t < 4; t++) acc[t] = _mm512_setzero_ps();
-                for (int64_t g = 0; g < ngf; g++)
-                    for (int t = 0; t < 4; t++) acc[t] = group512(type, &Gr[g], xq + (size_t)(t0 + t) * xs, &L, g, 4, acc[t]);
-                if (TQ)
-                    for (int t = 0; t < 4; t++) acc[t] = group512(type, &Gr[ngf], xq + (size_t)(t0 + t) * xs, &L, ngf, TQ, acc[t]);
-                float res[4];
-                _mm_storeu_ps(res, tree512x4(acc[0], acc[1], acc[2], acc[3]));
-                for (int t = 0; t < 4; t++) y[(t0 + t) * ldy + o0 + r] = res[t];
+        if (TQ) {
+            grp512 G;
+            for (int j = 0; j < 8; j++) G.c[j] = _mm512_setzero_si512();  // quads past the row's end
+            decode512(type, &X, w, ngf, L.nb, TQ, 1, &G);
+            if (TQ == 1) {  // at most 4 blocks: kept in the quad layout (tile512's short tail)
+                Sr[ngf].c[0] = G.c[0];
+                Sr[ngf].c[1] = G.c[1];
+            } else {
+                lanes512(G.c, Sr[ngf].c);
             }
-        for (; t0 < n; t0++)
-            for (int64_t r = 0; r < rr; r++) {
-                const grp512 *Gr = G + r * NG;
-                __m512 acc = _mm512_setzero_ps();
-                for (int64_t g = 0; g < ngf; g++) acc = group512(type, &Gr[g], xq + (size_t)t0 * xs, &L, g, 4, acc);
-                if (TQ) acc = group512(type, &Gr[ngf], xq + (size_t)t0 * xs, &L, ngf, TQ, acc);
-                float res[4];
-                _mm_storeu_ps(res, tree512x4(acc, acc, acc, acc));
-                y[t0 * ldy + o0 + r] = res[0];
-            }
+            Sr[ngf].dw = G.dw;
+            if (has_min_t(type)) Sr[ngf].mw = G.mw;
+            if (type == CK_TYPE_Q6_K) { Sr[ngf].sc0 = G.sc0; Sr[ngf].sc1 = G.sc1; }
+        }
     }
 }
 
-typedef void (*rowsn_fn)(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, int64_t n,
-                         float *y, int64_t ldy, grp512 *G);
-#define ROWSN512(TAG, TYPE, TQ) \
-    static Q8_AVX512 void rn512_##TAG##_##TQ(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, \
-                                             int64_t n, float *y, int64_t ldy, grp512 *G) { \
-        rowsn512(TYPE, TQ, W, rb, R, K, xq, xs, n, y, ldy, G); \
+// Rows S[0 .. rr) (each ng decoded groups; rr <= 4, missing rows computed from row 0 and not stored) against T tokens.
+// TAIL (a constant): the last group has at most 4 blocks (quad 0 only) and is decoded in the quad layout: two
+// vpdpbusd per (row, token) leave block i's four partial sums in 128-bit lane i, and two in-lane folds put its sum
+// in dword 0, position 4 i. The other dwords (positions of padding blocks) get copies, which the canonical sequence
+// multiplies by dw * da = 0 (padding has da = 0, missing blocks dw = 0): fma(0, finite, acc) leaves acc unchanged
+// (acc starts at +0 and an fma from +0 never gives -0), exactly as the canonical isum 0 does.
+Q8_INLINE Q8_AVX512 void tile512(const int type, const int T, const int TAIL, const grp512 *S, int64_t ng, int rr, int64_t K,
+                                 const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
+    const q8_layout L = q8_layout_of(K);
+    const grp512 *Sr[4];
+    for (int r = 0; r < 4; r++) Sr[r] = S + (r < rr ? r : 0) * ng;
+    const int osh = type == CK_TYPE_Q8_0 || type == CK_TYPE_IQ4_NL ? 7 : type == CK_TYPE_Q4_0 ? 3 : type == CK_TYPE_Q5_0 ? 4 : 0;
+    __m512 f[4][GEMM_T];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < T; t++) f[r][t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *row[GEMM_T], *a[GEMM_T];
+        for (int t = 0; t < T; t++) {
+            row[t] = xq + (size_t)t * xs;
+            a[t] = row[t] + L.ln + 512 * g;
+        }
+        __m512i isum[4][GEMM_T];
+        if (type == CK_TYPE_Q6_K) {
+            __m512i lo[4][GEMM_T], hi[4][GEMM_T];
+            for (int t = 0; t < T; t++) {
+                const __m512i s0 = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512((const void *)(row[t] + L.slo + 64 * g)), 5));
+                const __m512i s1 = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512((const void *)(row[t] + L.shi + 64 * g)), 5));
+                for (int r = 0; r < 4; r++) { lo[r][t] = s0; hi[r][t] = s1; }
+            }
+            for (int k = 0; k < 4; k++)
+                for (int t = 0; t < T; t++) {
+                    const __m512i av = _mm512_loadu_si512((const void *)(a[t] + 64 * k));
+                    for (int r = 0; r < 4; r++) lo[r][t] = _mm512_dpbusd_epi32(lo[r][t], Sr[r][g].c[k], av);
+                }
+            for (int k = 4; k < 8; k++)
+                for (int t = 0; t < T; t++) {
+                    const __m512i av = _mm512_loadu_si512((const void *)(a[t] + 64 * k));
+                    for (int r = 0; r < 4; r++) hi[r][t] = _mm512_dpbusd_epi32(hi[r][t], Sr[r][g].c[k], av);
+                }
+            for (int r = 0; r < 4; r++)
+                for (int t = 0; t < T; t++)
+                    isum[r][t] = _mm512_add_epi32(_mm512_mullo_epi32(lo[r][t], Sr[r][g].sc0), _mm512_mullo_epi32(hi[r][t], Sr[r][g].sc1));
+        } else {
+            for (int t = 0; t < T; t++) {
+                const __m512i s = osh ? _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512((const void *)(row[t] + L.s32 + 64 * g)), osh))
+                                      : _mm512_setzero_si512();
+                for (int r = 0; r < 4; r++) isum[r][t] = s;
+            }
+            if (TAIL && g == ng - 1) {
+                for (int t = 0; t < T; t++) {
+                    const __m512i a0 = _mm512_loadu_si512((const void *)(row[t] + 512 * g)), a1 = _mm512_loadu_si512((const void *)(row[t] + 512 * g + 64));
+                    for (int r = 0; r < 4; r++) {
+                        __m512i v = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(isum[r][t], Sr[r][g].c[0], a0), Sr[r][g].c[1], a1);
+                        v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0x4E));
+                        isum[r][t] = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0xB1));
+                    }
+                }
+            } else
+            for (int k = 0; k < 8; k++)
+                for (int t = 0; t < T; t++) {
+                    const __m512i av = _mm512_loadu_si512((const void *)(a[t] + 64 * k));
+                    for (int r = 0; r < 4; r++) isum[r][t] = _mm512_dpbusd_epi32(isum[r][t], Sr[r][g].c[k], av);
+                }
+        }
+        for (int t = 0; t < T; t++) {
+            const __m512 da = _mm512_loadu_ps((const float *)(row[t] + L.d) + 16 * g);
+            for (int r = 0; r < 4; r++) f[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(Sr[r][g].dw, da), _mm512_cvtepi32_ps(isum[r][t]), f[r][t]);
+            if (has_min_t(type)) {
+                const __m512 ds = _mm512_loadu_ps((const float *)(row[t] + L.ds) + 16 * g);
+                for (int r = 0; r < 4; r++) f[r][t] = _mm512_fmadd_ps(Sr[r][g].mw, ds, f[r][t]);
+            }
+        }
     }
-#define ROWSN512_32(TAG, TYPE) ROWSN512(TAG, TYPE, 0) ROWSN512(TAG, TYPE, 1) ROWSN512(TAG, TYPE, 2) ROWSN512(TAG, TYPE, 3) ROWSN512(TAG, TYPE, 4)
-#define ROWSN512_K(TAG, TYPE) ROWSN512(TAG, TYPE, 0) ROWSN512(TAG, TYPE, 2)
-ROWSN512_32(q8_0, CK_TYPE_Q8_0)
-ROWSN512_32(q4_0, CK_TYPE_Q4_0)
-ROWSN512_32(q4_1, CK_TYPE_Q4_1)
-ROWSN512_32(q5_0, CK_TYPE_Q5_0)
-ROWSN512_32(q5_1, CK_TYPE_Q5_1)
-ROWSN512_32(iq4_nl, CK_TYPE_IQ4_NL)
-ROWSN512_K(q4_k, CK_TYPE_Q4_K)
-ROWSN512_K(q5_k, CK_TYPE_Q5_K)
-ROWSN512_K(q6_k, CK_TYPE_Q6_K)
+    for (int t = 0; t < T; t++) {
+        const __m128 res = tree512x4(f[0][t], f[1][t], f[2][t], f[3][t]);
+        if (rr == 4) _mm_storeu_ps(y + t * ldy, res);
+        else {
+            float tmp[4];
+            _mm_storeu_ps(tmp, res);
+            for (int r = 0; r < rr; r++) y[t * ldy + r] = tmp[r];
+        }
+    }
+}
 
-#define FNN_32(TAG) {rn512_##TAG##_0, rn512_##TAG##_1, rn512_##TAG##_2, rn512_##TAG##_3, rn512_##TAG##_4}
-#define FNN_K(TAG) {rn512_##TAG##_0, NULL, rn512_##TAG##_2, NULL, NULL}
+typedef void (*decode_fn)(const uint8_t *W, size_t rb, int64_t rr, int64_t K, grp512 *S);
+typedef void (*tile_fn)(const grp512 *S, int64_t ng, int rr, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy);
+#define DECODE512(TAG, TYPE, TQ) \
+    static Q8_AVX512 void dr512_##TAG##_##TQ(const uint8_t *W, size_t rb, int64_t rr, int64_t K, grp512 *S) { \
+        decode_rows512(TYPE, TQ, W, rb, rr, K, S); \
+    }
+#define TILE512(TAG, TYPE, T) \
+    static Q8_AVX512 void tl512_##TAG##_##T(const grp512 *S, int64_t ng, int rr, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy) { \
+        tile512(TYPE, T, 0, S, ng, rr, K, xq, xs, y, ldy); \
+    } \
+    static Q8_AVX512 void tt512_##TAG##_##T(const grp512 *S, int64_t ng, int rr, int64_t K, const uint8_t *xq, size_t xs, float *y, int64_t ldy) { \
+        tile512(TYPE, T, 1, S, ng, rr, K, xq, xs, y, ldy); \
+    }
+#if GEMM_T == 4
+#define TILES512(TAG, TYPE) TILE512(TAG, TYPE, 1) TILE512(TAG, TYPE, 2) TILE512(TAG, TYPE, 3) TILE512(TAG, TYPE, 4)
+#define TILEFNS(TAG) {tl512_##TAG##_1, tl512_##TAG##_2, tl512_##TAG##_3, tl512_##TAG##_4}, {tt512_##TAG##_1, tt512_##TAG##_2, tt512_##TAG##_3, tt512_##TAG##_4}
+#elif GEMM_T == 3
+#define TILES512(TAG, TYPE) TILE512(TAG, TYPE, 1) TILE512(TAG, TYPE, 2) TILE512(TAG, TYPE, 3)
+#define TILEFNS(TAG) {tl512_##TAG##_1, tl512_##TAG##_2, tl512_##TAG##_3}, {tt512_##TAG##_1, tt512_##TAG##_2, tt512_##TAG##_3}
+#else
+#define TILES512(TAG, TYPE) TILE512(TAG, TYPE, 1) TILE512(TAG, TYPE, 2)
+#define TILEFNS(TAG) {tl512_##TAG##_1, tl512_##TAG##_2}, {tt512_##TAG##_1, tt512_##TAG##_2}
+#endif
+#define GEMM512_32(TAG, TYPE) DECODE512(TAG, TYPE, 0) DECODE512(TAG, TYPE, 1) DECODE512(TAG, TYPE, 2) DECODE512(TAG, TYPE, 3) \
+    DECODE512(TAG, TYPE, 4) TILES512(TAG, TYPE)
+#define GEMM512_K(TAG, TYPE) DECODE512(TAG, TYPE, 0) DECODE512(TAG, TYPE, 2) TILES512(TAG, TYPE)
+GEMM512_32(q8_0, CK_TYPE_Q8_0)
+GEMM512_32(q4_0, CK_TYPE_Q4_0)
+GEMM512_32(q4_1, CK_TYPE_Q4_1)
+GEMM512_32(q5_0, CK_TYPE_Q5_0)
+GEMM512_32(q5_1, CK_TYPE_Q5_1)
+GEMM512_32(iq4_nl, CK_TYPE_IQ4_NL)
+GEMM512_K(q4_k, CK_TYPE_Q4_K)
+GEMM512_K(q5_k, CK_TYPE_Q5_K)
+GEMM512_K(q6_k, CK_TYPE_Q6_K)
 
-// By [TQ].
-static rowsn_fn fnsn512(int type, int tq) {
-    static const rowsn_fn q8_0[5] = FNN_32(q8_0), q4_0[5] = FNN_32(q4_0), q4_1[5] = FNN_32(q4_1), q5_0[5] = FNN_32(q5_0),
-                          q5_1[5] = FNN_32(q5_1), iq4_nl[5] = FNN_32(iq4_nl), q4_k[5] = FNN_K(q4_k), q5_k[5] = FNN_K(q5_k),
-                          q6_k[5] = FNN_K(q6_k);
+typedef struct { decode_fn dec[5]; tile_fn tile[GEMM_T], tail[GEMM_T]; } gemm_fns;
+#define GFN_32(TAG) {{dr512_##TAG##_0, dr512_##TAG##_1, dr512_##TAG##_2, dr512_##TAG##_3, dr512_##TAG##_4}, TILEFNS(TAG)}
+#define GFN_K(TAG) {{dr512_##TAG##_0, NULL, dr512_##TAG##_2, NULL, NULL}, TILEFNS(TAG)}
+
+static const gemm_fns *gemm512(int type) {
+    static const gemm_fns q8_0 = GFN_32(q8_0), q4_0 = GFN_32(q4_0), q4_1 = GFN_32(q4_1), q5_0 = GFN_32(q5_0),
+                          q5_1 = GFN_32(q5_1), iq4_nl = GFN_32(iq4_nl), q4_k = GFN_K(q4_k), q5_k = GFN_K(q5_k),
+                          q6_k = GFN_K(q6_k);
     switch (type) {
-    case CK_TYPE_Q8_0: return q8_0[tq];
-    case CK_TYPE_Q4_0: return q4_0[tq];
-    case CK_TYPE_Q4_1: return q4_1[tq];
-    case CK_TYPE_Q5_0: return q5_0[tq];
-    case CK_TYPE_Q5_1: return q5_1[tq];
-    case CK_TYPE_IQ4_NL: return iq4_nl[tq];
-    case CK_TYPE_Q4_K: return q4_k[tq];
-    case CK_TYPE_Q5_K: return q5_k[tq];
-    case CK_TYPE_Q6_K: return q6_k[tq];
+    case CK_TYPE_Q8_0: return &q8_0;
+    case CK_TYPE_Q4_0: return &q4_0;
+    case CK_TYPE_Q4_1: return &q4_1;
+    case CK_TYPE_Q5_0: return &q5_0;
+    case CK_TYPE_Q5_1: return &q5_1;
+    case CK_TYPE_IQ4_NL: return &iq4_nl;
+    case CK_TYPE_Q4_K: return &q4_k;
+    case CK_TYPE_Q5_K: return &q5_k;
+    case CK_TYPE_Q6_K: return &q6_k;
     default: return NULL;
     }
 }
@@ -1079,6 +1227,73 @@ ROWS256_TYPE(q4_k, CK_TYPE_Q4_K)
 ROWS256_TYPE(q5_k, CK_TYPE_Q5_K)
 ROWS256_TYPE(q6_k, CK_TYPE_Q6_K)
 
+// Many tokens (n >= 3): a block of rows is decoded once into the calling thread's scratch (grp256, the same 768
+// bytes per group as grp512), then every tile of 4 tokens (the last 1-3 one by one) runs against each decoded row:
+// the same group256 arithmetic as rows256, without decoding the row again for every tile.
+Q8_INLINE Q8_AVX2 void rowsn256(const int type, const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq,
+                                size_t xs, int64_t n, float *y, int64_t ldy, grp256 *S, int64_t RB) {
+    const q8_layout L = q8_layout_of(K);
+    const int64_t ng = L.npb / 16;
+    for (int64_t o0 = 0; o0 < R; o0 += RB) {
+        const int64_t rr = R - o0 < RB ? R - o0 : RB;
+        for (int64_t r = 0; r < rr; r++)
+            for (int64_t g = 0; g < ng; g++) decode256(type, W + (size_t)(o0 + r) * rb, g, L.nb, &S[r * ng + g]);
+        for (int64_t t0 = 0; t0 < n;) {
+            const int T = n - t0 >= 4 ? 4 : 1;
+            for (int64_t r = 0; r < rr; r++) {
+                __m256 acc[4][2];
+                for (int t = 0; t < 4; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+                if (T == 4) {
+                    for (int64_t g = 0; g < ng; g++)
+                        for (int t = 0; t < 4; t++) group256(type, &S[r * ng + g], xq + (size_t)(t0 + t) * xs, &L, g, acc[t]);
+                } else {
+                    for (int64_t g = 0; g < ng; g++) group256(type, &S[r * ng + g], xq + (size_t)t0 * xs, &L, g, acc[0]);
+                }
+                for (int t = 0; t < T; t++) {
+                    float tl[16], nat[16];
+                    _mm256_storeu_ps(tl, acc[t][0]);
+                    _mm256_storeu_ps(tl + 8, acc[t][1]);
+                    for (int j = 0; j < 16; j++) nat[j] = tl[4 * (j & 3) + (j >> 2)];
+                    y[(t0 + t) * ldy + o0 + r] = tree16(nat);
+                }
+            }
+            t0 += T;
+        }
+    }
+}
+
+typedef void (*rowsn256_fn)(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, int64_t n,
+                            float *y, int64_t ldy, grp256 *S, int64_t RB);
+#define ROWSN256(TAG, TYPE) \
+    static Q8_AVX2 void rn256_##TAG(const uint8_t *W, size_t rb, int64_t R, int64_t K, const uint8_t *xq, size_t xs, int64_t n, \
+                                    float *y, int64_t ldy, grp256 *S, int64_t RB) { \
+        rowsn256(TYPE, W, rb, R, K, xq, xs, n, y, ldy, S, RB); \
+    }
+ROWSN256(q8_0, CK_TYPE_Q8_0)
+ROWSN256(q4_0, CK_TYPE_Q4_0)
+ROWSN256(q4_1, CK_TYPE_Q4_1)
+ROWSN256(q5_0, CK_TYPE_Q5_0)
+ROWSN256(q5_1, CK_TYPE_Q5_1)
+ROWSN256(iq4_nl, CK_TYPE_IQ4_NL)
+ROWSN256(q4_k, CK_TYPE_Q4_K)
+ROWSN256(q5_k, CK_TYPE_Q5_K)
+ROWSN256(q6_k, CK_TYPE_Q6_K)
+
+static rowsn256_fn fnsn256(int type) {
+    switch (type) {
+    case CK_TYPE_Q8_0: return rn256_q8_0;
+    case CK_TYPE_Q4_0: return rn256_q4_0;
+    case CK_TYPE_Q4_1: return rn256_q4_1;
+    case CK_TYPE_Q5_0: return rn256_q5_0;
+    case CK_TYPE_Q5_1: return rn256_q5_1;
+    case CK_TYPE_IQ4_NL: return rn256_iq4_nl;
+    case CK_TYPE_Q4_K: return rn256_q4_k;
+    case CK_TYPE_Q5_K: return rn256_q5_k;
+    case CK_TYPE_Q6_K: return rn256_q6_k;
+    default: return NULL;
+    }
+}
+
 #define FNS(TAG, P) {P##_##TAG##_1, P##_##TAG##_2, P##_##TAG##_3, P##_##TAG##_4}
 
 static const rows_fn *fns256(int type) {
@@ -1116,10 +1331,34 @@ int ck_matmul_q8(int type, const void *W, int64_t K, int64_t row_begin, int64_t 
 #if Q8_X86
     if (level != CK_ISA_SCALAR) {
         const int tq = (int)((K / 32 % 16 + 3) / 4);
-        if (level == CK_ISA_AVX512 && n > 4) {
-            grp512 *G = grp_scratch(RN_ROWS * ((K / 32 + 15) / 16));
-            if (G) {
-                fnsn512(type, tq)(Wb, rb, R, K, X, xs, n, y, ldy, G);
+        if (level == CK_ISA_AVX512 && n >= GEMM_MIN) {
+            // Rows in blocks whose decoded groups (768 bytes per 512 weights) take about 192 KiB of the core's L2.
+            const int64_t ng = (K / 32 + 15) / 16;
+            int64_t RB = (192 << 10) / (ng * (int64_t)sizeof(grp512)) / 4 * 4;
+            RB = RB < 4 ? 4 : RB > 64 ? 64 : RB;
+            grp512 *S = grp_scratch(RB * ng);
+            if (S) {
+                const gemm_fns *F = gemm512(type);
+                for (int64_t o0 = 0; o0 < R; o0 += RB) {
+                    const int64_t rr = R - o0 < RB ? R - o0 : RB;
+                    F->dec[tq](Wb + (size_t)o0 * rb, rb, rr, K, S);
+                    for (int64_t t0 = 0; t0 < n; t0 += GEMM_T) {
+                        const int T = n - t0 < GEMM_T ? (int)(n - t0) : GEMM_T;
+                        for (int64_t r0 = 0; r0 < rr; r0 += 4)
+                            (tq == 1 ? F->tail : F->tile)[T - 1](S + r0 * ng, ng, rr - r0 < 4 ? (int)(rr - r0) : 4, K, X + (size_t)t0 * xs, xs,
+                                           y + t0 * ldy + o0 + r0, ldy);
+                    }
+                }
+                return 0;
+            }
+        }
+        if (level == CK_ISA_AVX2 && n >= GEMM_MIN) {
+            const int64_t ng = (K / 32 + 15) / 16;
+            int64_t RB = (192 << 10) / (ng * (int64_t)sizeof(grp256));
+            RB = RB < 1 ? 1 : RB > 64 ? 64 : RB;
+            grp256 *S = (grp256 *)grp_scratch((RB * ng * (int64_t)sizeof(grp256) + (int64_t)sizeof(grp512) - 1) / (int64_t)sizeof(grp512));
+            if (S) {
+                fnsn256(type)(Wb, rb, R, K, X, xs, n, y, ldy, S, RB);
                 return 0;
             }
         }

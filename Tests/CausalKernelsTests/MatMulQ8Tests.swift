@@ -162,7 +162,7 @@ final class MatMulQ8Tests: XCTestCase {
                 var raw = [UInt8](repeating: 0xAA, count: xs)
                 raw.withUnsafeMutableBytes { b in x.withUnsafeBufferPointer { ck_quantize_activations_q8($0.baseAddress!, Int64(K), b.baseAddress!) } }
                 let nb = K / 32, npb = (nb + 15) / 16 * 16
-                XCTAssertEqual(xs, npb * 52)
+                XCTAssertEqual(xs, npb * 84)
                 var padding = 0
                 for b in nb..<npb {
                     let g = b / 16, q = (b % 16) / 4, i = b % 4, p = 16 * g + 4 * i + q
@@ -176,6 +176,19 @@ final class MatMulQ8Tests: XCTestCase {
                     }
                 }
                 XCTAssertEqual(padding, 0, "K=\(K) \(isa): padding not zero")
+                // The lane-major copy (ck_q8.h's ln): dword p = 4 i + q of vector k = 4 h + m of group G holds codes
+                // 16 h + 4 m ..< + 4 of block 16 G + 4 q + i (zero for padding blocks).
+                var lanesWrong = 0
+                for b in 0..<npb {
+                    let g = b / 16, q = (b % 16) / 4, i = b % 4, p = 4 * i + q
+                    for k in 0..<8 {
+                        for j in 0..<4 {
+                            let c = b < nb ? UInt8(bitPattern: twin.codes[32 * b + 16 * (k / 4) + 4 * (k % 4) + j]) : 0
+                            if raw[npb * 52 + 512 * g + 64 * k + 4 * p + j] != c { lanesWrong += 1 }
+                        }
+                    }
+                }
+                XCTAssertEqual(lanesWrong, 0, "K=\(K) \(isa): lane-major codes")
             }
             if K >= 96 {
                 XCTAssertEqual(twin.scales[1], 1)
@@ -186,7 +199,7 @@ final class MatMulQ8Tests: XCTestCase {
         }
         XCTAssertEqual(ck_q8_row_bytes(0), 0)
         XCTAssertEqual(ck_q8_row_bytes(48), 0)
-        XCTAssertEqual(ck_q8_row_bytes(32), 16 * 52)
+        XCTAssertEqual(ck_q8_row_bytes(32), 16 * 84)
         try ISALevels.report("MatMulQ8Tests.testQuantizeActivationsEqualsTwinOnEveryLevel")
     }
 
@@ -293,6 +306,41 @@ final class MatMulQ8Tests: XCTestCase {
             }
         }
         try ISALevels.report("MatMulQ8Tests.testBatchRowAndThreadInvariance")
+    }
+
+    /// The tile shapes of the many-token kernels (AVX-512: a GEMM on lane-major operands for n >= 3, tiles of
+    /// 4 rows x 3 tokens, row blocks decoded once; a short last group of <= 4 blocks in the quad layout): for every
+    /// type, K with every kind of last group (none, 1-4 blocks, 2-3 quads, partial quads, one super-block of a pair),
+    /// n = 1 ... 40 and row ranges that are not multiples of 4, each (row, token) result equals the canonical twin's
+    /// bits on every level.
+    func testManyTokenTilesEqualCanonicalTwin() throws {
+        var rng = SplitMix64(seed: 87)
+        let maxN = 40
+        for dt in Self.types {
+            for K in dt.blockSize == 256 ? [256, 768, 1024] : [128, 224, 576, 640, 896, 1440] {
+                let rows = 11
+                let w = KQuantTests.randomWeights(dt, rows: rows, cols: K, rng: &rng)
+                var x = randomFloats(maxN * K, &rng, scale: 2)
+                x[K + 3] = -60  // an outlier in token 1
+                var expected = [[Float]]()
+                for t in 0..<maxN {
+                    let a = Self.quantizeTwin(Array(x[(t * K)..<((t + 1) * K)]))
+                    expected.append((0..<rows).map { Self.canonical(w.matrix, row: $0, a) })
+                }
+                forEachISA { _, isa in
+                    for n in 1...maxN {
+                        let r0 = n % 3, r1 = rows - (n % 2)  // 9-11 rows from row 0-2
+                        let y = Self.kernel(w.matrix, Array(x[0..<(n * K)]), n: n, rows: r0..<r1)
+                        for t in 0..<n {
+                            let got = Array(y[(t * rows + r0)..<(t * rows + r1)])
+                            assertSameBits(got, Array(expected[t][r0..<r1]), "\(dt.name) K=\(K) n=\(n) token \(t) rows \(r0)..<\(r1) \(isa)/\(String(cString: ck_q8_isa_name()))")
+                        }
+                        XCTAssertTrue(y[0..<r0].allSatisfy(\.isNaN) && y[(rows * (n - 1) + r1)...].allSatisfy(\.isNaN), "\(dt.name) K=\(K) n=\(n): rows outside the range written")
+                    }
+                }
+            }
+        }
+        try ISALevels.report("MatMulQ8Tests.testManyTokenTilesEqualCanonicalTwin")
     }
 
     /// Close to the fp32 path: on activations like a transformer's (mostly moderate, a few outliers), the

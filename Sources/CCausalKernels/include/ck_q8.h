@@ -33,7 +33,11 @@ extern "C" {
 //     int32   slo[npb]        sums of elements 0-15 (same order)
 //     int32   shi[npb]        sums of elements 16-31 (same order)
 //     float   ds [npb]        d * (float)s32, one fp32 product (same order)
-/// Bytes of one quantized activation row (a multiple of 64), or 0 if K <= 0 or K % 32 != 0.
+//     int8    ln [32 * npb]   the codes again, lane-major (for the many-token kernels): in group G, the 64 bytes at
+//                             512 G + 64 k (k = 4 h + m) hold in dword p = 4 i + q (bytes 4 p .. 4 p + 3) the codes
+//                             16 h + 4 m .. 16 h + 4 m + 3 of block 16 G + 4 q + i, so that eight vpdpbusd leave each
+//                             block's sum in its own 32-bit lane
+/// Bytes of one quantized activation row (84 per block, padded: a multiple of 64), or 0 if K <= 0 or K % 32 != 0.
 size_t ck_q8_row_bytes(int64_t K);
 
 /// Quantizes one row of K activations into `out` (ck_q8_row_bytes(K) bytes). The result depends on this row only.
@@ -67,8 +71,9 @@ void ck_quantize_activations_q8_rows(const float *x, int64_t ldx, int64_t n, int
 //     Q5_K   as Q4_K with 5-bit codes
 //     Q6_K   q = code - 32              sc0, sc1 = the two 16-element scales of the block; dw = d (super-block)
 // Each (token, row) pair performs exactly this sequence on every ISA level (scalar; AVX2 with maddubs; AVX-512
-// with VNNI), whatever n, the row range, the tiling or the thread split, so results are bitwise identical across
-// levels and batch- and thread-invariant. Types not listed (F32, F16, BF16, Q2_K, Q3_K) are not supported.
+// with VNNI: per-row kernels for n <= 2, a GEMM micro-kernel on lane-major operands for n >= 3), whatever n, the row
+// range, the tiling or the thread split, so results are bitwise identical across levels and batch- and
+// thread-invariant. Types not listed (F32, F16, BF16, Q2_K, Q3_K) are not supported.
 
 /// 1 if ck_matmul_q8 computes with this weight type, else 0.
 int ck_q8_supports(int type);
