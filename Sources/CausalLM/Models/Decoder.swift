@@ -171,6 +171,9 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
         let rows = try RaggedRows(chunks, vocabularySize: cfg.vocabularySize) { ci, c in
             // A prefix-LM's prompt is the first chunk on an empty cache; its later chunks continue causally.
             if mask != .causal, c.cache.count == 0 { c.cache.promptLength = c.tokens.count }
+            if c.adapter != nil, !(be.buffer(1) is HostBuffer) {   // AdapterRuns works on host memory
+                throw CausalError.invalidArgument("chunk \(ci): LoRA adapters run on the CPU backend only, not on \(be.name)")
+            }
             if let a = c.adapter, !a.fits(cfg) {
                 throw CausalError.invalidArgument("chunk \(ci): its LoRA adapter is shaped for another model (\(a.model.layerCount) layers, hidden size \(a.model.hiddenSize)) than this \(cfg.architecture) model (\(cfg.layerCount) layers, hidden size \(C))")
             }
