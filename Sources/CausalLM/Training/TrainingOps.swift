@@ -58,7 +58,12 @@ public enum TrainingOps {
             ck_train_gemm(Int64(M), Int64(N), Int64(K), A, Int64(aRow), Int64(aCol), B, Int64(ldb), C, Int64(ldc), acc)
             return
         }
-        if M >= 16 * threads {
+        // Splitting rows makes every thread stream all of B; splitting columns, only its share. Rows, unless B is
+        // too big to stay in cache (over 1 MiB) while the chunks are short (under 64 rows): the output head's input
+        // gradient (M = 64 scored rows per head chunk, B = the 49152- or 151936-row embedding) read B 8 times from
+        // memory per call with row chunks, 3x slower per FLOP than the layers' products.
+        let bigB = K * N * MemoryLayout<Float>.size > 1 << 20
+        if M >= 16 * threads && (!bigB || M >= 64 * threads * 4 || N < 64 * threads) {
             // Rows in chunks of a multiple of 4 (the kernel's tile height).
             let chunks = min(threads * 4, M / 4)
             let per = ((M + chunks - 1) / chunks + 3) / 4 * 4
