@@ -158,8 +158,13 @@ final class SentencePieceJSONTests: XCTestCase {
         let loaded = Date().timeIntervalSince(start)
         XCTAssertTrue(tok is SentencePieceJSONTokenizer)
         XCTAssertEqual(tok.vocabularySize, 262_144)
-        let ref = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/reference.json"))) as? [[String: Any]])
-        let cases = ref.map { ($0["text"] as! String, $0["ids"] as! [Int], $0["decoded"] as! String, $0["decoded_skip"] as? String) }
+        // Read with the engine's JSON parser: Foundation's JSONSerialization on Linux drops U+FEFF inside strings (case
+        // 10 of the corpus is a lone BOM, which Gemma's vocabulary has a piece for).
+        let ref = try XCTUnwrap(HFJSON.parse(contentsOf: dir + "/reference.json").arrayValue)
+        let cases = try ref.map { c in
+            (try XCTUnwrap(c["text"]?.stringValue), try XCTUnwrap(c["ids"]?.arrayValue).map { $0.intValue! },
+             try XCTUnwrap(c["decoded"]?.stringValue), c["decoded_skip"]?.stringValue)
+        }
         let t0 = Date()
         let ok = try Self.compare(tok, cases, "gemma3 tokenizer.json")
         print(String(format: "gemma3 tokenizer.json: loaded in %.2f s, %d texts compared in %.2f s", loaded, cases.count, Date().timeIntervalSince(t0)))
