@@ -7,6 +7,8 @@ import ServiceLifecycle
 
 /// Settings of `causal serve`.
 public struct ServerConfiguration: Sendable {
+    /// Where the model runs (`causal serve --device`; docs/cuda.md).
+    public var device: ComputeDevice = .cpu
     public var host: String
     public var port: Int
     /// A GGUF file or a Hugging Face model directory with its tokenizer.json (decoder-only, or encoder-decoder such as
@@ -499,6 +501,7 @@ public func runServer(_ config: ServerConfiguration) async throws {
     logger.logLevel = config.logLevel
     logger.info("loading model \(config.modelPath ?? "(default)")")
     let bundle = try ModelBundle(path: config.modelPath, threads: config.threads)
+    try bundle.use(config.device)   // --device cuda: "no CUDA device: ..." without a GPU
     // The server takes text: a model directory needs its tokenizer.json.
     guard bundle.textTokenizer != nil else {
         throw CausalError.io(path: bundle.path, reason: "no tokenizer.json in this model directory: the server takes text, so it needs the model's tokenizer")

@@ -13,6 +13,7 @@ struct Bench: ParsableCommand {
     @Option(name: .shortAndLong, help: "Prompt lengths, comma separated (empty: none).") var p: String = "64,512"
     @Option(name: .shortAndLong, help: "Generated tokens for tg and batch tests (0: none).") var n: Int = 128
     @Option(name: .shortAndLong, help: "Threads (default: all cores).") var t: Int?
+    @Option(name: .long, help: ArgumentHelp(DeviceArgument.help + " The precision column then reads e.g. fast/cuda.")) var device: DeviceArgument = .cpu
     @Option(name: .long, help: "Concurrent sequences for the batched decode test, comma separated (empty: none).") var batch: String = ""
     @Option(name: .long, help: "Prompt length of each sequence in the batched test.") var batchPrompt: Int = 128
     @Option(name: .shortAndLong, help: "Repeats per test.") var r: Int = 3
@@ -45,7 +46,8 @@ struct Bench: ParsableCommand {
         try reportingErrors {
             if let a = activations { Activations.current = a.value }
             let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
-            let precisionName = precision == .fast && Activations.current == .int8 ? "fast+int8" : precision.rawValue
+            if device == .cuda { try bundle.use(.cuda) }
+            let precisionName = (precision == .fast && Activations.current == .int8 ? "fast+int8" : precision.rawValue) + (device == .cuda ? "/cuda" : "")
             var bench = Benchmark(model: bundle.model, repeats: r)
             bench.seed = 1
             let threads = bundle.pool.threadCount
@@ -77,6 +79,7 @@ struct Bench: ParsableCommand {
             }
             if let a = activations { Activations.current = a.value }
             let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
+            if device == .cuda { try bundle.use(.cuda) }
             let sequences = try list(batch, "batch").first ?? 16
             let prompt = try bundle.chatPromptIDs([ChatMessage(role: "user", content: constrainedPrompt)])
             let isSchema = file.hasSuffix(".json")

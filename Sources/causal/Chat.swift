@@ -9,13 +9,16 @@ struct Chat: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var deviceOptions: DeviceOptions
     @Option(name: .long, help: "A system message.") var system: String?
     @Option(name: .long, help: ArgumentHelp("Apply a LoRA adapter: a PEFT directory for this model (docs/adapters.md).", valueName: "dir"))
     var adapter: String?
 
     func run() throws {
         try reportingErrors {
+            if adapter != nil { try deviceOptions.refuse("LoRA adapters run on the CPU only (--device cpu)") }
             let bundle = try modelOptions.load()
+            try deviceOptions.apply(bundle)
             let session = ChatSession(bundle: bundle, system: system, adapter: try loadAdapter(adapter, for: bundle))
             let interactive = isatty(0) != 0
             while true {

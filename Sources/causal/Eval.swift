@@ -20,6 +20,7 @@ struct Eval: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp(AttentionArgument.help)) var attention: AttentionArgument = .causal
     @Flag(name: .long, help: "Score the prompt tokens too.") var trainOnPrompt = false
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+    @Option(name: .long, help: "cpu only for now: eval computes its losses with the training code, which runs on the CPU (cuda is an error; docs/cuda.md).") var device: DeviceArgument = .cpu
     @Option(name: .long, help: "A BERT directory (masked-LM): share of the tokens masked in lines without labels (evaluation masks, seed 0).") var maskRate: Double = 0.15
     @Option(name: .long, help: "A BERT directory (masked-LM): write the logits of every masked position to this file (JSON lines).") var logits: String?
     @Option(name: .long, help: "A LoRA adapter directory (PEFT format, e.g. written by causal train --lora-rank) applied to --model. A --model directory holding adapter_config.json is read as such an adapter over its base model.") var adapter: String?
@@ -28,6 +29,7 @@ struct Eval: ParsableCommand {
         if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
         if let m = maxLength, m < 2 { throw ValidationError("--max-length must be at least 2") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+        if device == .cuda { throw ValidationError("--device cuda: causal eval runs on the CPU only (its losses come from the training code, which has no CUDA backend); use --device cpu") }
         try attention.check(trainOnPrompt: trainOnPrompt)
     }
 

@@ -17,6 +17,7 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var deviceOptions: DeviceOptions
 
     @Flag(name: .long, help: "Treat the prompt as plain text instead of a user message in the chat template.")
     var raw = false
@@ -80,7 +81,9 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            if adapter != nil { try deviceOptions.refuse("LoRA adapters run on the CPU only (--device cpu)") }
             let bundle = try modelOptions.load()
+            try deviceOptions.apply(bundle)
             let lora = try loadAdapter(adapter, for: bundle)
             if let input { return try runBatch(bundle, file: input, adapter: lora) }
             let ids: [Int]

@@ -46,6 +46,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Serve a LoRA adapter (a PEFT directory) beside the base model, selected with \"model\": \"name\" or \"<base>:name\" (repeatable; docs/adapters.md).", valueName: "name=dir"))
     var adapter: [String] = []
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
+    @Option(name: .long, help: ArgumentHelp(DeviceArgument.help)) var device: DeviceArgument = .cpu
 
     func validate() throws {
         if port < 0 || port > 65535 { throw ValidationError("--port must be in 0...65535") }
@@ -61,6 +62,7 @@ struct Serve: AsyncParsableCommand {
         if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
         if let k = apiKey, k.isEmpty { throw ValidationError("--api-key must not be empty") }
         if let e = embeddingModel, e.isEmpty { throw ValidationError("--embedding-model must not be empty (give a directory or 'default')") }
+        if device == .cuda, !adapter.isEmpty { throw ValidationError("--device cuda: LoRA adapters (--adapter) run on the CPU only") }
         for a in adapter {
             do { _ = try ServedAdapter(argument: a) } catch { throw ValidationError("\(error)") }
         }
@@ -76,6 +78,7 @@ struct Serve: AsyncParsableCommand {
             logLevel: Logger.Level(rawValue: logLevel) ?? .info)
         config.prefixCacheBytes = cacheMemory << 20
         config.adapters = try adapter.map { try ServedAdapter(argument: $0) }
+        config.device = device.value
         do {
             try await runServer(config)
         } catch let e as CausalError {

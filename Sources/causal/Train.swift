@@ -56,6 +56,7 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "Also save a checkpoint every N steps.") var saveEvery: Int?
     @Option(name: .long, help: "Evaluate --eval-data every N steps.") var evalEvery: Int?
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
+    @Option(name: .long, help: "cpu only: training runs on the CPU (the CUDA backend covers inference; cuda is an error; docs/cuda.md).") var device: DeviceArgument = .cpu
     @Option(name: .long, help: "Train a LoRA adapter of this rank instead of every weight: the base stays frozen (in its GGUF quantization: QLoRA), --out gets a PEFT adapter (adapter_config.json, adapter_model.safetensors).") var loraRank: Int?
     @Option(name: .long, help: "LoRA alpha (the update is scaled by alpha / rank; default: the rank).") var loraAlpha: Double?
     @Option(name: .long, help: "LoRA dropout on the adapters' input during training.") var loraDropout: Double = 0
@@ -78,6 +79,7 @@ struct Train: ParsableCommand {
         if clip < 0 { throw ValidationError("--clip must not be negative") }
         if let m = maxLength, m < 2 { throw ValidationError("--max-length must be at least 2") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+        if device == .cuda { throw ValidationError("--device cuda: training runs on the CPU only (the CUDA backend covers inference: generate, chat, bench, serve); use --device cpu") }
         if let s = saveEvery, s < 1 { throw ValidationError("--save-every must be at least 1") }
         if let s = evalEvery, s < 1 { throw ValidationError("--eval-every must be at least 1") }
         if evalEvery != nil && evalData == nil { throw ValidationError("--eval-every needs --eval-data") }

@@ -130,7 +130,7 @@ public enum DeviceCheck {
         rows.append(Row(check: "\(name) logits, \(device.rawValue) fp32 vs cpu reference (max rel)", value: String(format: "%.3g", fp32),
                         limit: "1e-4", passed: fp32 <= 1e-4))
         let fast = try logitsDifference(devFast.model, reference: cpuRef.model, prompts: five)
-        rows.append(Row(check: "\(name) logits, \(device.rawValue) fast (bf16 weights) vs cpu reference (max rel)",
+        rows.append(Row(check: "\(name) logits, \(device.rawValue) fast (\(device == .cuda ? "bf16 weights" : "the file's weights")) vs cpu reference (max rel)",
                         value: String(format: "%.3g", fast), limit: "measured", passed: nil))
 
         log("\(name): greedy tokens vs the CPU")
