@@ -15,7 +15,7 @@
 # Then, if python3 has torch with CUDA and transformers, and HF_MODEL names a Hugging Face directory of the first
 # model (e.g. SmolLM2-135M-Instruct), HF `generate` in bf16 at batch 1 and 64 for the speed comparison; else the
 # anchor of issue 16 is printed (HF bf16 on an H100: 12.7 tok/s at batch 1, 2,452 tok/s at batch 256).
-# Environment: CHECK_PROMPTS (64), CHECK_TOKENS (16), CHECK_SEQUENCES (1,8,64,256), HF_MODEL, HF_TOKENS (64).
+# Environment: CHECK_DEVICE (cuda; cpu runs the same checks on the CPU, to try the script), CHECK_PROMPTS (64), CHECK_TOKENS (16), CHECK_SEQUENCES (1,8,64,256), HF_MODEL, HF_TOKENS (64).
 # Exit status: 1 if any check failed (or the binary could not open the GPU: "no CUDA device ..." is printed).
 set -uo pipefail
 if [ $# -lt 1 ]; then echo "usage: $0 CAUSAL_BINARY [MODEL ...]" >&2; exit 2; fi
@@ -38,11 +38,16 @@ for m in "${models[@]}"; do
     first=0
     left=$(( 570 - ($(date +%s) - start) ))
     if [ $left -lt 30 ]; then echo "time budget spent before $m" >&2; status=1; break; fi
-    timeout "$left" "$bin" check-device --device cuda --model "$m" --prompts "${CHECK_PROMPTS:-64}" \
-        --tokens "${CHECK_TOKENS:-16}" --sequences "$seqs" > "$out/table-$(basename "$m").md"
+    table="$out/table-$(basename "$m").md"
+    timeout "$left" "$bin" check-device --device "${CHECK_DEVICE:-cuda}" --model "$m" --prompts "${CHECK_PROMPTS:-64}" \
+        --tokens "${CHECK_TOKENS:-16}" --sequences "$seqs" > "$table"
     rc=$?
     [ $rc -ne 0 ] && status=1
     [ $rc -eq 124 ] && echo "$m: timed out after $left s" >&2
+    if [ $rc -ne 0 ] && ! grep -q FAIL "$table"; then
+        [ -s "$table" ] || printf '| check | value | limit | result |\n|---|---|---|---|\n' > "$table"
+        echo "| $(basename "$m"): check-device exited $rc (its error is above) | | | FAIL |" >> "$table"
+    fi
 done
 
 hf_rows=""

@@ -135,7 +135,6 @@ final class CUDADriver {
     let cuMemcpyHtoDAsync: @convention(c) (CUdeviceptr, UnsafeRawPointer?, Int, CUhandle?) -> CUresult
     let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer?, CUdeviceptr, Int, CUhandle?) -> CUresult
     let cuMemcpyDtoDAsync: @convention(c) (CUdeviceptr, CUdeviceptr, Int, CUhandle?) -> CUresult
-    let cuMemsetD8Async: @convention(c) (CUdeviceptr, UInt8, Int, CUhandle?) -> CUresult
     let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<CUhandle?>, UnsafeRawPointer?) -> CUresult
     let cuModuleGetFunction: @convention(c) (UnsafeMutablePointer<CUhandle?>, CUhandle?, UnsafePointer<CChar>) -> CUresult
     let cuLaunchKernel: @convention(c) (CUhandle?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, CUhandle?,
@@ -169,7 +168,6 @@ final class CUDADriver {
         cuMemcpyHtoDAsync = try lib.symbol("cuMemcpyHtoDAsync_v2")
         cuMemcpyDtoHAsync = try lib.symbol("cuMemcpyDtoHAsync_v2")
         cuMemcpyDtoDAsync = try lib.symbol("cuMemcpyDtoDAsync_v2")
-        cuMemsetD8Async = try lib.symbol("cuMemsetD8Async")
         cuModuleLoadData = try lib.symbol("cuModuleLoadData")
         cuModuleGetFunction = try lib.symbol("cuModuleGetFunction")
         cuLaunchKernel = try lib.symbol("cuLaunchKernel")
