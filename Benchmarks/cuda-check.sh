@@ -59,7 +59,11 @@ if [ -n "${HF_MODEL:-}" ] && python3 -c "import torch, transformers; assert torc
 import sys, time, torch
 from transformers import AutoModelForCausalLM
 path, new = sys.argv[1], int(sys.argv[2])
-model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).cuda().eval()
+try:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+except TypeError:   # transformers before the dtype argument
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16)
+model = model.cuda().eval()
 g = torch.Generator().manual_seed(0)
 for batch in (1, 64):
     ids = torch.randint(1, 5000, (batch, 32), generator=g).cuda()
