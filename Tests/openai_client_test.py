@@ -116,6 +116,7 @@ def main():
 
     check_scoring_and_choices(client, model, args.base_url)
     check_tools_and_structured(client, model)
+    check_completions_response_format(client, model)
 
     if args.embedding_model:
         check_embeddings(client, args.embedding_model, model)
@@ -390,24 +391,107 @@ def check_tools_and_structured(client, model):
     # A named function, streamed: delta.tool_calls chunks add up to the call.
     stream = client.chat.completions.create(model=model, messages=messages, tools=[weather, clock], temperature=0, max_tokens=80,
                                             tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True)
-    name, arguments, finish = "", "", None
+    names, arguments, finish = {}, {}, None
     for chunk in stream:
         for c in chunk.choices:
             for tc in c.delta.tool_calls or []:
-                name += tc.function.name or ""
-                arguments += tc.function.arguments or ""
+                names[tc.index] = names.get(tc.index, "") + (tc.function.name or "")
+                arguments[tc.index] = arguments.get(tc.index, "") + (tc.function.arguments or "")
             finish = c.finish_reason or finish
-    try:
-        sargs = json.loads(arguments)
-    except ValueError:
-        sargs = None
-    check(name == "get_weather" and isinstance(sargs, dict) and set(sargs) == {"city", "unit"} and finish == "tool_calls",
-          f"named tool_choice, streamed: {name} {arguments} ({finish})")
+    sargs = [json_or_none(arguments[i]) for i in sorted(arguments)]
+    check(sorted(names) == [0] and set(names.values()) == {"get_weather"}
+          and all(isinstance(a, dict) and set(a) == {"city", "unit"} for a in sargs) and finish == "tool_calls",
+          f"named tool_choice, streamed: {names} {arguments} ({finish})")
+
+    def valid_call(c):
+        a = json_or_none(c.function.arguments)
+        return c.type == "function" and c.id.startswith("call_") and isinstance(a, dict) and (
+            (c.function.name == "get_weather" and set(a) == {"city", "unit"} and a["unit"] in ("celsius", "fahrenheit"))
+            or (c.function.name == "get_time" and set(a) == {"zone"}))
+
+    # tool_choice required: one call unless parallel_tool_calls is true explicitly (docs/server-api.md, a deviation
+    # from OpenAI), then one or more; with the end token banned (logit_bias) the model must go on where the grammar
+    # lets it, so true gives several calls with distinct ids and runs to max_tokens (content stays null).
+    import urllib.request
+    root = str(client.base_url).rstrip("/")
+    root = root[: -len("/v1")] if root.endswith("/v1") else root
+    with urllib.request.urlopen(root + "/tokenizer_info", timeout=60) as info:
+        eos = json.load(info)["eos_token_id"]
+    for parallel in (False, None, True):
+        extra = {} if parallel is None else {"parallel_tool_calls": parallel}
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Weather in Paris and in Rome?"}],
+                                           tools=[weather, clock], tool_choice="required", temperature=0, max_tokens=100,
+                                           logit_bias={str(eos): -100}, **extra)
+        calls = r.choices[0].message.tool_calls or []
+        ok = r.choices[0].message.content is None and (
+            len(calls) == 1 and r.choices[0].finish_reason == "tool_calls" if not parallel else
+            len(calls) >= 2 and len({c.id for c in calls}) == len(calls) and r.choices[0].finish_reason == "length")
+        check(ok and all(valid_call(c) for c in calls),
+              f"parallel_tool_calls={parallel}: {len(calls)} call(s) {[c.function.name for c in calls]} ({r.choices[0].finish_reason})")
+
+    # n = 2 with tools: each choice has its own call and finish_reason; streamed, each under its index.
+    kw = dict(model=model, messages=[{"role": "user", "content": "Weather or time in Tokyo?"}], tools=[weather, clock],
+              tool_choice="required", parallel_tool_calls=False, temperature=1, seed=3, max_tokens=80, n=2)
+    r = client.chat.completions.create(**kw)
+    check(len(r.choices) == 2 and all(c.finish_reason == "tool_calls" and len(c.message.tool_calls or []) == 1
+                                      and valid_call(c.message.tool_calls[0]) for c in r.choices),
+          f"n=2 with tools: {[(c.finish_reason, [(t.function.name, t.function.arguments) for t in c.message.tool_calls or []]) for c in r.choices]}")
+    got = {}
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            for tc in c.delta.tool_calls or []:
+                got[c.index] = got.get(c.index, "") + (tc.function.name or "") + (tc.function.arguments or "")
+    want = {i: c.message.tool_calls[0].function.name + c.message.tool_calls[0].function.arguments
+            for i, c in enumerate(r.choices) if c.message.tool_calls}
+    check(got == want, f"n=2 with tools, streamed: {got}")
 
     # tool_choice none: a plain answer.
     r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": FRANCE}], tools=[weather],
                                        tool_choice="none", temperature=0)
     check(r.choices[0].message.content == ANSWER and not r.choices[0].message.tool_calls, f"tool_choice none: {r.choices[0].message.content!r}")
+
+
+def json_or_none(text):
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_completions_response_format(client, model):
+    """`response_format` on /v1/completions (an extra field for the client): JSON valid against the schema, with n = 2
+    and streaming; a bad schema is a 400."""
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+
+    def valid(t):
+        o = json_or_none(t)
+        return isinstance(o, dict) and set(o) == {"name", "age"} and isinstance(o["name"], str) and isinstance(o["age"], int)
+
+    r = client.completions.create(model=model, prompt="Ann is 31 years old. Her record as JSON:", temperature=1, seed=5,
+                                  max_tokens=60, n=2, extra_body={"response_format": rf})
+    texts = [c.text for c in r.choices]
+    check(len(texts) == 2 and all(valid(t) and c.finish_reason == "stop" for t, c in zip(texts, r.choices)),
+          f"completions response_format json_schema, n=2: {texts}")
+    got = {}
+    for chunk in client.completions.create(model=model, prompt="Ann is 31 years old. Her record as JSON:", temperature=1, seed=5,
+                                           max_tokens=60, n=2, stream=True, extra_body={"response_format": rf}):
+        for c in chunk.choices:
+            got[c.index] = got.get(c.index, "") + c.text
+    check(got == {0: texts[0], 1: texts[1]}, f"completions response_format streamed: {got}")
+    r = client.completions.create(model=model, prompt="A JSON object:", temperature=0, max_tokens=60,
+                                  extra_body={"response_format": {"type": "json_object"}})
+    check(isinstance(json_or_none(r.choices[0].text), dict) and r.choices[0].finish_reason == "stop"
+          or r.choices[0].finish_reason == "length" and r.choices[0].text.startswith("{"),
+          f"completions response_format json_object: {r.choices[0].text!r} ({r.choices[0].finish_reason})")
+    try:
+        client.completions.create(model=model, prompt="x", max_tokens=5,
+                                  extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}})
+        check(False, "completions response_format with a bad schema -> 400")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.body.get("param") == "response_format.json_schema.schema",
+              f"completions response_format with a bad schema -> 400: {e.body.get('message', '')[:100]}")
 
 
 if __name__ == "__main__":

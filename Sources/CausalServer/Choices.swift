@@ -178,7 +178,8 @@ extension OpenAIService {
         let count = req.prompts.count * req.bestOf
         let start = bundle.isEncoderDecoder ? 1 : 0
         context.info.set(prompt: req.prompts.reduce(0) { $0 + $1.count + start })
-        let builder = ResponseBuilder(endpoint: endpoint, model: req.model, tokenizer: try bundle.tokenizer)
+        var builder = ResponseBuilder(endpoint: endpoint, model: req.model, tokenizer: try bundle.tokenizer)
+        builder.tools = req.tools   // chat with tools: each choice's calls are parsed on their own (Tools.swift)
         watch.onDisconnect(submitted.cancel)
         if req.stream {
             handedToStream = true
@@ -266,6 +267,15 @@ extension OpenAIService {
             var remaining = req.prompts.count * perPrompt
             var completion = 0
             var failed = false
+            // Chat with tools: one parser per choice; its chunks get the choice's index.
+            var toolStreams: [Int: ToolCallStream] = [:]
+            func toolStream(_ k: Int) -> ToolCallStream? {
+                guard let options = req.tools else { return nil }
+                if let t = toolStreams[k] { return t }
+                let t = ToolCallStream(builder: builder, options: options, usageNull: usageNull)
+                toolStreams[k] = t
+                return t
+            }
             for await (k, ev) in events {
                 switch ev {
                 case .token:
@@ -273,6 +283,10 @@ extension OpenAIService {
                 case .logprob:
                     break   // several choices: each choice's logprobs come whole with its finish chunk
                 case let .text(_, delta):
+                    if let ts = toolStream(k) {
+                        for c in ts.feed(delta) { try await send(c.withChoiceIndex(k)) }
+                        break
+                    }
                     try await send(builder.chunk(text: delta, withUsageNull: usageNull).withChoiceIndex(k))
                 case let .finished(_, result, timings):
                     remaining -= 1
@@ -294,7 +308,7 @@ extension OpenAIService {
                         }
                         var last = builder.chunk(text: builder.endpoint == .chat ? nil : "", finish: result.finishReason, withUsageNull: usageNull)
                         last = last.withChoiceIndex(k).replacingInChoice("logprobs", with: lp)
-                        try await send(last)
+                        for c in toolStream(k)?.finish(last, result.finishReason) ?? [last] { try await send(c.withChoiceIndex(k)) }
                     }
                 case let .failed(message):
                     if !failed {

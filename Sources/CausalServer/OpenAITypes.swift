@@ -262,11 +262,20 @@ struct RequestParser {
 
         // unsupported features that would silently change the meaning
         if endpoint == .completion {
-            for key in ["tools", "tool_choice", "response_format", "functions"] where f.has(key) {
+            for key in ["tools", "tool_choice", "functions"] where f.has(key) {
                 throw APIError.unsupported("'\(key)' is supported on /v1/chat/completions only.", param: key)
             }
         }
-        p.constraint = chat?.constraint
+        switch endpoint {
+        case .chat:
+            p.constraint = chat?.constraint
+            // At most one call under `tool_choice: auto`: the answer ends with the first call's closing tag (held
+            // back from the text; the parser takes the open block as the call).
+            if let t = chat?.tools, !t.parallel, t.choice == .auto { p.stop.append(ToolCallFormat.close) }
+        case .completion:
+            // Structured output on completions, as on chat (Tools.swift).
+            if f.has("response_format") { p.constraint = try parseResponseFormat(f, try Self.orderedObject(body)) }
+        }
 
         // streaming
         let stream = try f.bool("stream") ?? false
@@ -293,6 +302,14 @@ struct RequestParser {
         r.wantsLogprobs = wantsLogprobs
         r.tools = chat?.tools
         return r
+    }
+
+    /// The body parsed again keeping object keys in order (schemas list properties in the order they are generated).
+    static func orderedObject(_ body: ByteBuffer) throws -> HFJSONObject {
+        guard let o = try? HFJSON.parse(Data(body.readableBytesView)).objectValue else {
+            throw APIError.invalid("We could not parse the JSON body of your request.", code: "invalid_json")
+        }
+        return o
     }
 
     /// The JSON object of a request body (400 for an empty body, invalid JSON or another JSON value).

@@ -20,8 +20,15 @@ struct ChatToolOptions: Sendable {
     /// Text the answer is forced to start with (the opening of a call, for `required` and a named function); the output
     /// parsed for calls is this text followed by the generated text.
     var assistantPrefix: String
+    /// Whether several calls may come in one answer. Under `auto`: `parallel_tool_calls` (default true; false: generation
+    /// stops at the first call's closing tag). Forced (`required`, named): true only for `required` with
+    /// `parallel_tool_calls: true` given explicitly (the grammar then allows one or more calls); else exactly one call.
+    var parallel = true
 
     var names: Set<String> { Set(tools.map(\.name)) }
+    /// The answer is forced to be calls (`required` or a named function): it holds no text of its own, so content is
+    /// always null and an unfinished last call (cut by `max_tokens`) is dropped rather than shown as text.
+    var forced: Bool { !assistantPrefix.isEmpty }
 }
 
 /// A parsed chat request's prompt, tool options (nil: no tool calls are read from the output) and constraint.
@@ -71,22 +78,17 @@ extension RequestParser {
         }
         // The body again, keeping object keys in order: schemas list properties in the order they are generated, and
         // templates print the tools as given.
-        var ordered = HFJSONObject()
-        if f.has("tools") || f.has("response_format") {
-            guard let o = try? HFJSON.parse(Data(body.readableBytesView)).objectValue else {
-                throw APIError.invalid("We could not parse the JSON body of your request.", code: "invalid_json")
-            }
-            ordered = o
-        }
+        let ordered = f.has("tools") || f.has("response_format") ? try Self.orderedObject(body) : HFJSONObject()
         let tools = try parseTools(f, ordered)
         let choice = try parseToolChoice(f, tools: tools)
+        let parallelGiven = try f.bool("parallel_tool_calls")
         var constraint = try parseResponseFormat(f, ordered)
         let tokenizer = try bundle.tokenizer
 
         var options: ChatToolOptions? = nil
         var offered: [ChatTool] = []
         if !tools.isEmpty && choice != .none {
-            var o = ChatToolOptions(tools: tools, choice: choice, assistantPrefix: "")
+            var o = ChatToolOptions(tools: tools, choice: choice, assistantPrefix: "", parallel: parallelGiven ?? true)
             offered = tools
             switch choice {
             case .required, .function:
@@ -101,9 +103,13 @@ extension RequestParser {
                     forced = Array(tools.enumerated())
                 }
                 let schema = ToolCallFormat.callSchema(forced.map(\.1))
+                // A named function: exactly one call (as vLLM does). `required`: one call unless the request asks for
+                // parallel calls explicitly; small models rarely end after a closing tag when another block is allowed.
+                let parallel = choice == .required && parallelGiven == true
+                o.parallel = parallel
                 do {
-                    constraint = try ConstraintCache.shared.get("\(ObjectIdentifier(bundle))|call|\(schema)") {
-                        try GrammarConstraint.jsonSchema(schema, tokenizer: tokenizer)
+                    constraint = try ConstraintCache.shared.get("\(ObjectIdentifier(bundle))|call|\(parallel)|\(schema)") {
+                        try GrammarConstraint(grammar: ToolCallFormat.callGrammar(forced.map(\.1), parallel: parallel), tokenizer: tokenizer)
                     }
                 } catch {
                     // Name the tool whose parameters failed (the schema path says where).
@@ -340,6 +346,14 @@ extension ResponseBuilder {
             return (.object([("role", .string("assistant")), ("content", .string(r.text)), ("refusal", .null)]), reason)
         }
         let parsed = ToolCallParser.parse(tools.assistantPrefix + r.text, names: tools.names)
+        if tools.forced {
+            // Only calls were allowed: what is not a complete call is an unfinished last call cut by max_tokens.
+            var fields: [(String, JSONValue)] = [("role", .string("assistant")), ("content", .null), ("refusal", .null)]
+            if !parsed.calls.isEmpty {
+                fields.append(("tool_calls", .array(parsed.calls.map { Self.toolCall(name: $0.name, arguments: $0.arguments, index: nil) })))
+            }
+            return (.object(fields), !parsed.calls.isEmpty && r.finishReason == .stop ? "tool_calls" : reason)
+        }
         guard !parsed.calls.isEmpty else {
             return (.object([("role", .string("assistant")), ("content", .string(parsed.content)), ("refusal", .null)]), reason)
         }
@@ -365,6 +379,8 @@ extension ResponseBuilder {
 final class ToolCallStream {
     let builder: ResponseBuilder
     let usageNull: Bool
+    /// A forced answer (`ChatToolOptions.forced`): no text is sent, only calls.
+    let forced: Bool
     private var parser: ToolCallParser
     private var calls = 0
     private var pendingText = ""
@@ -372,6 +388,7 @@ final class ToolCallStream {
     init(builder: ResponseBuilder, options: ChatToolOptions, usageNull: Bool) {
         self.builder = builder
         self.usageNull = usageNull
+        forced = options.forced
         parser = ToolCallParser(names: options.names)
         // The forced opening of a call is held back by the parser until the call is complete: no chunk comes of it.
         _ = parser.feed(options.assistantPrefix)
@@ -384,7 +401,7 @@ final class ToolCallStream {
     /// `tool_calls` when calls were made and the sequence stopped by itself.
     func finish(_ last: JSONValue, _ reason: FinishReason) -> [JSONValue] {
         var out = chunks(parser.finish())
-        if !pendingText.isEmpty && calls == 0 { out.append(builder.chunk(text: pendingText, withUsageNull: usageNull)) }
+        if !pendingText.isEmpty && calls == 0 && !forced { out.append(builder.chunk(text: pendingText, withUsageNull: usageNull)) }
         pendingText = ""
         out.append(calls > 0 && reason == .stop ? Self.withFinishReason(last, "tool_calls") : last)
         return out
@@ -394,6 +411,8 @@ final class ToolCallStream {
         var out: [JSONValue] = []
         for e in events {
             switch e {
+            case .text where forced:
+                continue   // between calls, or an unfinished last call
             case let .text(s):
                 // Whitespace next to a call is held back: content is only what the model said besides its calls.
                 if s.allSatisfy(\.isWhitespace) { pendingText += s; continue }
