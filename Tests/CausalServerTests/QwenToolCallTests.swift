@@ -10,8 +10,6 @@ import XCTest
 /// as the call, whole and streamed. Runs only when the model is already in the cache (`causal pull
 /// qwen2.5-coder-0.5b-instruct`); skipped otherwise, so CI does not download it.
 final class QwenToolCallTests: XCTestCase {
-    static let toolsText = #"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"], "additionalProperties": false}}}, {"type": "function", "function": {"name": "get_time", "description": "Get the local time in a time zone.", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 30}}, "required": ["zone"]}}}]"#
-
     func testQwenCoderFencedJSONIsReadAsACall() async throws {
         guard let entry = ModelRegistry.model(named: "qwen2.5-coder-0.5b-instruct"), let path = ModelRegistry.cachedPath(of: entry) else {
             throw XCTSkip("qwen2.5-coder-0.5b-instruct is not in the model cache (causal pull qwen2.5-coder-0.5b-instruct)")
@@ -23,11 +21,11 @@ final class QwenToolCallTests: XCTestCase {
         // Swift dictionary serialized by JSONSerialization changes its key order from one process to the next, and
         // with it what the model writes).
         let body = #"{"model": "\#(service.modelID)", "messages": [{"role": "user", "content": "What is the weather in Paris?"}], "temperature": 0, "max_tokens": 60, "tools": "#
-            + Self.toolsText
+            + ToolsTests.toolsText
         // What the model writes (tools rendered by its template, nothing forced): a fenced JSON call.
         let raw = try bundle.makeGenerator().generate([SequenceRequest(
             prompt: try bundle.chatPromptIDs(turns: [ChatTurn(role: "user", content: "What is the weather in Paris?")],
-                                            tools: try XCTUnwrap(HFJSON.parse(Data(Self.toolsText.utf8)).arrayValue).map { try ChatTool(json: $0) }),
+                                            tools: try XCTUnwrap(HFJSON.parse(Data(ToolsTests.toolsText.utf8)).arrayValue).map { try ChatTool(json: $0) }),
             parameters: GenerateParameters(maxNewTokens: 60))])[0].text
         XCTAssertTrue(raw.hasPrefix("```json\n{"), raw)
         try await buildApplication(service: service).test(.router) { client in

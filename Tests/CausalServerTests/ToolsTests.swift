@@ -31,6 +31,11 @@ final class ToolsTests: XCTestCase {
         ] as [String: Any],
     ]
 
+    /// `weatherTool` and `timeTool` as fixed JSON text. Templates print the tools as given, so their key order is part of
+    /// the prompt, and a Swift dictionary serialized by JSONSerialization changes its key order from one process to the
+    /// next: tests whose assertions depend on what the model writes send this text.
+    static let toolsText = #"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"], "additionalProperties": false}}}, {"type": "function", "function": {"name": "get_time", "description": "Get the local time in a time zone.", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 30}}, "required": ["zone"]}}}]"#
+
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
 
@@ -417,10 +422,9 @@ final class ToolsTests: XCTestCase {
     func testParallelToolCallsWithAForcedCall() async throws {
         let eos = try XCTUnwrap(Shared.bundle.tokenizer.eosTokenID)
         try await app.test(.router) { client in
-            let toolData = try JSONSerialization.data(withJSONObject: [Self.weatherTool, Self.timeTool])
             func body(_ extra: String, choice: String = #""required""#) -> String {
                 #"{"model": "\#(self.model)", "messages": [{"role": "user", "content": "What is the weather in Paris and in London?"}], "tool_choice": \#(choice), "temperature": 0, "max_tokens": 100, "logit_bias": {"\#(eos)": -100}, "tools": "#
-                    + String(decoding: toolData, as: UTF8.self) + extra + "}"
+                    + Self.toolsText + extra + "}"
             }
             let single = try await client.post("/v1/chat/completions", raw: body(#", "parallel_tool_calls": false"#))
             XCTAssertEqual(single.status, .ok, single.text)
@@ -515,10 +519,9 @@ final class ToolsTests: XCTestCase {
     /// is the single request with seed + j, and the stream gives each choice's calls under its index.
     func testToolCallsWithSeveralChoices() async throws {
         try await app.test(.router) { client in
-            let toolData = try JSONSerialization.data(withJSONObject: [Self.weatherTool, Self.timeTool])
             func body(_ extra: String) -> String {
                 #"{"model": "\#(self.model)", "messages": [{"role": "user", "content": "Weather or time in Tokyo?"}], "tool_choice": "required", "parallel_tool_calls": false, "temperature": 1, "max_tokens": 60, "tools": "#
-                    + String(decoding: toolData, as: UTF8.self) + extra + "}"
+                    + Self.toolsText + extra + "}"
             }
             let r = try await client.post("/v1/chat/completions", raw: body(#", "n": 3, "seed": 11"#))
             XCTAssertEqual(r.status, .ok, r.text)
