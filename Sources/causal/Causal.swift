@@ -7,7 +7,7 @@ struct Causal: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "causal",
         abstract: "Run transformer language models: generation, chat, tokenization.",
-        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self, Bench.self, Embed.self, Serve.self, Train.self, Export.self, Eval.self, Score.self, Pull.self, Models.self, CheckDevice.self])
+        subcommands: [Generate.self, Chat.self, Tokenize.self, Detokenize.self, Info.self, Bench.self, Embed.self, Serve.self, Train.self, Export.self, Eval.self, Score.self, Pull.self, Models.self, Analyze.self, CheckDevice.self])
 }
 
 /// Options shared by every command that loads a model.
