@@ -196,6 +196,16 @@ def build_mlm(verses, train_idx, eval_idx, out, n_eval, rate=0.15):
     trainer = trainers.WordPieceTrainer(vocab_size=2048, special_tokens=MLM_SPECIALS, show_progress=False,
                                         continuing_subword_prefix="##")
     tok.train_from_iterator([verses[i] for i in train_idx], trainer=trainer)
+    # The trainer numbers its initial alphabet in hash-map order, which changes from run to run; WordPiece's greedy
+    # longest match does not depend on the ids, so renumber: the specials, then every other token sorted by its string.
+    learnt = tok.get_vocab()
+    order = MLM_SPECIALS + sorted(t for t in learnt if t not in MLM_SPECIALS)
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(order)}, unk_token="[UNK]",
+                                     max_input_chars_per_word=100, continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(MLM_SPECIALS)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
