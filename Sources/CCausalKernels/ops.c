@@ -4,6 +4,16 @@
 #include <math.h>
 
 #include "exp_impl.h"
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+void ck_keep_heap(void) {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);   // glibc's largest threshold
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
 
 void ck_rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) {
     double ss = 0.0;

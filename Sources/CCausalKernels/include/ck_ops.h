@@ -43,6 +43,10 @@ void ck_silu_mul(float *g, const float *u, int64_t n);
 /// x[i] += y[i].
 void ck_add(float *x, const float *y, int64_t n);
 
+/// glibc only (else nothing): blocks under 32 MiB come from the heap and freed memory stays there, so that buffers
+/// allocated and freed every training step are not mapped, page-faulted and zero-filled anew each time.
+void ck_keep_heap(void);
+
 /// In-place softmax over n elements.
 void ck_softmax(float *x, int64_t n);
 

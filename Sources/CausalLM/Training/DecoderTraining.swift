@@ -77,11 +77,12 @@ final class DecoderLayerActivations {
 
     init(input: FloatBuffer, n: Int, C: Int, qDim: Int, kvDim: Int, H: Int, F: Int) {
         self.input = input
-        attnRstd = FloatBuffer(n); attnIn = FloatBuffer(n * C)
-        q = FloatBuffer(n * qDim); k = FloatBuffer(n * kvDim); v = FloatBuffer(n * kvDim)
-        attn = FloatBuffer(n * qDim); lse = FloatBuffer(n * H)
-        mid = FloatBuffer(n * C); mlpRstd = FloatBuffer(n); mlpIn = FloatBuffer(n * C)
-        gate = FloatBuffer(n * F); up = FloatBuffer(n * F); hidden = FloatBuffer(n * F)
+        // Every buffer is written whole by the forward before it is read (norms, products, attention).
+        attnRstd = FloatBuffer(n, zeroed: false); attnIn = FloatBuffer(n * C, zeroed: false)
+        q = FloatBuffer(n * qDim, zeroed: false); k = FloatBuffer(n * kvDim, zeroed: false); v = FloatBuffer(n * kvDim, zeroed: false)
+        attn = FloatBuffer(n * qDim, zeroed: false); lse = FloatBuffer(n * H, zeroed: false)
+        mid = FloatBuffer(n * C, zeroed: false); mlpRstd = FloatBuffer(n, zeroed: false); mlpIn = FloatBuffer(n * C, zeroed: false)
+        gate = FloatBuffer(n * F, zeroed: false); up = FloatBuffer(n * F, zeroed: false); hidden = FloatBuffer(n * F, zeroed: false)
     }
 }
 
@@ -112,8 +113,12 @@ public final class DecoderTrainer {
     public let gradients: any FlatParameters
     public var attention: AttentionMask
     public let pool: ThreadPool
-    /// Scored rows per head/loss chunk (bounds the logits scratch to chunk × V floats).
-    public var headChunk = 64
+    /// Scored rows per head/loss chunk (bounds the logits scratch to chunk × V floats). nil: as many as fit 128 MiB
+    /// of logits (at least 64, at most 512): each chunk streams the whole output matrix twice (logits and the input
+    /// gradient), 113 MB for SmolLM2 and 545 MB for Qwen2.5 in fp32, so fewer chunks read less memory. A row's
+    /// logits, loss and input gradient do not depend on the chunk.
+    public var headChunk: Int? = nil
+    var headRows: Int { headChunk.map { max(1, $0) } ?? min(512, max(64, (128 << 20) / (4 * max(config.vocabularySize, 1)))) }
     /// As torch's `nn.Embedding(padding_idx:)`, which Hugging Face's LLaMA builds with `config.pad_token_id`: the
     /// embedding lookup adds no gradient to this token's row (a tied output head still does). nil: every row learns.
     public var paddingTokenID: Int?
@@ -134,6 +139,7 @@ public final class DecoderTrainer {
 
     /// Full fine-tuning of `parameters`.
     public init(parameters: DecoderParameters, attention: AttentionMask = .causal, pool: ThreadPool = .shared) {
+        _ = TrainingOps.keepHeap
         let P = parameters, G = parameters.zerosLike(), cfg = parameters.config
         self.config = cfg; self.parameters = P; self.base = nil; self.adapter = nil; self.gradients = G
         self.attention = attention; self.pool = pool
@@ -168,6 +174,7 @@ public final class DecoderTrainer {
     /// LoRA (QLoRA when `base` is quantized): `base` stays frozen, only `adapter`'s factors train. Without an
     /// adapter, the frozen base alone (for `loss` and `evaluate`; nothing trains).
     public init(base: DecoderModel, adapter: LoRAAdapter?, attention: AttentionMask = .causal, pool: ThreadPool? = nil) throws {
+        _ = TrainingOps.keepHeap
         if let adapter, adapter.model != base.config {
             throw CausalError.invalidArgument("the LoRA adapter is shaped for a different model configuration than the base (\(base.config.architecture))")
         }
@@ -322,7 +329,7 @@ public final class DecoderTrainer {
             x = out
         }
         let rstd = FloatBuffer(n), out = FloatBuffer(n * C)
-        TrainingOps.rmsnormForward(x: x.p, weight: finalNorm.p, out: out.p, rstd: rstd.p, rows: n, dim: C, eps: Float(cfg.rmsNormEps))
+        TrainingOps.rmsnormForward(x: x.p, weight: finalNorm.p, out: out.p, rstd: rstd.p, rows: n, dim: C, eps: Float(cfg.rmsNormEps), pool: pool)
         return (saved, FinalActivations(input: x, rstd: rstd, out: out))
     }
 
@@ -336,15 +343,15 @@ public final class DecoderTrainer {
         let a = DecoderLayerActivations(input: x, n: n, C: C, qDim: qDim, kvDim: kvDim, H: H, F: F)
 
         // Attention block.
-        TrainingOps.rmsnormForward(x: x.p, weight: w.attnNorm.p, out: a.attnIn.p, rstd: a.attnRstd.p, rows: n, dim: C, eps: eps)
+        TrainingOps.rmsnormForward(x: x.p, weight: w.attnNorm.p, out: a.attnIn.p, rstd: a.attnRstd.p, rows: n, dim: C, eps: eps, pool: pool)
         linearForward(w.q, a.attnIn.p, n, a.q.p, l, b, a)
         linearForward(w.k, a.attnIn.p, n, a.k.p, l, b, a)
         linearForward(w.v, a.attnIn.p, n, a.v.p, l, b, a)
         if let qn = w.qNorm, let kn = w.kNorm {
             let qPre = FloatBuffer(n * qDim), kPre = FloatBuffer(n * kvDim), qr = FloatBuffer(n * H), kr = FloatBuffer(n * Hkv)
             qPre.p.update(from: a.q.p, count: n * qDim); kPre.p.update(from: a.k.p, count: n * kvDim)
-            TrainingOps.rmsnormForward(x: qPre.p, weight: qn.p, out: a.q.p, rstd: qr.p, rows: n * H, dim: D, eps: eps)
-            TrainingOps.rmsnormForward(x: kPre.p, weight: kn.p, out: a.k.p, rstd: kr.p, rows: n * Hkv, dim: D, eps: eps)
+            TrainingOps.rmsnormForward(x: qPre.p, weight: qn.p, out: a.q.p, rstd: qr.p, rows: n * H, dim: D, eps: eps, pool: pool)
+            TrainingOps.rmsnormForward(x: kPre.p, weight: kn.p, out: a.k.p, rstd: kr.p, rows: n * Hkv, dim: D, eps: eps, pool: pool)
             a.qPre = qPre; a.qRstd = qr; a.kPre = kPre; a.kRstd = kr
         }
         let rt = b.rope[b.ropeOfLayer[l]]
@@ -356,13 +363,13 @@ public final class DecoderTrainer {
         if let pn = w.postAttnNorm {
             let pre = FloatBuffer(n * C), r = FloatBuffer(n)
             pre.p.update(from: a.mid.p, count: n * C)
-            TrainingOps.rmsnormForward(x: pre.p, weight: pn.p, out: a.mid.p, rstd: r.p, rows: n, dim: C, eps: eps)
+            TrainingOps.rmsnormForward(x: pre.p, weight: pn.p, out: a.mid.p, rstd: r.p, rows: n, dim: C, eps: eps, pool: pool)
             a.oPre = pre; a.oRstd = r
         }
-        ck_add(a.mid.p, x.p, Int64(n * C))
+        TrainingOps.add(a.mid.p, x.p, count: n * C, pool: pool)
 
         // MLP block.
-        TrainingOps.rmsnormForward(x: a.mid.p, weight: w.mlpNorm.p, out: a.mlpIn.p, rstd: a.mlpRstd.p, rows: n, dim: C, eps: eps)
+        TrainingOps.rmsnormForward(x: a.mid.p, weight: w.mlpNorm.p, out: a.mlpIn.p, rstd: a.mlpRstd.p, rows: n, dim: C, eps: eps, pool: pool)
         linearForward(w.gate, a.mlpIn.p, n, a.gate.p, l, b, a)
         linearForward(w.up, a.mlpIn.p, n, a.up.p, l, b, a)
         switch cfg.activation {
@@ -373,15 +380,15 @@ public final class DecoderTrainer {
             ck_gelu_tanh(a.hidden.p, Int64(n * F))
             ck_mul(a.hidden.p, a.up.p, Int64(n * F))
         }
-        let out = FloatBuffer(n * C)
+        let out = FloatBuffer(n * C, zeroed: false)
         linearForward(w.down, a.hidden.p, n, out.p, l, b, a)
         if let pn = w.postMlpNorm {
             let pre = FloatBuffer(n * C), r = FloatBuffer(n)
             pre.p.update(from: out.p, count: n * C)
-            TrainingOps.rmsnormForward(x: pre.p, weight: pn.p, out: out.p, rstd: r.p, rows: n, dim: C, eps: eps)
+            TrainingOps.rmsnormForward(x: pre.p, weight: pn.p, out: out.p, rstd: r.p, rows: n, dim: C, eps: eps, pool: pool)
             a.downPre = pre; a.downRstd = r
         }
-        ck_add(out.p, a.mid.p, Int64(n * C))
+        TrainingOps.add(out.p, a.mid.p, count: n * C, pool: pool)
         return (a, out)
     }
 
@@ -392,10 +399,12 @@ public final class DecoderTrainer {
         cos.withUnsafeBufferPointer { c in
             sin.withUnsafeBufferPointer { s in
                 let cp = c.baseAddress!, sp = s.baseAddress!
-                for r in 0..<rows {
-                    switch cfg.ropeStyle {
-                    case .adjacent: ck_rope_adjacent(x + r * width, Int64(heads), Int64(D), Int64(cfg.ropeDim), cp + r * half, sp + r * half)
-                    case .half: ck_rope_half(x + r * width, Int64(heads), Int64(D), Int64(cfg.ropeDim), cp + r * half, sp + r * half)
+                TrainingOps.rowChunks(rows, width, pool) { r0, r1 in
+                    for r in r0..<r1 {
+                        switch cfg.ropeStyle {
+                        case .adjacent: ck_rope_adjacent(x + r * width, Int64(heads), Int64(D), Int64(cfg.ropeDim), cp + r * half, sp + r * half)
+                        case .half: ck_rope_half(x + r * width, Int64(heads), Int64(D), Int64(cfg.ropeDim), cp + r * half, sp + r * half)
+                        }
                     }
                 }
             }
@@ -449,7 +458,7 @@ public final class DecoderTrainer {
         var losses = [SequenceLoss](repeating: SequenceLoss(), count: b.sequences.count)
         let scoredRows = (0..<b.n).filter { b.targets[$0] != ignoredLabel }
         guard !scoredRows.isEmpty else { return BatchLoss(sequences: losses) }
-        let chunk = max(1, headChunk), most = min(chunk, scoredRows.count)
+        let chunk = headRows, most = min(chunk, scoredRows.count)
         let xs = FloatBuffer(most * C), logits = FloatBuffer(most * V), dxs = FloatBuffer(most * C)
         let softcap = cfg.finalLogitSoftcap.map { Float($0) }
         let tanhs = softcap.map { _ in FloatBuffer(most * V) }
@@ -544,6 +553,10 @@ public final class DecoderTrainer {
     /// dx += the RMSNorm's input gradient; its weight gradient when it trains.
     private func normBackward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, _ w: TrainVector, rstd: UnsafePointer<Float>,
                               dx: UnsafeMutablePointer<Float>, rows: Int, dim: Int, _ s: BackwardScratch) {
+        if w.d == nil {
+            TrainingOps.rmsnormBackwardInput(dOut: dy, x: x, weight: w.p, rstd: rstd, dx: dx, rows: rows, dim: dim, pool: pool)
+            return
+        }
         TrainingOps.rmsnormBackward(dOut: dy, x: x, weight: w.p, rstd: rstd, dx: dx, dWeight: w.d ?? s.normScratch.p,
                                     rows: rows, dim: dim)
     }

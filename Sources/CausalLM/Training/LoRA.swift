@@ -190,11 +190,17 @@ public final class LoRAAdapter: FlatParameters, @unchecked Sendable {
                       keepingT kept: UnsafeMutablePointer<Float>? = nil) {
         guard rows > 0 else { return }
         let t = kept ?? UnsafeMutablePointer<Float>.allocate(capacity: rows * s.rank)
-        let u = UnsafeMutablePointer<Float>.allocate(capacity: rows * s.outDim)
-        defer { if kept == nil { t.deallocate() }; u.deallocate() }
+        defer { if kept == nil { t.deallocate() } }
         TrainingOps.linearForward(x: x, weight: a(s), rows: rows, inDim: s.inDim, outDim: s.rank, out: t, pool: pool)
-        TrainingOps.linearForward(x: t, weight: b(s), rows: rows, inDim: s.rank, outDim: s.outDim, out: u, pool: pool)
-        ck_train_scale(u, Int64(rows * s.outDim), config.scale)
-        ck_add(y, u, Int64(rows * s.outDim))
+        // y += t·(s·B)ᵀ as one accumulating product over the rank (K = r): each (row, column) sums its r terms in
+        // order and adds the sum to y once, in parallel, with no (rows, outDim) temporary. (A dot-product kernel
+        // with K = 16 spends more on its reduction than on the products, and the separate scale and add were two
+        // more passes over the output on one thread: about 8% of a LoRA step.)
+        let r = s.rank, out = s.outDim, bp = b(s), scale = config.scale
+        let st = UnsafeMutablePointer<Float>.allocate(capacity: r * out)
+        defer { st.deallocate() }
+        for o in 0..<out { for j in 0..<r { st[j * out + o] = scale * bp[o * r + j] } }
+        TrainingOps.gemm(M: rows, N: out, K: r, A: t, aRow: r, aCol: 1, B: st, ldb: out, C: y, ldc: out,
+                         accumulate: true, pool: pool)
     }
 }

@@ -12,10 +12,12 @@ import CCausalKernels
 final class FloatBuffer {
     let p: UnsafeMutablePointer<Float>
     let count: Int
-    init(_ count: Int) {
+    /// `zeroed: false` leaves the values undefined, for a buffer its first user overwrites entirely (the saved
+    /// activations: a norm's, a product's or attention's output), which spares a pass over memory per buffer.
+    init(_ count: Int, zeroed: Bool = true) {
         self.count = count
         p = .allocate(capacity: max(count, 1))
-        p.initialize(repeating: 0, count: max(count, 1))
+        if zeroed { p.initialize(repeating: 0, count: max(count, 1)) }
     }
     func zero() { p.update(repeating: 0, count: count) }
     deinit { p.deallocate() }
@@ -44,6 +46,12 @@ extension AttentionMask {
 }
 
 public enum TrainingOps {
+    /// Keeps freed training buffers in the process's heap (glibc only): a step allocates and frees the same
+    /// activation buffers (megabytes each) every time, and glibc otherwise maps each anew and gives it back, so that
+    /// every step page-faults and zero-fills them again (about 2% of a LoRA step, on the main thread). Process-wide;
+    /// called once by the trainers.
+    static let keepHeap: Void = ck_keep_heap()
+
     // MARK: Matrix products
 
     /// C (M×N) = [C +] A·B, A[i][k] at A[i*aRow + k*aCol], B row-major with row length ldb, C with ldc; split across
@@ -124,10 +132,31 @@ public enum TrainingOps {
 
     // MARK: RMSNorm
 
-    /// out = x / sqrt(mean(x²) + eps) * weight per row; saves the reciprocal root per row in `rstd`.
+    /// out = x / sqrt(mean(x²) + eps) * weight per row; saves the reciprocal root per row in `rstd`. With a pool,
+    /// rows are split across it (each row's arithmetic is the same either way).
     public static func rmsnormForward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
-                                      rstd: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
-        ck_train_rmsnorm_forward(x, weight, out, rstd, Int64(rows), Int64(dim), eps)
+                                      rstd: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float, pool: ThreadPool? = nil) {
+        guard let pool else {
+            ck_train_rmsnorm_forward(x, weight, out, rstd, Int64(rows), Int64(dim), eps)
+            return
+        }
+        rowChunks(rows, dim, pool) { r0, r1 in
+            ck_train_rmsnorm_forward(x + r0 * dim, weight, out + r0 * dim, rstd + r0, Int64(r1 - r0), Int64(dim), eps)
+        }
+    }
+
+    /// The rows of an elementwise or row-wise operation over (rows, dim), split across the pool in contiguous chunks
+    /// when there is enough work to wake it (about 64 Ki values per chunk); `body(r0, r1)` handles rows r0..<r1.
+    static func rowChunks(_ rows: Int, _ dim: Int, _ pool: ThreadPool, _ body: (Int, Int) -> Void) {
+        let chunks = min(rows, pool.threadCount * 2, max(1, rows * dim / (1 << 16)))
+        if chunks <= 1 { body(0, rows); return }
+        let per = (rows + chunks - 1) / chunks
+        pool.parallelFor((rows + per - 1) / per) { c in body(c * per, min(rows, (c + 1) * per)) }
+    }
+
+    /// y += x over `count` values, split across the pool (the same bits as one pass).
+    public static func add(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int, pool: ThreadPool) {
+        chunked(count, pool) { lo, n in ck_add(y + lo, x + lo, Int64(n)) }
     }
 
     /// dx += ∂/∂x, dWeight += ∂/∂weight.
@@ -135,6 +164,24 @@ public enum TrainingOps {
                                        rstd: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
                                        dWeight: UnsafeMutablePointer<Float>, rows: Int, dim: Int) {
         ck_train_rmsnorm_backward(dOut, x, weight, rstd, dx, dWeight, Int64(rows), Int64(dim))
+    }
+
+    /// dx += ∂/∂x of a norm whose weight does not train, rows split across the pool (each row's arithmetic is that
+    /// of `rmsnormBackward`; the weight gradient goes to per-chunk scratch and is dropped).
+    public static func rmsnormBackwardInput(dOut: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                                            rstd: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows: Int, dim: Int,
+                                            pool: ThreadPool) {
+        let chunks = min(rows, pool.threadCount * 2, max(1, rows * dim / (1 << 16)))
+        let per = (rows + max(chunks, 1) - 1) / max(chunks, 1)
+        let count = (rows + per - 1) / per
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: count * dim)
+        defer { scratch.deallocate() }
+        scratch.initialize(repeating: 0, count: count * dim)
+        pool.parallelFor(count) { c in
+            let r0 = c * per, r1 = min(rows, r0 + per)
+            ck_train_rmsnorm_backward(dOut + r0 * dim, x + r0 * dim, weight, rstd + r0, dx + r0 * dim, scratch + c * dim,
+                                      Int64(r1 - r0), Int64(dim))
+        }
     }
 
     // MARK: RoPE (GGUF's adjacent pairs)
@@ -252,7 +299,7 @@ public enum TrainingOps {
         return losses
     }
 
-    private static func chunked(_ count: Int, _ pool: ThreadPool, _ body: (Int, Int) -> Void) {
+    static func chunked(_ count: Int, _ pool: ThreadPool, _ body: (Int, Int) -> Void) {
         let chunk = 1 << 16
         let n = (count + chunk - 1) / chunk
         if n <= 1 { body(0, count); return }
