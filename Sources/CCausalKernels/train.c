@@ -5,6 +5,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "exp_impl.h"
+
 #define CKT_INLINE static inline __attribute__((always_inline))
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -144,17 +146,54 @@ void ck_train_rmsnorm_backward(const float *dy, const float *x, const float *w, 
 // ---------------------------------------------------------------------------------------------------------------
 // SwiGLU
 
+// The exp is the inference path's (ck_exp, exp_impl.h), so that a training forward computes SiLU as generation does;
+// the AVX-512 loops give the same bits lane by lane as the scalar ones (the same operations, no fused multiply-adds).
+#if CKT_X86
+CKT_AVX512 static int64_t swiglu_forward_avx512(const float *g, const float *u, float *h, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(g + i);
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+    return i;
+}
+
+CKT_AVX512 static int64_t swiglu_backward_avx512(const float *dh, const float *g, const float *u, float *dg, float *du,
+                                                 int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(g + i), d = _mm512_loadu_ps(dh + i);
+        const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        _mm512_storeu_ps(du + i, _mm512_mul_ps(d, _mm512_mul_ps(x, sig)));
+        const __m512 slope = _mm512_mul_ps(sig, _mm512_add_ps(one, _mm512_mul_ps(x, _mm512_sub_ps(one, sig))));
+        _mm512_storeu_ps(dg + i, _mm512_mul_ps(_mm512_mul_ps(d, _mm512_loadu_ps(u + i)), slope));
+    }
+    return i;
+}
+#endif
+
 void ck_train_swiglu_forward(const float *g, const float *u, float *h, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
+    int64_t i = 0;
+#if CKT_X86
+    if (ck_get_isa() >= CK_ISA_AVX512) i = swiglu_forward_avx512(g, u, h, n);
+#endif
+    for (; i < n; i++) {
         const float x = g[i];
-        h[i] = x / (1.0f + expf(-x)) * u[i];
+        h[i] = x / (1.0f + ck_exp(-x)) * u[i];
     }
 }
 
 void ck_train_swiglu_backward(const float *dh, const float *g, const float *u, float *dg, float *du, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
+    int64_t i = 0;
+#if CKT_X86
+    if (ck_get_isa() >= CK_ISA_AVX512) i = swiglu_backward_avx512(dh, g, u, dg, du, n);
+#endif
+    for (; i < n; i++) {
         const float x = g[i];
-        const float sig = 1.0f / (1.0f + expf(-x));
+        const float sig = 1.0f / (1.0f + ck_exp(-x));
         const float silu = x * sig;
         du[i] = dh[i] * silu;
         dg[i] = dh[i] * u[i] * (sig * (1.0f + x * (1.0f - sig)));
@@ -167,11 +206,18 @@ void ck_train_swiglu_backward(const float *dh, const float *g, const float *u, f
 double ck_train_cross_entropy(float *logits, int64_t n, int64_t target, float scale) {
     float mx = -INFINITY;
     for (int64_t i = 0; i < n; i++) if (logits[i] > mx) mx = logits[i];
+    // One exp per logit: exp(l - max) in double, kept (as float) for the gradient exp(l - lse) = exp(l - max) / sum.
+    const float lt = logits[target];
     double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) sum += exp((double)logits[i] - (double)mx);
+    for (int64_t i = 0; i < n; i++) {
+        const double e = exp((double)logits[i] - (double)mx);
+        sum += e;
+        logits[i] = (float)e;
+    }
     const double lse = (double)mx + log(sum);
-    const double loss = lse - (double)logits[target];
-    for (int64_t i = 0; i < n; i++) logits[i] = (float)exp((double)logits[i] - lse) * scale;
+    const double loss = lse - (double)lt;
+    const double inv = 1.0 / sum;
+    for (int64_t i = 0; i < n; i++) logits[i] = (float)((double)logits[i] * inv) * scale;
     logits[target] -= scale;
     return loss;
 }
