@@ -3,7 +3,7 @@
 // files, per weight type, alternating pass by pass in one run, against the read-bandwidth floor measured in the
 // same run. Built and run by Benchmarks/q8-kernels.sh. A benchmark, not a test.
 //
-//   q8_kernels [-t THREADS] [-r REPEATS] [-n TOKENS,...] [--isa N] FILE.gguf...
+//   q8_kernels [-t THREADS] [-r REPEATS] [-n TOKENS,...] [--isa N] [--int8-only] FILE.gguf...
 //
 // A pass runs one product (n tokens) over every 2-D tensor of a type (the token embedding excluded), tensor after
 // tensor like a decode step, rows split over THREADS threads as CausalKernels.matmul splits them (chunks of whole
@@ -116,7 +116,7 @@ static void run_chunk(void *ctx, int64_t c) {
 }
 
 static void product(ck_pool *pool, int threads, const tensor *t, const float *x, uint8_t *xq, int64_t n, float *y, int q8) {
-    if (q8) ck_quantize_activations_q8_rows(x, t->cols, n, t->cols, xq);
+    if (q8) ck_quantize_activations_q8_rows_for(x, t->cols, n, t->cols, xq, n);
     const int64_t tile = ck_row_tile(), tiles = (t->rows + tile - 1) / tile;
     const int64_t macs = n * t->rows * t->cols;
     int64_t wanted = threads == 1 || macs < (1 << 17) ? 1 : threads * (n >= 8 ? 8 : 4);
@@ -150,17 +150,18 @@ static void read_part(void *ctx, int64_t i) {
 static int included(const tensor *t) { return t->rows && ck_q8_supports(t->type) && !strstr(t->name, "token_embd"); }
 
 int main(int argc, char **argv) {
-    int threads = 2, repeats = 11, isa = -1;
+    int threads = 2, repeats = 11, isa = -1, only_int8 = 0;
     int ns[16] = {1}, nn = 1;
     int first = 1;
     while (first < argc && argv[first][0] == '-') {
         if (!strcmp(argv[first], "-t") && first + 1 < argc) threads = atoi(argv[first + 1]);
         else if (!strcmp(argv[first], "-r") && first + 1 < argc) repeats = atoi(argv[first + 1]);
         else if (!strcmp(argv[first], "--isa") && first + 1 < argc) isa = atoi(argv[first + 1]);
+        else if (!strcmp(argv[first], "--int8-only")) { only_int8 = 1; first += 1; continue; }
         else if (!strcmp(argv[first], "-n") && first + 1 < argc) {
             nn = 0;
             for (char *s = argv[first + 1]; *s && nn < 16;) { ns[nn++] = (int)strtol(s, &s, 10); if (*s == ',') s++; }
-        } else { fprintf(stderr, "usage: %s [-t THREADS] [-r REPEATS] [-n N,...] [--isa N] FILE.gguf...\n", argv[0]); return 2; }
+        } else { fprintf(stderr, "usage: %s [-t THREADS] [-r REPEATS] [-n N,...] [--isa N] [--int8-only] FILE.gguf...\n", argv[0]); return 2; }
         first += 2;
     }
     if (first >= argc) { fprintf(stderr, "usage: %s [-t THREADS] [-r REPEATS] [-n N,...] [--isa N] FILE.gguf...\n", argv[0]); return 2; }
@@ -214,13 +215,13 @@ int main(int argc, char **argv) {
                 for (size_t i = 0; i < maxk * n; i++) x[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
                 double *times[2] = {malloc(sizeof(double) * repeats), malloc(sizeof(double) * repeats)};
                 for (int rep = -1; rep < repeats; rep++)
-                    for (int q8 = 0; q8 < 2; q8++) {
+                    for (int q8 = only_int8; q8 < 2; q8++) {
                         const double t0 = now();
                         for (int i = 0; i < nt; i++)
                             if (included(&ts[i]) && ts[i].type == type) product(pool, threads, &ts[i], x, xq, n, y, q8);
                         if (rep >= 0) times[q8][rep] = now() - t0;
                     }
-                for (int q8 = 0; q8 < 2; q8++) {
+                for (int q8 = only_int8; q8 < 2; q8++) {
                     qsort(times[q8], (size_t)repeats, sizeof(double), cmp_double);
                     const double best = times[q8][0], med = times[q8][repeats / 2];
                     printf("%-34s %-6s n=%-3d %-4s %3d tensors %7.1f MB  best %7.3f ms  median %7.3f ms  %5.1f GB/s = %3.0f%% of the floor",
@@ -229,7 +230,7 @@ int main(int argc, char **argv) {
                     if (n > 1) printf("  %7.0f tok/s", n / best);
                     printf("\n");
                 }
-                printf("%-34s %-6s n=%-3d int8/fp32 speed (best) %.2fx\n", base, type_name(type), n, times[0][0] / times[1][0]);
+                if (!only_int8) printf("%-34s %-6s n=%-3d int8/fp32 speed (best) %.2fx\n", base, type_name(type), n, times[0][0] / times[1][0]);
                 free(x); free(y); free(xq); free(times[0]); free(times[1]);
             }
         }

@@ -50,13 +50,14 @@ public func matmulQ8(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, 
     let threads = pool.threadCount
     // Quantize the tokens (each row on its own: the bytes depend on that row only), spread over the pool when
     // there are many.
+    // The lane-major copy is written only when the product (all n tokens) reads it (n >= 3).
     if threads == 1 || n < 8 {
-        ck_quantize_activations_q8_rows(x, Int64(K), Int64(n), Int64(K), xq)
+        ck_quantize_activations_q8_rows_for(x, Int64(K), Int64(n), Int64(K), xq, Int64(n))
     } else {
         let per = (n + threads * 2 - 1) / (threads * 2)
         pool.parallelFor((n + per - 1) / per) { c in
             let t0 = c * per, t1 = min(n, t0 + per)
-            ck_quantize_activations_q8_rows(x + t0 * K, Int64(K), Int64(t1 - t0), Int64(K), xq + t0 * xs)
+            ck_quantize_activations_q8_rows_for(x + t0 * K, Int64(K), Int64(t1 - t0), Int64(K), xq + t0 * xs, Int64(n))
         }
     }
     let tile = Int(ck_row_tile())

@@ -115,14 +115,16 @@ final class MatMulQ8Tests: XCTestCase {
         return acc[0] + acc[1]
     }
 
-    /// ck_matmul_q8 over all rows for n tokens of x (quantized with the kernels), as one call.
+    /// ck_matmul_q8 over all rows for n tokens of x (quantized with the kernels as MatMulQ8.swift quantizes them:
+    /// no lane-major copy for n < 3, into a buffer of 0xAA bytes, so that reading an unwritten copy shows), as one
+    /// call.
     static func kernel(_ w: WeightMatrix, _ x: [Float], n: Int, rows r: Range<Int>? = nil) -> [Float] {
         let K = w.cols, xs = ck_q8_row_bytes(Int64(K))
-        var xq = [UInt8](repeating: 0, count: n * xs)
+        var xq = [UInt8](repeating: 0xAA, count: n * xs)
         var y = [Float](repeating: .nan, count: n * w.rows)
         let range = r ?? 0..<w.rows
         xq.withUnsafeMutableBytes { q in
-            x.withUnsafeBufferPointer { ck_quantize_activations_q8_rows($0.baseAddress!, Int64(K), Int64(n), Int64(K), q.baseAddress!) }
+            x.withUnsafeBufferPointer { ck_quantize_activations_q8_rows_for($0.baseAddress!, Int64(K), Int64(n), Int64(K), q.baseAddress!, Int64(n)) }
             y.withUnsafeMutableBufferPointer {
                 XCTAssertEqual(ck_matmul_q8(w.dtype.rawValue, w.data, Int64(K), Int64(range.lowerBound), Int64(range.upperBound),
                                             q.baseAddress!, Int64(n), $0.baseAddress!, Int64(w.rows)), 0)
@@ -341,6 +343,67 @@ final class MatMulQ8Tests: XCTestCase {
             }
         }
         try ISALevels.report("MatMulQ8Tests.testManyTokenTilesEqualCanonicalTwin")
+    }
+
+    /// Many tokens whose quantized rows exceed 256 KiB take the other blocking of the AVX-512 GEMM (row blocks sized
+    /// to the core's L2 instead of 8 rows, n = 70-100 tokens, 70 rows: two row blocks): still the canonical bits.
+    func testManyTokensLargeRowBlocksEqualCanonicalTwin() throws {
+        var rng = SplitMix64(seed: 88)
+        for dt in Self.types {
+            let K = dt.blockSize == 256 ? 1024 : 1440, rows = 70
+            let n = dt.blockSize == 256 ? 100 : 70
+            XCTAssertGreaterThan(n * ck_q8_row_bytes(Int64(K)), 256 << 10)
+            let w = KQuantTests.randomWeights(dt, rows: rows, cols: K, rng: &rng)
+            var x = randomFloats(n * K, &rng, scale: 2)
+            x[5 * K + 77] = 90  // an outlier in token 5
+            let expected = (0..<n).map { t -> [Float] in
+                let a = Self.quantizeTwin(Array(x[(t * K)..<((t + 1) * K)]))
+                return (0..<rows).map { Self.canonical(w.matrix, row: $0, a) }
+            }
+            forEachISA { _, isa in
+                let y = Self.kernel(w.matrix, x, n: n, rows: 1..<(rows - 1))
+                for t in 0..<n {
+                    assertSameBits(Array(y[(t * rows + 1)..<(t * rows + rows - 1)]), Array(expected[t][1..<(rows - 1)]),
+                                   "\(dt.name) K=\(K) n=\(n) token \(t) \(isa)/\(String(cString: ck_q8_isa_name()))")
+                }
+            }
+        }
+        try ISALevels.report("MatMulQ8Tests.testManyTokensLargeRowBlocksEqualCanonicalTwin")
+    }
+
+    /// ck_quantize_activations_q8_rows_for writes the lane-major copy only for products of 3 or more tokens (the
+    /// only ones that read it) and otherwise the same bytes as ck_quantize_activations_q8_rows.
+    func testLaneCopyWrittenOnlyForProductsThatReadIt() {
+        var rng = SplitMix64(seed: 89)
+        for K in [96, 896] {
+            let n = 2, xs = ck_q8_row_bytes(Int64(K)), npb = (K / 32 + 15) / 16 * 16, ln = npb * 52
+            let x = randomFloats(n * K, &rng, scale: 2)
+            func quantize(_ tokens: Int?) -> [UInt8] {
+                var b = [UInt8](repeating: 0xAA, count: n * xs)
+                b.withUnsafeMutableBytes { q in
+                    x.withUnsafeBufferPointer {
+                        if let tokens {
+                            ck_quantize_activations_q8_rows_for($0.baseAddress!, Int64(K), Int64(n), Int64(K), q.baseAddress!, Int64(tokens))
+                        } else {
+                            ck_quantize_activations_q8_rows($0.baseAddress!, Int64(K), Int64(n), Int64(K), q.baseAddress!)
+                        }
+                    }
+                }
+                return b
+            }
+            let full = quantize(nil)
+            XCTAssertEqual(quantize(3), full, "K=\(K): tokens 3")
+            XCTAssertEqual(quantize(512), full, "K=\(K): tokens 512")
+            for tokens in [1, 2] {
+                let part = quantize(tokens)
+                for t in 0..<n {
+                    let r = t * xs
+                    XCTAssertEqual(part[r..<(r + ln)], full[r..<(r + ln)], "K=\(K) tokens \(tokens) row \(t): codes, scales, sums")
+                    XCTAssertTrue(part[(r + ln)..<(r + xs)].allSatisfy { $0 == 0xAA }, "K=\(K) tokens \(tokens) row \(t): lane-major copy written")
+                    XCTAssertTrue(full[(r + ln)..<(r + xs)].contains { $0 != 0xAA }, "K=\(K) row \(t): full copy missing")
+                }
+            }
+        }
     }
 
     /// Close to the fp32 path: on activations like a transformer's (mostly moderate, a few outliers), the

@@ -46,6 +46,14 @@ void ck_quantize_activations_q8(const float *x, int64_t K, void *out);
 /// Quantizes n rows (row t at x + t * ldx) into out + t * ck_q8_row_bytes(K).
 void ck_quantize_activations_q8_rows(const float *x, int64_t ldx, int64_t n, int64_t K, void *out);
 
+/// Products of this many tokens or more (ck_matmul_q8's n) read the lane-major copy `ln`; products of fewer never do.
+#define CK_Q8_LANES_MIN 3
+
+/// As ck_quantize_activations_q8_rows, for rows that only products of `tokens` tokens will read (ck_matmul_q8 with
+/// n = tokens, or fewer rows of them): when tokens < CK_Q8_LANES_MIN (batch-1 and batch-2 decode) the lane-major
+/// copy `ln` is not written (its bytes are left as they were); every other byte is the same.
+void ck_quantize_activations_q8_rows_for(const float *x, int64_t ldx, int64_t n, int64_t K, void *out, int64_t tokens);
+
 // ---------------------------------------------------------------------------------------------------------------
 // Products.
 //
@@ -79,7 +87,7 @@ void ck_quantize_activations_q8_rows(const float *x, int64_t ldx, int64_t n, int
 int ck_q8_supports(int type);
 
 /// See above. Returns 0, or -1 (and does nothing) for an unsupported type or K; n <= 0 or an empty range is a
-/// no-op returning 0.
+/// no-op returning 0. With n >= CK_Q8_LANES_MIN the rows' lane-major copies must have been written.
 int ck_matmul_q8(int type, const void *W, int64_t K, int64_t row_begin, int64_t row_end, const void *xq, int64_t n,
                  float *y, int64_t ldy);
 
