@@ -35,6 +35,10 @@ struct TrainLinear {
     let dBias: UnsafeMutablePointer<Float>?
     let lora: LoRASlot?
     let target: LoRATarget
+    /// A frozen fp32 weight's transpose (in, out), when the trainer keeps one: the forward then runs as the same
+    /// accumulating product as the input gradient (`TrainingOps.gemm`), 20-35% faster per FLOP in a step than the
+    /// inference kernel on these shapes (measured, docs/benchmarks.md).
+    var transposed: UnsafePointer<Float>? = nil
     var inDim: Int { weight.cols }
     var outDim: Int { weight.rows }
 }
@@ -135,6 +139,7 @@ public final class DecoderTrainer {
     let dOutput: UnsafeMutablePointer<Float>?
     let ropeFactors: [Float]?
     private let frozenVectors: FloatBuffer?   // a frozen base's norms and biases, copied to stable memory
+    private var forwardCopies: [FloatBuffer] = []   // the transposed fp32 base weights (TrainLinear.transposed)
     private var passes: UInt64 = 0
 
     /// Full fine-tuning of `parameters`.
@@ -173,7 +178,11 @@ public final class DecoderTrainer {
 
     /// LoRA (QLoRA when `base` is quantized): `base` stays frozen, only `adapter`'s factors train. Without an
     /// adapter, the frozen base alone (for `loss` and `evaluate`; nothing trains).
-    public init(base: DecoderModel, adapter: LoRAAdapter?, attention: AttentionMask = .causal, pool: ThreadPool? = nil) throws {
+    /// `forwardCopyLimit`: with an fp32 base whose layer weights take at most this many bytes, the trainer keeps a
+    /// transposed copy of each (the same bytes again) and runs the forward through it (`TrainLinear.transposed`);
+    /// 0 turns the copies off. Quantized and f16/bf16 bases never get one (QLoRA keeps the file's weights only).
+    public init(base: DecoderModel, adapter: LoRAAdapter?, attention: AttentionMask = .causal, pool: ThreadPool? = nil,
+                forwardCopyLimit: Int = 2 << 30) throws {
         _ = TrainingOps.keepHeap
         if let adapter, adapter.model != base.config {
             throw CausalError.invalidArgument("the LoRA adapter is shaped for a different model configuration than the base (\(base.config.architecture))")
@@ -206,14 +215,30 @@ public final class DecoderTrainer {
         func linear(_ w: WeightMatrix, _ l: Int, _ t: LoRATarget, bias: Int? = nil) -> TrainLinear {
             TrainLinear(weight: w, dWeight: nil, bias: ptr(bias), dBias: nil, lora: adapter?.slot(layer: l, target: t), target: t)
         }
+        let all = base.layers.flatMap { [$0.q, $0.k, $0.v, $0.o, $0.gate, $0.up, $0.down] }
+        let f32Bytes = all.reduce(0) { $0 + ($1.dtype == .f32 ? $1.rows * $1.cols * 4 : 0) }
+        let copies = f32Bytes > 0 && f32Bytes <= forwardCopyLimit && all.allSatisfy { $0.dtype == .f32 }
+        var owned: [FloatBuffer] = []
+        let workPool = pool ?? base.pool
+        func linearT(_ w: WeightMatrix, _ l: Int, _ t: LoRATarget, bias: Int? = nil) -> TrainLinear {
+            var L = linear(w, l, t, bias: bias)
+            if copies {
+                let buf = FloatBuffer(w.rows * w.cols, zeroed: false)
+                TrainingOps.transpose(w.data.assumingMemoryBound(to: Float.self), rows: w.rows, cols: w.cols, into: buf.p, pool: workPool)
+                owned.append(buf)
+                L.transposed = UnsafePointer(buf.p)
+            }
+            return L
+        }
         layers = base.layers.enumerated().map { l, w in
             let i = idx[l]
             return TrainLayer(attnNorm: vec(i.attnNorm),
-                              q: linear(w.q, l, .q, bias: i.qb), k: linear(w.k, l, .k, bias: i.kb), v: linear(w.v, l, .v, bias: i.vb),
-                              o: linear(w.o, l, .o), qNorm: i.qn.map(vec), kNorm: i.kn.map(vec), postAttnNorm: i.pa.map(vec),
-                              mlpNorm: vec(i.mlpNorm), gate: linear(w.gate, l, .gate), up: linear(w.up, l, .up),
-                              down: linear(w.down, l, .down), postMlpNorm: i.pm.map(vec))
+                              q: linearT(w.q, l, .q, bias: i.qb), k: linearT(w.k, l, .k, bias: i.kb), v: linearT(w.v, l, .v, bias: i.vb),
+                              o: linearT(w.o, l, .o), qNorm: i.qn.map(vec), kNorm: i.kn.map(vec), postAttnNorm: i.pa.map(vec),
+                              mlpNorm: vec(i.mlpNorm), gate: linearT(w.gate, l, .gate), up: linearT(w.up, l, .up),
+                              down: linearT(w.down, l, .down), postMlpNorm: i.pm.map(vec))
         }
+        forwardCopies = owned
         embedding = base.embedding; dEmbedding = nil
         finalNorm = vec(finalIndex)
         output = base.output; dOutput = nil
@@ -423,7 +448,12 @@ public final class DecoderTrainer {
     /// y = x·Wᵀ (+ b) (+ s·(drop(x)·Aᵀ)·Bᵀ), saving what the LoRA backward needs in `a`.
     private func linearForward(_ L: TrainLinear, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>,
                                _ layer: Int, _ b: TrainBatch, _ a: DecoderLayerActivations) {
-        matmul(L.weight, x, rows: n, into: y, pool: pool)
+        if let wt = L.transposed {
+            TrainingOps.gemm(M: n, N: L.outDim, K: L.inDim, A: x, aRow: L.inDim, aCol: 1, B: wt, ldb: L.outDim, C: y,
+                             ldc: L.outDim, accumulate: false, pool: pool)
+        } else {
+            matmul(L.weight, x, rows: n, into: y, pool: pool)
+        }
         if let bias = L.bias { ck_add_bias(y, bias, Int64(n), Int64(L.outDim)) }
         guard let s = L.lora, let A = adapter else { return }
         var input = x

@@ -94,6 +94,21 @@ public enum TrainingOps {
         }
     }
 
+    /// out (cols, rows) = the transpose of m (rows, cols), in 64 x 64 tiles split across the pool.
+    public static func transpose(_ m: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>,
+                                 pool: ThreadPool) {
+        let bands = (rows + 63) / 64
+        pool.parallelFor(bands) { b in
+            let i0 = b * 64, i1 = min(rows, i0 + 64)
+            var j0 = 0
+            while j0 < cols {
+                let j1 = min(cols, j0 + 64)
+                for i in i0..<i1 { for j in j0..<j1 { out[j * rows + i] = m[i * cols + j] } }
+                j0 = j1
+            }
+        }
+    }
+
     // MARK: Linear layer  y = x · Wᵀ
 
     /// y (rows, outDim) = x (rows, inDim) · Wᵀ, W (outDim, inDim).
