@@ -57,17 +57,27 @@ CKT_INLINE void gemm_plain(int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64
     }
 }
 
+// While one block of B is multiplied, the next one (the block to its right, or the first of the next K block) is
+// asked for, a few of its rows per row tile, so that the first pass over each block does not wait on memory: in a
+// training step every weight matrix arrives cold.
 #define GEMM_DEFINE(NAME, ATTR, VT, VTU, VW, TV)                                                                  \
     ATTR static void NAME(int64_t M, int64_t N, int64_t K, const float *A, int64_t ar, int64_t ac,              \
                           const float *B, int64_t ldb, float *C, int64_t ldc) {                                 \
         const int64_t TW = (VW) * (TV);                                                                          \
+        const int64_t tiles = (M + 3) / 4;                                                                       \
         for (int64_t k0 = 0; k0 < K; k0 += KBLK) {                                                               \
             const int64_t k1 = imin(K, k0 + KBLK);                                                               \
             for (int64_t j0 = 0; j0 < N; j0 += NBLK) {                                                           \
                 const int64_t j1 = imin(N, j0 + NBLK);                                                           \
                 const int64_t jt = j0 + (j1 - j0) / TW * TW;                                                     \
+                const int64_t nk0 = j0 + NBLK < N ? k0 : k0 + KBLK, nj0 = j0 + NBLK < N ? j0 + NBLK : 0;         \
+                const int64_t nk1 = imin(K, nk0 + KBLK), nbytes = (imin(N, nj0 + NBLK) - nj0) * 4;              \
+                const int64_t prow = nk0 < K ? (nk1 - nk0 + tiles - 1) / tiles : 0;                              \
                 int64_t i = 0;                                                                                   \
                 for (; i + 4 <= M; i += 4) {                                                                     \
+                    for (int64_t pk = nk0 + (i / 4) * prow; pk < imin(nk1, nk0 + (i / 4 + 1) * prow); pk++)    \
+                        for (int64_t off = 0; off < nbytes; off += 64)                                          \
+                            __builtin_prefetch((const char *)(B + pk * ldb + nj0) + off, 0, 2);                  \
                     for (int64_t j = j0; j < jt; j += TW) {                                                      \
                         VT c[4][TV];                                                                             \
                         for (int r = 0; r < 4; r++)                                                              \
