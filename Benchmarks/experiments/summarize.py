@@ -143,6 +143,15 @@ def main():
             cells.append(f"{m:.3f} [{lo:.3f}, {hi:.3f}]")
         L.append(f"| {arm} | " + " | ".join(cells) + " |")
     L.append("")
+    for b in arms[1:]:
+        L.append(f"Paired difference {b} − {arms[0]} of the eval loss at every evaluated step (95% t-interval over seeds):\n")
+        L.append(f"| step | mean | 95% interval | {b} lower in |")
+        L.append("|---|---|---|---|")
+        for i, s in enumerate(steps):
+            d = [runs[(b, sd)][i][1] - runs[(arms[0], sd)][i][1] for sd in seeds]
+            m, _, lo, hi = mean_ci(d)
+            L.append(f"| {s} | {fmt(m)} | [{fmt(lo)}, {fmt(hi)}] | {sum(x < 0 for x in d)} of {len(d)} |")
+        L.append("")
     tmp = os.path.join(a.results, "summary.md.tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(L) + "\n")
