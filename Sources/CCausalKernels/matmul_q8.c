@@ -48,6 +48,9 @@
 
 #define Q8_INLINE static inline __attribute__((always_inline))
 
+// Byte p of the result = byte (block at position p) of 16 bytes in block order: transposed order.
+#define T_ORDER 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15
+
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers and the activation layout
 
@@ -274,6 +277,68 @@ static Q8_AVX512 void lanes_act512(const uint8_t *quad, uint8_t *lanes) {
 }
 #endif
 
+#if Q8_X86
+// 16 vectors to one: lane b = the max (as unsigned) or the sum of vector b's 16 lanes (both exact, so any order
+// gives the same integers). Two dword unpacks, two qword unpacks, then 128-bit lane shuffles.
+#define TR16(NAME, OP) \
+    Q8_INLINE Q8_AVX512 __m512i NAME(const __m512i v[16]) { \
+        __m512i t[8], u[4], w[2]; \
+        for (int j = 0; j < 8; j++) t[j] = OP(_mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1])); \
+        for (int j = 0; j < 4; j++) u[j] = OP(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]), _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1])); \
+        for (int j = 0; j < 2; j++) \
+            w[j] = OP(_mm512_shuffle_i32x4(u[2 * j], u[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_i32x4(u[2 * j], u[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2))); \
+        return OP(_mm512_shuffle_i32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1))); \
+    }
+TR16(tr16_max, _mm512_max_epu32)
+TR16(tr16_add, _mm512_add_epi32)
+
+// A full group of 16 blocks (x: 512 values) with 16-lane vectors, the same bytes as qblock_scalar block by block:
+// the 16 integer maxima of the magnitudes' bits at once, block_scale's d = amax / 127 and id = 1 / d as the same
+// fp32 divisions (vector), NaN / zero blocks as block_scale makes them, one fp32 product per element converted with
+// round-to-nearest-even embedded in the conversion (not the MXCSR mode), the same clamp (after which the saturating
+// narrowing to int8 is exact), exact integer sums, ds = d * (float)s32. o: the row's bytes, G: the group.
+static Q8_AVX512 void qgroup512(const float *x, uint8_t *o, const q8_layout *L, int64_t G) {
+    const __m512i am = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i m[16];
+    for (int b = 0; b < 16; b++)
+        m[b] = _mm512_max_epu32(_mm512_and_si512(_mm512_loadu_si512((const void *)(x + 32 * b)), am),
+                                _mm512_and_si512(_mm512_loadu_si512((const void *)(x + 32 * b + 16)), am));
+    const __m512i A = tr16_max(m);  // lane b: block b's amax bits
+    const __mmask16 nan = _mm512_cmpge_epu32_mask(A, _mm512_set1_epi32(0x7F800000));
+    const __m512 af = _mm512_castsi512_ps(A);
+    const __mmask16 zero = (__mmask16)(_mm512_cmp_ps_mask(af, _mm512_set1_ps(0x1p-100f), _CMP_LT_OQ) & ~nan);
+    const __mmask16 norm = (__mmask16)~(nan | zero);
+    __m512 d = _mm512_div_ps(af, _mm512_set1_ps(127.0f));
+    const __m512 id = _mm512_maskz_mov_ps(norm, _mm512_div_ps(_mm512_set1_ps(1.0f), d));
+    d = _mm512_mask_mov_ps(_mm512_maskz_mov_ps(norm, d), nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+    float ida[16] __attribute__((aligned(64)));
+    _mm512_store_ps(ida, id);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i h[2][16];
+    for (int b = 0; b < 16; b++) {
+        const __m512 idb = _mm512_set1_ps(ida[b]);
+        const __mmask16 keep = (norm >> b) & 1 ? (__mmask16)0xFFFF : 0;
+        for (int k = 0; k < 2; k++) {
+            const __m512 v = _mm512_loadu_ps(x + 32 * b + 16 * k);
+            const __m512i q = _mm512_maskz_mov_epi32(keep, _mm512_min_epi32(_mm512_max_epi32(
+                _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, idb), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), lo), hi));
+            _mm_storeu_si128((__m128i *)(o + code_off(16 * G + b, k)), _mm512_cvtsepi32_epi8(q));
+            h[k][b] = q;
+        }
+    }
+    const __m512i slo = tr16_add(h[0]), shi = tr16_add(h[1]), s32 = _mm512_add_epi32(slo, shi);
+    const __m512 ds = _mm512_mul_ps(d, _mm512_cvtepi32_ps(s32));
+    // Natural block order to the transposed order of the per-block arrays (position 4 i + q holds block 4 q + i).
+    static const int32_t t_order[16] = {T_ORDER};
+    const __m512i tr = _mm512_loadu_si512((const void *)t_order);
+    _mm512_storeu_ps((float *)(o + L->d) + 16 * G, _mm512_permutexvar_ps(tr, d));
+    _mm512_storeu_si512((void *)((int32_t *)(o + L->s32) + 16 * G), _mm512_permutexvar_epi32(tr, s32));
+    _mm512_storeu_si512((void *)((int32_t *)(o + L->slo) + 16 * G), _mm512_permutexvar_epi32(tr, slo));
+    _mm512_storeu_si512((void *)((int32_t *)(o + L->shi) + 16 * G), _mm512_permutexvar_epi32(tr, shi));
+    _mm512_storeu_ps((float *)(o + L->ds) + 16 * G, _mm512_permutexvar_ps(tr, ds));
+}
+#endif
+
 // One row; the lane-major copy only if `lanes`.
 static void quantize_row(const float *x, int64_t K, void *out, int lanes) {
     const q8_layout L = q8_layout_of(K);
@@ -284,7 +349,12 @@ static void quantize_row(const float *x, int64_t K, void *out, int lanes) {
 #if Q8_X86
     const int simd = ck_q8_isa() >= CK_ISA_AVX2;
 #endif
-    for (int64_t b = 0; b < L.npb; b++) {
+    int64_t b0 = 0;
+#if Q8_X86
+    if (ck_q8_isa() == CK_ISA_AVX512)
+        for (; b0 + 16 <= L.nb; b0 += 16) qgroup512(x + 32 * b0, o, &L, b0 / 16);
+#endif
+    for (int64_t b = b0; b < L.npb; b++) {
         int8_t *q0 = (int8_t *)(o + code_off(b, 0)), *q1 = (int8_t *)(o + code_off(b, 1));
         const int64_t p = tpos(b);
         if (b >= L.nb) {
@@ -497,8 +567,6 @@ static inline void k4_scales8(const uint8_t *s, uint64_t *sc, uint64_t *mn) {
     *mn = m_lo | (uint64_t)m_hi << 32;
 }
 
-// Byte p of the result = byte (block at position p) of 16 bytes in block order: transposed order.
-#define T_ORDER 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15
 // Q6_K: the low-half scale index within its super-block's 16 scales for the block at position p (+ 1: high half).
 #define Q6_LO_IDX 0, 8, 0, 8, 2, 10, 2, 10, 4, 12, 4, 12, 6, 14, 6, 14
 #define Q6_HI_IDX 1, 9, 1, 9, 3, 11, 3, 11, 5, 13, 5, 13, 7, 15, 7, 15
