@@ -3,7 +3,9 @@
 # tensors of GGUF files, alternating in one run, against the read-bandwidth floor measured in the same run
 # (Benchmarks/q8_kernels.c). A benchmark, not a test: CI does not run it.
 #
-#   Benchmarks/q8-kernels.sh [-t THREADS] [-r REPEATS] [-n 1,2,4,16] [--isa 0|1|2] FILE.gguf...
+#   Benchmarks/q8-kernels.sh [-t THREADS] [-r REPEATS] [-n 1,2,4,16] [--isa 0|1|2] [--int8-only] FILE.gguf...
+#
+# --int8-only times the int8 path alone (no fp32 passes), which keeps large n (say -n 16,512) affordable.
 #
 # Builds the harness with the library's C kernels (clang -O2, as SwiftPM's release build compiles them) into
 # ${CAUSAL_BENCH_DIR:-~/.cache/causal-bench}/q8_kernels, then runs it.
