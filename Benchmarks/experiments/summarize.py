@@ -6,7 +6,7 @@
 Reads DIR/ARM-sSEED.csv (step,eval_loss,...) for every seed that every arm has, and writes DIR/summary.md (per-seed
 final eval losses, each arm's mean with a 95% t-interval over seeds, the paired per-seed differences against the first
 arm with their t-interval, the same for log loss, and the eval loss at chosen steps) and DIR/curves.svg (each arm's
-mean curve with its 95% t-band, thin per-seed lines; log-scale loss). Python standard library only; files are
+mean curve with its 95% t-band, thin per-seed lines; log-scale loss when it spans more than a factor of 3). Python standard library only; files are
 written to temporary names and renamed.
 """
 import argparse
@@ -167,13 +167,24 @@ def svg(a, arms, seeds, steps, runs):
     hi_e = math.ceil(math.log10(max(vals)))
     max_step = steps[-1]
     x = lambda s: left + (W - left - right) * s / max_step
-    y = lambda l: top + (H - top - bottom) * (hi_e - math.log10(max(l, 10 ** lo_e))) / (hi_e - lo_e)
+    # Log scale when the losses span more than a factor of 3, else a linear axis in steps of 0.1.
+    linear = max(vals) / min(vals) < 3
+    if linear:
+        y0, y1 = math.floor(min(vals) * 10) / 10, math.ceil(max(vals) * 10) / 10
+        y = lambda l: top + (H - top - bottom) * (y1 - max(l, y0)) / (y1 - y0)
+    else:
+        y = lambda l: top + (H - top - bottom) * (hi_e - math.log10(max(l, 10 ** lo_e))) / (hi_e - lo_e)
     title = a.title or f"{a.experiment}: eval loss, mean of {len(seeds)} seeds with 95% t-band; thin lines: each seed"
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
            f'font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<text x="{left}" y="20" font-size="13">{title}</text>']
-    for e in range(lo_e, hi_e + 1):
+    ticks = [round(y0 + k / 10, 1) for k in range(int(round((y1 - y0) * 10)) + 1)] if linear else []
+    for v in ticks:
+        yy = y(v)
+        out.append(f'<line x1="{left}" y1="{yy:.1f}" x2="{W - right}" y2="{yy:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">{v:g}</text>')
+    for e in range(lo_e, hi_e + 1) if not linear else []:
         for m in (1, 2, 5):
             v = m * 10 ** e
             if v > 10 ** hi_e:
@@ -186,7 +197,7 @@ def svg(a, arms, seeds, steps, runs):
         out.append(f'<text x="{x(s):.1f}" y="{H - bottom + 16}" text-anchor="middle">{s}</text>')
     out.append(f'<text x="{(left + W - right) / 2:.1f}" y="{H - 8}" text-anchor="middle">step</text>')
     out.append(f'<text x="14" y="{(top + H - bottom) / 2:.1f}" transform="rotate(-90 14 {(top + H - bottom) / 2:.1f})" '
-               f'text-anchor="middle">eval loss (log scale)</text>')
+               f'text-anchor="middle">eval loss{"" if linear else " (log scale)"}</text>')
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{H - bottom}" stroke="black"/>')
     out.append(f'<line x1="{left}" y1="{H - bottom}" x2="{W - right}" y2="{H - bottom}" stroke="black"/>')
     for ai, arm in enumerate(arms):
