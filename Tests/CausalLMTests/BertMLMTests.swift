@@ -350,6 +350,28 @@ final class BertMLMTests: XCTestCase {
         XCTAssertLessThan(Double(acc.gradients.maxAbsDifference(one.gradients)), 1e-6)
     }
 
+    /// Evaluation masks do not depend on the run's seed: two trainers with maskers of seeds 1 and 2 score unmasked
+    /// examples on seed 0's step -1 masks (what `causal eval` uses), while their training masks differ.
+    func testEvaluationMasksAreSeedZerosWhateverTheRunsSeed() throws {
+        let batch = try fixtureBatch()
+        // The fixture's sequences with their original tokens restored (labels where scored), unmasked.
+        let examples = batch.enumerated().map { (n: Int, m: MaskedSequence) -> MLMExample in
+            let ids = m.input.indices.map { i in m.labels[i] == -100 ? m.input[i] : m.labels[i] }
+            return MLMExample(ids: ids, index: n)
+        }
+        func masker(_ seed: UInt64) throws -> MLMMasker {
+            try MLMMasker(rate: 0.3, maskTokenID: 4, vocabularySize: 119, specialIDs: [0, 1, 2, 3], seed: seed)
+        }
+        let a = BertMLMTrainer(parameters: try BertParameters(directory: Self.modelDir), masker: try masker(1), pool: pool)
+        let b = BertMLMTrainer(parameters: try BertParameters(directory: Self.modelDir), masker: try masker(2), pool: pool)
+        XCTAssertEqual(try a.masked(examples, step: -1), try b.masked(examples, step: -1))
+        XCTAssertEqual(try a.masked(examples, step: -1), examples.map { try! masker(0).mask($0, step: -1) })
+        XCTAssertNotEqual(try a.masked(examples, step: 0), try b.masked(examples, step: 0))
+        let la = try a.evaluate(examples, maxBatchTokens: 4096), lb = try b.evaluate(examples, maxBatchTokens: 4096)
+        XCTAssertGreaterThan(la.scoredTokens, 0)
+        XCTAssertEqual(la.sumLoss, lb.sumLoss)
+    }
+
     /// An encoder-only directory (BertModel names, no MLM head) loads with a seeded head, as transformers would
     /// initialise the missing cls.predictions.* tensors.
     func testEncoderOnlyDirectoryGetsAnInitialisedHead() throws {

@@ -106,7 +106,12 @@ public final class BertMLMTrainer: StepTrainer {
     /// The examples as the model reads them at `step` (-1: evaluation).
     public func masked(_ examples: [MLMExample], step: Int) throws -> [MaskedSequence] {
         try examples.map { ex in
-            if let m = masker { return m.mask(ex, step: step) }
+            if var m = masker {
+                // The evaluation masks (step -1) are seed 0's whatever the run's seed, as `causal eval` draws them:
+                // runs of different seeds are scored on the same masked tokens.
+                if step == -1 { m.seed = 0 }
+                return m.mask(ex, step: step)
+            }
             guard let labels = ex.labels else {
                 throw CausalError.invalidArgument("example \(ex.index) has no labels and the trainer has no masker")
             }
@@ -124,7 +129,7 @@ public final class BertMLMTrainer: StepTrainer {
         return out
     }
 
-    /// The loss over examples, forward only, with the evaluation masks (step -1), in batches of `maxBatchTokens`.
+    /// The loss over examples, forward only, with the evaluation masks (step -1, seed 0), in batches of `maxBatchTokens`.
     public func evaluate(_ examples: [MLMExample], maxBatchTokens: Int) throws -> BatchLoss {
         var out = BatchLoss(sequences: [])
         for b in MLMDataset.pack(examples, maxTokens: maxBatchTokens) {
