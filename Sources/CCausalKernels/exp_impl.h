@@ -35,6 +35,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) static inline 
     const __m512 res = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
     return _mm512_maskz_mov_ps((__mmask16)~tiny, res);
 }
+
+// h[i] = g[i] / (1 + exp(-g[i])) * u[i] over whole 16-lane groups (h may be g); returns how many values it did. The
+// same bits as the scalar formula with ck_exp, lane by lane. Inference's SiLU (ck_silu_mul) and training's SwiGLU
+// forward both run it.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) static inline int64_t silu_mul_avx512(const float *g, const float *u,
+                                                                                                     float *h, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(g + i);
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+    return i;
+}
 #endif
 
 #endif

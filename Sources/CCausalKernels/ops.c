@@ -47,25 +47,11 @@ void ck_rope_half(float *v, int64_t n_heads, int64_t head_dim, int64_t rope_dim,
     }
 }
 
-// silu(g) * u = g / (1 + exp(-g)) * u with our own exp (ck_exp): the AVX-512 path gives the same bits.
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-static int64_t silu_mul_avx512(float *g, const float *u, int64_t n) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 x = _mm512_loadu_ps(g + i);
-        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-        _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
-    }
-    return i;
-}
-#endif
-
+// silu(g) * u = g / (1 + exp(-g)) * u with our own exp (ck_exp): the AVX-512 loop (exp_impl.h) gives the same bits.
 void ck_silu_mul(float *g, const float *u, int64_t n) {
     int64_t i = 0;
 #if defined(__x86_64__) || defined(__i386__)
-    if (ck_get_isa() >= CK_ISA_AVX512) i = silu_mul_avx512(g, u, n);
+    if (ck_get_isa() >= CK_ISA_AVX512) i = silu_mul_avx512(g, u, g, n);
 #endif
     for (; i < n; i++) {
         const float x = g[i];

@@ -159,17 +159,6 @@ void ck_train_rmsnorm_backward(const float *dy, const float *x, const float *w, 
 // The exp is the inference path's (ck_exp, exp_impl.h), so that a training forward computes SiLU as generation does;
 // the AVX-512 loops give the same bits lane by lane as the scalar ones (the same operations, no fused multiply-adds).
 #if CKT_X86
-CKT_AVX512 static int64_t swiglu_forward_avx512(const float *g, const float *u, float *h, int64_t n) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 x = _mm512_loadu_ps(g + i);
-        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-        _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
-    }
-    return i;
-}
-
 CKT_AVX512 static int64_t swiglu_backward_avx512(const float *dh, const float *g, const float *u, float *dg, float *du,
                                                  int64_t n) {
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -188,7 +177,7 @@ CKT_AVX512 static int64_t swiglu_backward_avx512(const float *dh, const float *g
 void ck_train_swiglu_forward(const float *g, const float *u, float *h, int64_t n) {
     int64_t i = 0;
 #if CKT_X86
-    if (ck_get_isa() >= CK_ISA_AVX512) i = swiglu_forward_avx512(g, u, h, n);
+    if (ck_get_isa() >= CK_ISA_AVX512) i = silu_mul_avx512(g, u, h, n);
 #endif
     for (; i < n; i++) {
         const float x = g[i];

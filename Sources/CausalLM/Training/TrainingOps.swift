@@ -163,10 +163,16 @@ public enum TrainingOps {
     /// The rows of an elementwise or row-wise operation over (rows, dim), split across the pool in contiguous chunks
     /// when there is enough work to wake it (about 64 Ki values per chunk); `body(r0, r1)` handles rows r0..<r1.
     static func rowChunks(_ rows: Int, _ dim: Int, _ pool: ThreadPool, _ body: (Int, Int) -> Void) {
-        let chunks = min(rows, pool.threadCount * 2, max(1, rows * dim / (1 << 16)))
-        if chunks <= 1 { body(0, rows); return }
-        let per = (rows + chunks - 1) / chunks
-        pool.parallelFor((rows + per - 1) / per) { c in body(c * per, min(rows, (c + 1) * per)) }
+        let (per, count) = rowSplit(rows, dim, pool)
+        if count <= 1 { body(0, rows); return }
+        pool.parallelFor(count) { c in body(c * per, min(rows, (c + 1) * per)) }
+    }
+
+    /// Rows per chunk and the number of chunks for `rowChunks` (at most two per thread, about 64 Ki values each).
+    static func rowSplit(_ rows: Int, _ dim: Int, _ pool: ThreadPool) -> (per: Int, count: Int) {
+        let chunks = max(1, min(rows, pool.threadCount * 2, rows * dim / (1 << 16)))
+        let per = max(1, (rows + chunks - 1) / chunks)
+        return (per, (rows + per - 1) / per)
     }
 
     /// y += x over `count` values, split across the pool (the same bits as one pass).
@@ -186,9 +192,7 @@ public enum TrainingOps {
     public static func rmsnormBackwardInput(dOut: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                                             rstd: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows: Int, dim: Int,
                                             pool: ThreadPool) {
-        let chunks = min(rows, pool.threadCount * 2, max(1, rows * dim / (1 << 16)))
-        let per = (rows + max(chunks, 1) - 1) / max(chunks, 1)
-        let count = (rows + per - 1) / per
+        let (per, count) = rowSplit(rows, dim, pool)
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: count * dim)
         defer { scratch.deallocate() }
         scratch.initialize(repeating: 0, count: count * dim)
