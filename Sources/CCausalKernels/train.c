@@ -3,6 +3,8 @@
 #include "CCausalKernels.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "exp_impl.h"
@@ -57,37 +59,64 @@ CKT_INLINE void gemm_plain(int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64
     }
 }
 
-// While one block of B is multiplied, the next one (the block to its right, or the first of the next K block) is
-// asked for, a few of its rows per row tile, so that the first pass over each block does not wait on memory: in a
-// training step every weight matrix arrives cold.
+// The per-thread packing panel: KBLK x NBLK floats, 64-byte aligned, allocated on a thread's first product and
+// freed when the thread exits.
+static _Thread_local float *tl_panel;
+static pthread_key_t g_panel_key;
+static pthread_once_t g_panel_once = PTHREAD_ONCE_INIT;
+static void panel_key_init(void) { pthread_key_create(&g_panel_key, free); }
+static float *panel(void) {
+    if (!tl_panel) {
+        pthread_once(&g_panel_once, panel_key_init);
+        tl_panel = (float *)aligned_alloc(64, (size_t)KBLK * NBLK * sizeof(float));
+        if (!tl_panel) abort();
+        pthread_setspecific(g_panel_key, tl_panel);
+    }
+    return tl_panel;
+}
+
+// Blocks are visited column block by column block (j0 outer, k0 inner), so the C rows of one column block stay in
+// L2 while their K blocks are added. Each (k0, j0) block's full-width column strips are first copied into a
+// contiguous per-thread panel (row k of strip s at P + s*TW*kb + k*TW), which every row tile then reads
+// sequentially. While one block is multiplied, the next one (below it, or the top of the next column block) is asked
+// for, a few of its rows per row tile, so that its packing does not wait on memory: in a training step every weight
+// matrix arrives cold. The order of the sums is unchanged: each element adds its K blocks to C in increasing k0,
+// each block summed over increasing k in fresh accumulators.
 #define GEMM_DEFINE(NAME, ATTR, VT, VTU, VW, TV)                                                                  \
     ATTR static void NAME(int64_t M, int64_t N, int64_t K, const float *A, int64_t ar, int64_t ac,              \
                           const float *B, int64_t ldb, float *C, int64_t ldc) {                                 \
         const int64_t TW = (VW) * (TV);                                                                          \
         const int64_t tiles = (M + 3) / 4;                                                                       \
-        for (int64_t k0 = 0; k0 < K; k0 += KBLK) {                                                               \
-            const int64_t k1 = imin(K, k0 + KBLK);                                                               \
-            for (int64_t j0 = 0; j0 < N; j0 += NBLK) {                                                           \
-                const int64_t j1 = imin(N, j0 + NBLK);                                                           \
-                const int64_t jt = j0 + (j1 - j0) / TW * TW;                                                     \
-                const int64_t nk0 = j0 + NBLK < N ? k0 : k0 + KBLK, nj0 = j0 + NBLK < N ? j0 + NBLK : 0;         \
-                const int64_t nk1 = imin(K, nk0 + KBLK), nbytes = (imin(N, nj0 + NBLK) - nj0) * 4;              \
-                const int64_t prow = nk0 < K ? (nk1 - nk0 + tiles - 1) / tiles : 0;                              \
+        float *P = panel();                                                                                      \
+        for (int64_t j0 = 0; j0 < N; j0 += NBLK) {                                                               \
+            const int64_t j1 = imin(N, j0 + NBLK);                                                               \
+            const int64_t jt = j0 + (j1 - j0) / TW * TW;                                                         \
+            for (int64_t k0 = 0; k0 < K; k0 += KBLK) {                                                           \
+                const int64_t k1 = imin(K, k0 + KBLK), kb = k1 - k0;                                             \
+                const int64_t nk0 = k0 + KBLK < K ? k0 + KBLK : 0, nj0 = k0 + KBLK < K ? j0 : j0 + NBLK;         \
+                const int64_t nk1 = imin(K, nk0 + KBLK), nbytes = nj0 < N ? (imin(N, nj0 + NBLK) - nj0) * 4 : 0; \
+                const int64_t prow = (nk1 - nk0 + tiles - 1) / tiles;                                            \
+                for (int64_t j = j0; j < jt; j += TW) {                                                          \
+                    float *ps = P + (j - j0) * kb;                                                               \
+                    for (int64_t k = 0; k < kb; k++)                                                             \
+                        for (int t = 0; t < (TV); t++)                                                           \
+                            *(VTU *)(ps + k * TW + t * (VW)) = *(const VTU *)(B + (k0 + k) * ldb + j + t * (VW)); \
+                }                                                                                                \
                 int64_t i = 0;                                                                                   \
                 for (; i + 4 <= M; i += 4) {                                                                     \
                     for (int64_t pk = nk0 + (i / 4) * prow; pk < imin(nk1, nk0 + (i / 4 + 1) * prow); pk++)    \
                         for (int64_t off = 0; off < nbytes; off += 64)                                          \
                             __builtin_prefetch((const char *)(B + pk * ldb + nj0) + off, 0, 2);                  \
                     for (int64_t j = j0; j < jt; j += TW) {                                                      \
+                        const float *ps = P + (j - j0) * kb;                                                     \
                         VT c[4][TV];                                                                             \
                         for (int r = 0; r < 4; r++)                                                              \
                             for (int t = 0; t < (TV); t++) c[r][t] = (VT){0};                                    \
-                        for (int64_t k = k0; k < k1; k++) {                                                      \
-                            const float *b = B + k * ldb + j;                                                    \
+                        for (int64_t k = 0; k < kb; k++) {                                                       \
                             VT bv[TV];                                                                           \
-                            for (int t = 0; t < (TV); t++) bv[t] = *(const VTU *)(b + t * (VW));                 \
+                            for (int t = 0; t < (TV); t++) bv[t] = *(const VT *)(ps + k * TW + t * (VW));        \
                             for (int r = 0; r < 4; r++) {                                                        \
-                                const float a = A[(i + r) * ar + k * ac];                                        \
+                                const float a = A[(i + r) * ar + (k0 + k) * ac];                                 \
                                 for (int t = 0; t < (TV); t++) c[r][t] += a * bv[t];                             \
                             }                                                                                    \
                         }                                                                                        \

@@ -72,8 +72,10 @@ public enum TrainingOps {
         // memory per call with row chunks, 3x slower per FLOP than the layers' products.
         let bigB = K * N * MemoryLayout<Float>.size > 1 << 20
         if M >= 16 * threads && (!bigB || M >= 64 * threads * 4 || N < 64 * threads) {
-            // Rows in chunks of a multiple of 4 (the kernel's tile height).
-            let chunks = min(threads * 4, M / 4)
+            // Rows: one chunk per thread, a multiple of 4 rows (the kernel's tile height). Every chunk streams and
+            // packs all of B, so fewer chunks read it fewer times: one per thread made a Qwen2.5-0.5B LoRA step 7%
+            // faster than four per thread (alternating runs under chrt; docs/benchmarks.md).
+            let chunks = min(threads, M / 4)
             let per = ((M + chunks - 1) / chunks + 3) / 4 * 4
             let count = (M + per - 1) / per
             pool.parallelFor(count) { c in
