@@ -42,7 +42,18 @@ public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, in
         }
     }
     if chunks == 1 {
-        run(0, rows)
+        // One tile of rows (a LoRA adapter's x·Aᵀ and dy·B have 16): split the tokens instead, in blocks of at least
+        // 16, so that the other threads do not wait while one runs the whole product.
+        let parts = wanted > 1 ? min(threads * 2, n / 16) : 1
+        if parts < 2 {
+            run(0, rows)
+            return
+        }
+        let per = (n + parts - 1) / parts
+        pool.parallelFor((n + per - 1) / per) { p in
+            let t0 = p * per, nb = min(per, n - t0)
+            ck_matmul(type, data, Int64(K), 0, Int64(rows), x + t0 * K, Int64(K), Int64(nb), y + t0 * rows, Int64(rows))
+        }
         return
     }
     pool.parallelFor(chunks) { c in
