@@ -244,6 +244,8 @@ public final class DecoderTrainer {
         output = base.output; dOutput = nil
     }
 
+    deinit { BufferCache.purge() }
+
     /// Dropout masks of optimizer step `step` (its micro-batches count on from there): a run resumed at a step
     /// draws the masks the uninterrupted run drew.
     public func startStep(_ step: Int) { passes = UInt64(step) << 24 }

@@ -8,19 +8,82 @@ import CCausalKernels
 // gradients are overwritten unless the function says otherwise. The innermost loops are C (ck_train.h); the big
 // products are split across the thread pool here.
 
-/// A scratch fp32 buffer, zero-filled, freed with the object.
+/// A scratch fp32 buffer, zero-filled, freed with the object (large ones go back to `BufferCache`).
 final class FloatBuffer {
     let p: UnsafeMutablePointer<Float>
     let count: Int
+    private let capacity: Int
     /// `zeroed: false` leaves the values undefined, for a buffer its first user overwrites entirely (the saved
     /// activations: a norm's, a product's or attention's output), which spares a pass over memory per buffer.
     init(_ count: Int, zeroed: Bool = true) {
         self.count = count
-        p = .allocate(capacity: max(count, 1))
+        (p, capacity) = BufferCache.take(max(count, 1))
         if zeroed { p.initialize(repeating: 0, count: max(count, 1)) }
     }
     func zero() { p.update(repeating: 0, count: count) }
-    deinit { p.deallocate() }
+    deinit { BufferCache.give(p, capacity: capacity) }
+}
+
+/// Freed training buffers of 1 MiB and more, kept for reuse. A training step allocates the same buffers every time
+/// (activations of megabytes each, the head's logits chunk of up to 128 MiB), and glibc gives large blocks back to
+/// the kernel when they are freed (those above its 32 MiB mmap limit, and whole heaps of a thread's arena), so that
+/// each step page-faulted and zero-filled them again: 60,000 faults (235 MB) per SmolLM2 LoRA step. Capacities
+/// are rounded up to 1/8 steps of a power of two, so that batches of nearby lengths share buffers; at most
+/// `limitBytes` are kept, and `purge()` frees them all (the trainers call it when they are released).
+enum BufferCache {
+    static let minimumFloats = 1 << 18
+    static let limitBytes = 4 << 30
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var free: [Int: [UnsafeMutablePointer<Float>]] = [:]
+    nonisolated(unsafe) private static var bytes = 0
+
+    /// The capacity a request of `count` floats gets.
+    static func sizeClass(_ count: Int) -> Int {
+        guard count >= minimumFloats else { return count }
+        let top = Int.bitWidth - 1 - count.leadingZeroBitCount   // 2^top <= count < 2^(top+1)
+        let step = 1 << (top - 3)
+        return (count + step - 1) / step * step
+    }
+
+    static func take(_ count: Int) -> (UnsafeMutablePointer<Float>, Int) {
+        let c = sizeClass(count)
+        if c >= minimumFloats {
+            lock.lock()
+            if let q = free[c]?.popLast() {
+                bytes -= c * 4
+                lock.unlock()
+                return (q, c)
+            }
+            lock.unlock()
+        }
+        return (.allocate(capacity: c), c)
+    }
+
+    static func give(_ q: UnsafeMutablePointer<Float>, capacity c: Int) {
+        if c >= minimumFloats {
+            lock.lock()
+            if bytes + c * 4 <= limitBytes {
+                free[c, default: []].append(q)
+                bytes += c * 4
+                lock.unlock()
+                return
+            }
+            lock.unlock()
+        }
+        q.deallocate()
+    }
+
+    /// Frees every kept buffer.
+    static func purge() {
+        lock.lock()
+        let all = free.values.flatMap { $0 }
+        free = [:]; bytes = 0
+        lock.unlock()
+        for q in all { q.deallocate() }
+    }
+
+    /// Bytes kept now.
+    static var keptBytes: Int { lock.lock(); defer { lock.unlock() }; return bytes }
 }
 
 /// One sequence of a ragged batch: its rows `start..<start+length`, the first `prefix` of them its prompt. How the
@@ -49,7 +112,8 @@ public enum TrainingOps {
     /// Keeps freed training buffers in the process's heap (glibc only): a step allocates and frees the same
     /// activation buffers (megabytes each) every time, and glibc otherwise maps each anew and gives it back, so that
     /// every step page-faults and zero-fills them again (about 2% of a LoRA step, on the main thread). Process-wide;
-    /// called once by the trainers.
+    /// called once by the trainers. It does not reach blocks above 32 MiB or the heaps of a thread's arena:
+    /// `BufferCache` keeps the buffers of 1 MiB and more.
     static let keepHeap: Void = ck_keep_heap()
 
     // MARK: Matrix products
