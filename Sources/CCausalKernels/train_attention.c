@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_impl.h"
+
 #define CKA_INLINE static inline __attribute__((always_inline))
 #if defined(__x86_64__) || defined(__i386__)
 #define CKA_X86 1
@@ -209,6 +211,68 @@ CKA_INLINE void accumulate_tile(const float *C, int64_t crs, int64_t cxs, int nr
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The softmax exponentials of the blocked path, in inference's exp (ck_exp; 16 lanes at a time with AVX-512, the
+// same values lane by lane).
+
+// s[j] = exp(s[j] - mx) for j < n; returns their sum in double.
+#if CKA_X86
+CKA_AVX512 static double exp_row_avx512(float *s, int64_t n, float mx) {
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
+        _mm512_storeu_ps(s + j, e);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    for (; j < n; j++) {
+        s[j] = ck_exp(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
+}
+
+// p[j] = exp(p[j]·scale − l); ds[j] = p[j]·(ds[j] − di)·scale, for j < n.
+CKA_AVX512 static void exp_ds_avx512(float *p, float *ds, int64_t n, float scale, float l, float di) {
+    const __m512 sc = _mm512_set1_ps(scale), lv = _mm512_set1_ps(l), dv = _mm512_set1_ps(di);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j), sc), lv));
+        _mm512_storeu_ps(p + j, e);
+        _mm512_storeu_ps(ds + j, _mm512_mul_ps(_mm512_mul_ps(e, _mm512_sub_ps(_mm512_loadu_ps(ds + j), dv)), sc));
+    }
+    for (; j < n; j++) {
+        p[j] = ck_exp(p[j] * scale - l);
+        ds[j] = p[j] * (ds[j] - di) * scale;
+    }
+}
+#endif
+
+static double exp_row(float *s, int64_t n, float mx) {
+#if CKA_X86
+    if (ck_get_isa() >= CK_ISA_AVX512) return exp_row_avx512(s, n, mx);
+#endif
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = ck_exp(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
+}
+
+static void exp_ds(float *p, float *ds, int64_t n, float scale, float l, float di) {
+#if CKA_X86
+    if (ck_get_isa() >= CK_ISA_AVX512) { exp_ds_avx512(p, ds, n, scale, l, di); return; }
+#endif
+    for (int64_t j = 0; j < n; j++) {
+        p[j] = ck_exp(p[j] * scale - l);
+        ds[j] = p[j] * (ds[j] - di) * scale;
+    }
+}
+
 // Forward: per block of 4 query rows, the scores over the union of their key ranges, a softmax per row (exactly 0
 // outside the row's own range), then O = P·V over that union.
 CKA_INLINE void attn_forward_blocked(const float *q, const float *k, const float *v, int64_t len, int64_t prefix,
@@ -231,12 +295,7 @@ CKA_INLINE void attn_forward_blocked(const float *q, const float *k, const float
                 s[j] *= scale;
                 if (s[j] > mx) mx = s[j];
             }
-            double sum = 0.0;
-            for (int64_t j = lo[r]; j < hi[r]; j++) {
-                const float e = expf(s[j] - mx);
-                s[j] = e;
-                sum += e;
-            }
+            const double sum = exp_row(s + lo[r], hi[r] - lo[r], mx);
             const float inv = (float)(1.0 / sum);
             for (int64_t j = u0; j < lo[r]; j++) s[j] = 0.0f;
             for (int64_t j = lo[r]; j < hi[r]; j++) s[j] *= inv;
@@ -282,10 +341,7 @@ CKA_INLINE void attn_backward_blocked(const float *q, const float *k, const floa
                 const float l = lse[i * lse_stride];
                 const float di = dotf(dout + i * qs, out + i * qs, D);
                 for (int64_t j = t0; j < lo[rb + r]; j++) p[j] = ds[j] = 0.0f;
-                for (int64_t j = lo[rb + r]; j < hi[rb + r]; j++) {
-                    p[j] = expf(p[j] * scale - l);
-                    ds[j] = p[j] * (ds[j] - di) * scale;
-                }
+                exp_ds(p + lo[rb + r], ds + lo[rb + r], hi[rb + r] - lo[rb + r], scale, l, di);
                 for (int64_t j = hi[rb + r]; j < t1; j++) p[j] = ds[j] = 0.0f;
             }
             accumulate_tile(dS + rb * lp, lp, 1, nr, k, kvs, D, u0, u1, dq + (i0 + rb) * qs, qs, 1);
