@@ -704,6 +704,7 @@ extension DecoderTrainer {
     public func evaluate(_ examples: [SFTExample], maxBatchTokens: Int = 4096) throws -> BatchLoss {
         var out = BatchLoss(sequences: [])
         for b in SFTDataset.pack(examples, maxTokens: maxBatchTokens) { out.sequences += try loss(b).sequences }
+        BufferCache.purge()   // evaluation batches have their own shapes: keep none of their buffers for training
         return out
     }
 
