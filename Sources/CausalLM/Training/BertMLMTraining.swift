@@ -92,6 +92,8 @@ public final class BertMLMTrainer: StepTrainer {
     /// The optimizer step being run (what the masks of `accumulate` are drawn for).
     public private(set) var step = 0
 
+    deinit { BufferCache.purge() }   // the recycled training buffers (TrainingOps.swift)
+
     public init(parameters: BertParameters, attention: BertAttention = .bidirectional, masker: MLMMasker? = nil,
                 pool: ThreadPool = .shared) {
         self.parameters = parameters; self.gradients = parameters.zerosLike(); self.attention = attention

@@ -299,6 +299,8 @@ public final class T5Trainer {
     /// Scored rows per head/loss chunk (bounds the logits scratch to chunk × V floats).
     public var headChunk = 64
 
+    deinit { BufferCache.purge() }   // the recycled training buffers (TrainingOps.swift)
+
     public init(parameters: T5Parameters, pool: ThreadPool = .shared) {
         self.parameters = parameters
         self.gradients = parameters.zerosLike()
