@@ -36,6 +36,29 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) static inline 
     return _mm512_maskz_mov_ps((__mmask16)~tiny, res);
 }
 
+float ck_exp(float x);
+
+// s[j] = exp(s[j] - mx) for j < n, 16 lanes at a time and the tail with ck_exp (the same values); returns their sum,
+// added in 8 double lanes. Training's cross-entropy and attention softmax run it.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) static inline double exp_shift_sum_avx512(float *s, int64_t n,
+                                                                                                          float mx) {
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
+        _mm512_storeu_ps(s + j, e);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    for (; j < n; j++) {
+        s[j] = ck_exp(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
+}
+
 // h[i] = g[i] / (1 + exp(-g[i])) * u[i] over whole 16-lane groups (h may be g); returns how many values it did. The
 // same bits as the scalar formula with ck_exp, lane by lane. Inference's SiLU (ck_silu_mul) and training's SwiGLU
 // forward both run it.

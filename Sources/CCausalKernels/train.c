@@ -253,20 +253,7 @@ CKT_AVX512 static double cross_entropy_avx512(float *logits, int64_t n, int64_t 
     float mx = _mm512_reduce_max_ps(vmx);
     for (; i < n; i++) if (logits[i] > mx) mx = logits[i];
     const float lt = logits[target];
-    const __m512 vm = _mm512_set1_ps(mx);
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    for (i = 0; i + 16 <= n; i += 16) {
-        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(logits + i), vm));
-        _mm512_storeu_ps(logits + i, e);
-        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
-    }
-    double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-    for (; i < n; i++) {
-        const float e = ck_exp(logits[i] - mx);
-        logits[i] = e;
-        sum += e;
-    }
+    const double sum = exp_shift_sum_avx512(logits, n, mx);
     const double loss = (double)mx + log(sum) - (double)lt;
     const __m512 f = _mm512_set1_ps((float)(1.0 / sum) * scale);
     for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(logits + i, _mm512_mul_ps(_mm512_loadu_ps(logits + i), f));

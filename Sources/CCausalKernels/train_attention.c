@@ -215,26 +215,7 @@ CKA_INLINE void accumulate_tile(const float *C, int64_t crs, int64_t cxs, int nr
 // The softmax exponentials of the blocked path, in inference's exp (ck_exp; 16 lanes at a time with AVX-512, the
 // same values lane by lane).
 
-// s[j] = exp(s[j] - mx) for j < n; returns their sum in double.
 #if CKA_X86
-CKA_AVX512 static double exp_row_avx512(float *s, int64_t n, float mx) {
-    const __m512 m = _mm512_set1_ps(mx);
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
-        _mm512_storeu_ps(s + j, e);
-        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
-    }
-    double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-    for (; j < n; j++) {
-        s[j] = ck_exp(s[j] - mx);
-        sum += s[j];
-    }
-    return sum;
-}
-
 // p[j] = exp(p[j]·scale − l); ds[j] = p[j]·(ds[j] − di)·scale, for j < n.
 CKA_AVX512 static void exp_ds_avx512(float *p, float *ds, int64_t n, float scale, float l, float di) {
     const __m512 sc = _mm512_set1_ps(scale), lv = _mm512_set1_ps(l), dv = _mm512_set1_ps(di);
@@ -251,9 +232,10 @@ CKA_AVX512 static void exp_ds_avx512(float *p, float *ds, int64_t n, float scale
 }
 #endif
 
+// s[j] = exp(s[j] - mx) for j < n; returns their sum in double.
 static double exp_row(float *s, int64_t n, float mx) {
 #if CKA_X86
-    if (ck_get_isa() >= CK_ISA_AVX512) return exp_row_avx512(s, n, mx);
+    if (ck_get_isa() >= CK_ISA_AVX512) return exp_shift_sum_avx512(s, n, mx);
 #endif
     double sum = 0.0;
     for (int64_t j = 0; j < n; j++) {
