@@ -255,9 +255,9 @@ CKT_AVX512 static double cross_entropy_avx512(float *logits, int64_t n, int64_t 
     const float lt = logits[target];
     const double sum = exp_shift_sum_avx512(logits, n, mx);
     const double loss = (double)mx + log(sum) - (double)lt;
-    const __m512 f = _mm512_set1_ps((float)(1.0 / sum) * scale);
-    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(logits + i, _mm512_mul_ps(_mm512_loadu_ps(logits + i), f));
     const float fs = (float)(1.0 / sum) * scale;
+    const __m512 f = _mm512_set1_ps(fs);
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(logits + i, _mm512_mul_ps(_mm512_loadu_ps(logits + i), f));
     for (; i < n; i++) logits[i] *= fs;
     logits[target] -= scale;
     return loss;

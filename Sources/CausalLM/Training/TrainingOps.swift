@@ -81,9 +81,6 @@ enum BufferCache {
         lock.unlock()
         for q in all { q.deallocate() }
     }
-
-    /// Bytes kept now.
-    static var keptBytes: Int { lock.lock(); defer { lock.unlock() }; return bytes }
 }
 
 /// One sequence of a ragged batch: its rows `start..<start+length`, the first `prefix` of them its prompt. How the
