@@ -11,6 +11,8 @@
 #include "CCausalKernels.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "exp_impl.h"
@@ -123,6 +125,29 @@ static inline void att_prefetch_row(const float *p, int64_t D) {
     for (int64_t i = 0; i < D; i += 16) __builtin_prefetch(p + i, 0, 3);
 }
 
+// One block of positions [b0, b1) of one head's weighted values, for cn (a constant: 1-4) chunks of 16 dimensions
+// from vb: the 4 chains (j mod 4) per chunk continue from part.
+CK_ATT_AVX512 static inline __attribute__((always_inline)) void pv_block(const int cn, const float *ph, const float *vb, int64_t kv_stride,
+                                                                       int64_t b0, int64_t b1, __m512 part[4][4]) {
+    __m512 a[4][4];
+    for (int s = 0; s < 4; s++)
+        for (int c = 0; c < cn; c++) a[s][c] = part[s][c];
+    int64_t j = b0;
+    for (; j + 4 <= b1; j += 4)
+        for (int s = 0; s < 4; s++) {
+            const __m512 p = _mm512_set1_ps(ph[j + s]);
+            const float *vj = vb + (j + s) * kv_stride;
+            for (int c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), a[s][c]);
+        }
+    for (int s = 0; j < b1; j++, s++) {  // only in the last block (ATT_BLOCK is a multiple of 4)
+        const __m512 p = _mm512_set1_ps(ph[j]);
+        const float *vj = vb + j * kv_stride;
+        for (int c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), a[s][c]);
+    }
+    for (int s = 0; s < 4; s++)
+        for (int c = 0; c < cn; c++) part[s][c] = a[s][c];
+}
+
 CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const float *V, int64_t kv_stride,
                                            int64_t head_stride, int64_t n_pos,
                                            int64_t n_heads, int64_t n_kv_heads, int64_t D, float scale, float *out,
@@ -205,23 +230,14 @@ CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const
                         att_prefetch_row(Vg + j * kv_stride, D);
                 for (int64_t h = ha; h < hb; h++) {
                     const float *ph = scratch + (h - h0) * n_pos;
-                    __m512 a[4][4];
-                    for (int s = 0; s < 4; s++)
-                        for (int64_t c = 0; c < cn; c++) a[s][c] = part[h - ha][s][c];
-                    int64_t j = b0;
-                    for (; j + 4 <= b1; j += 4)
-                        for (int s = 0; s < 4; s++) {
-                            const __m512 p = _mm512_set1_ps(ph[j + s]);
-                            const float *vj = Vg + (j + s) * kv_stride + 16 * c0;
-                            for (int64_t c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), a[s][c]);
-                        }
-                    for (int s = 0; j < b1; j++, s++) {  // only in the last block (ATT_BLOCK is a multiple of 4)
-                        const __m512 p = _mm512_set1_ps(ph[j]);
-                        const float *vj = Vg + j * kv_stride + 16 * c0;
-                        for (int64_t c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), a[s][c]);
+                    const float *vb = Vg + 16 * c0;
+                    // cn as a constant, so that the 4 x cn accumulators live in registers.
+                    switch (cn) {
+                    case 4: pv_block(4, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
+                    case 3: pv_block(3, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
+                    case 2: pv_block(2, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
+                    default: pv_block(1, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
                     }
-                    for (int s = 0; s < 4; s++)
-                        for (int64_t c = 0; c < cn; c++) part[h - ha][s][c] = a[s][c];
                 }
             }
             for (int64_t h = ha; h < hb; h++)
@@ -235,9 +251,30 @@ CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const
 }
 #endif
 
+// The calling thread's scratch for scores (grown as needed, freed when the thread exits).
+static pthread_key_t g_att_key;
+static pthread_once_t g_att_once = PTHREAD_ONCE_INIT;
+static _Thread_local float *tl_att;
+static _Thread_local int64_t tl_att_count;
+static void att_key_init(void) { pthread_key_create(&g_att_key, free); }
+static float *att_scratch(int64_t count) {
+    if (count <= tl_att_count) return tl_att;
+    pthread_once(&g_att_once, att_key_init);
+    free(tl_att);
+    tl_att = (float *)aligned_alloc(64, ((size_t)count * sizeof(float) + 63) / 64 * 64);
+    tl_att_count = tl_att ? count : 0;
+    pthread_setspecific(g_att_key, tl_att);
+    return tl_att;
+}
+
 void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
                       float *out, float *scratch, int64_t head_begin, int64_t head_end) {
+    if (!scratch) {
+        // Rounded up to a whole 4 KiB so that a growing context does not reallocate every step.
+        scratch = att_scratch(((head_end - head_begin) * n_pos + 1023) / 1024 * 1024);
+        if (!scratch) abort();
+    }
 #if CK_ATT_X86
     if (ck_get_isa() >= CK_ISA_AVX512 && head_dim % 16 == 0 && head_dim <= 256) {
         attention_avx512(q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);

@@ -62,6 +62,66 @@ public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, in
     }
 }
 
+/// ys[i] = x · ws[i]ᵀ for every i: several products of one input (a layer's Q, K and V, or its gate and up), with
+/// the bits of separate `matmul` calls. They share the work around the input: the pool is woken once for all of
+/// them, their row chunks claimed from one list (so the small K and V products fill the threads' gaps instead of
+/// each waiting for its slowest chunk), and on the int8 path (`ActivationPrecision`) the input is quantized once.
+/// Every `ws[i]` must have `x`'s width as its `cols`.
+public func matmul(_ ws: [WeightMatrix], _ x: UnsafePointer<Float>, rows n: Int, into ys: [UnsafeMutablePointer<Float>],
+                   pool: ThreadPool) {
+    precondition(ws.count == ys.count, "\(ws.count) matrices but \(ys.count) outputs")
+    guard n > 0, let K = ws.first?.cols else { return }
+    precondition(ws.allSatisfy { $0.cols == K }, "the matrices of one input must share its width")
+    let threads = pool.threadCount
+    // Products that would run on the calling thread alone, or split their tokens (one tile of rows), go as they are.
+    let tile = Int(ck_row_tile())
+    let shared = threads > 1 && K > 0 && ws.allSatisfy { $0.rows > tile && n * $0.rows * K >= 1 << 17 }
+    guard shared, ws.count > 1 else {
+        for (w, y) in zip(ws, ys) { matmul(w, x, rows: n, into: y, pool: pool) }
+        return
+    }
+    // The int8 path's quantized input, made once for every product that takes it (the bytes of a row depend on that
+    // row only, so they equal what each product would make).
+    let int8 = ck_activation_precision() != 0
+    let q8 = ws.map { int8 && ck_q8_supports($0.dtype.rawValue) != 0 && K % 32 == 0 }
+    let xs = q8.contains(true) ? ck_q8_row_bytes(Int64(K)) : 0
+    let xq = UnsafeMutableRawPointer.allocate(byteCount: max(n * xs, 1), alignment: 64)
+    defer { xq.deallocate() }
+    if xs > 0 { quantizeActivations(x, K: K, rows: n, into: xq, pool: pool) }
+    // Row chunks of every product, as `matmul` would cut them, in one list.
+    var jobs: [(w: Int, r0: Int, r1: Int)] = []
+    for (i, w) in ws.enumerated() {
+        let tiles = (w.rows + tile - 1) / tile
+        let wanted = threads * (n >= 8 ? 8 : 4)
+        let chunkRows = (tiles + min(wanted, tiles) - 1) / min(wanted, tiles) * tile
+        var r0 = 0
+        while r0 < w.rows { jobs.append((i, r0, min(w.rows, r0 + chunkRows))); r0 += chunkRows }
+    }
+    // Longest first, so that the last chunks claimed are short ones.
+    jobs.sort { ($0.r1 - $0.r0) * ws[$0.w].rowBytes > ($1.r1 - $1.r0) * ws[$1.w].rowBytes }
+    pool.parallelFor(jobs.count) { j in
+        let (i, r0, r1) = jobs[j]
+        let w = ws[i], y = ys[i], type = w.dtype.rawValue, rows = w.rows
+        if q8[i] {
+            let tokenBlock = max(16, min(n, (1 << 20) / max(xs, 1)))
+            var t0 = 0
+            while t0 < n {
+                let nb = min(tokenBlock, n - t0)
+                ck_matmul_q8(type, w.data, Int64(K), Int64(r0), Int64(r1), xq + t0 * xs, Int64(nb), y + t0 * rows, Int64(rows))
+                t0 += nb
+            }
+        } else {
+            let tokenBlock = max(16, min(n, (1 << 20) / max(K * 4, 1)))
+            var t0 = 0
+            while t0 < n {
+                let nb = min(tokenBlock, n - t0)
+                ck_matmul(type, w.data, Int64(K), Int64(r0), Int64(r1), x + t0 * K, Int64(K), Int64(nb), y + t0 * rows, Int64(rows))
+                t0 += nb
+            }
+        }
+    }
+}
+
 /// The slow twin of `matmul`: Swift-side dequantization (`dequantizeReference`) and Double accumulation,
 /// single-threaded, in the obvious order. For tests.
 public func matmulReference(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int,

@@ -48,18 +48,7 @@ public func matmulQ8(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, 
     let xq = UnsafeMutableRawPointer.allocate(byteCount: n * xs, alignment: 64)
     defer { xq.deallocate() }
     let threads = pool.threadCount
-    // Quantize the tokens (each row on its own: the bytes depend on that row only), spread over the pool when
-    // there are many.
-    // The lane-major copy is written only when the product (all n tokens) reads it (n >= 3).
-    if threads == 1 || n < 8 {
-        ck_quantize_activations_q8_rows_for(x, Int64(K), Int64(n), Int64(K), xq, Int64(n))
-    } else {
-        let per = (n + threads * 2 - 1) / (threads * 2)
-        pool.parallelFor((n + per - 1) / per) { c in
-            let t0 = c * per, t1 = min(n, t0 + per)
-            ck_quantize_activations_q8_rows_for(x + t0 * K, Int64(K), Int64(t1 - t0), Int64(K), xq + t0 * xs, Int64(n))
-        }
-    }
+    quantizeActivations(x, K: K, rows: n, into: xq, pool: pool)
     let tile = Int(ck_row_tile())
     let tiles = (w.rows + tile - 1) / tile
     let macs = n * w.rows * K
@@ -88,6 +77,22 @@ public func matmulQ8(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, 
         }
     }
     return true
+}
+
+/// Quantizes n rows of K activations into `xq` (n × `ck_q8_row_bytes(K)` bytes), each row on its own (its bytes
+/// depend on that row only), spread over the pool when there are many. The lane-major copy is written only when a
+/// product of all n tokens reads it (n >= 3).
+func quantizeActivations(_ x: UnsafePointer<Float>, K: Int, rows n: Int, into xq: UnsafeMutableRawPointer, pool: ThreadPool) {
+    let threads = pool.threadCount, xs = ck_q8_row_bytes(Int64(K))
+    if threads == 1 || n < 8 {
+        ck_quantize_activations_q8_rows_for(x, Int64(K), Int64(n), Int64(K), xq, Int64(n))
+    } else {
+        let per = (n + threads * 2 - 1) / (threads * 2)
+        pool.parallelFor((n + per - 1) / per) { c in
+            let t0 = c * per, t1 = min(n, t0 + per)
+            ck_quantize_activations_q8_rows_for(x + t0 * K, Int64(K), Int64(t1 - t0), Int64(K), xq + t0 * xs, Int64(n))
+        }
+    }
 }
 
 /// The int8 path's quantized activations of one row, decoded from the layout of ck_q8.h: the codes of each

@@ -310,6 +310,43 @@ final class MatMulQ8Tests: XCTestCase {
         try ISALevels.report("MatMulQ8Tests.testBatchRowAndThreadInvariance")
     }
 
+    /// Several products of one input (the decoder's Q/K/V and gate/up go through `matmul([w], x, ...)`): one fork-join,
+    /// one quantization of the input on the int8 path. Every output has the bits of its own `matmul` call, on both
+    /// precisions, for mixed types (an F16 matrix beside quantized ones: the int8 path leaves it fp32), a matrix too
+    /// small to share (it runs alone), n from 1 to 19 and 1, 2 or 3 threads.
+    func testSeveralProductsOfOneInputEqualSeparateCalls() {
+        var rng = SplitMix64(seed: 85)
+        let pool3 = ThreadPool(threads: 3)
+        let K = 512
+        let shapes: [(DType, Int)] = [(.q4_k, 200), (.q6_k, 72), (.q5_0, 72), (.f16, 40), (.q8_0, 8)]
+        let ws = shapes.map { KQuantTests.randomWeights($0.0, rows: $0.1, cols: K, rng: &rng) }
+        for precision in ActivationPrecision.allCases {
+            ActivationPrecision.current = precision
+            for n in [1, 2, 3, 8, 19] {
+                let x = randomFloats(n * K, &rng, scale: 2)
+                for pool in [Self.pool1, Self.pool2, pool3] {
+                    for pick in [[0, 1, 2], [0, 3], [1, 4, 0], [2]] {
+                        let mats = pick.map { ws[$0].matrix }
+                        var outs = mats.map { [Float](repeating: .nan, count: n * $0.rows) }
+                        var alone = outs
+                        x.withUnsafeBufferPointer { xp in
+                            let ptrs = outs.indices.map { UnsafeMutablePointer<Float>.allocate(capacity: n * mats[$0].rows) }
+                            defer { ptrs.forEach { $0.deallocate() } }
+                            matmul(mats, xp.baseAddress!, rows: n, into: ptrs, pool: pool)
+                            for i in mats.indices {
+                                outs[i] = Array(UnsafeBufferPointer(start: ptrs[i], count: n * mats[i].rows))
+                                alone[i].withUnsafeMutableBufferPointer { matmul(mats[i], xp.baseAddress!, rows: n, into: $0.baseAddress!, pool: pool) }
+                            }
+                        }
+                        for i in mats.indices {
+                            assertSameBits(outs[i], alone[i], "\(precision) n=\(n) \(pool.threadCount) threads, \(mats[i].dtype.name) (\(mats[i].rows) rows) among \(pick)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The tile shapes of the many-token kernels (AVX-512: a GEMM on lane-major operands for n >= 3, tiles of
     /// 4 rows x 3 tokens, row blocks decoded once; a short last group of <= 4 blocks in the quad layout): for every
     /// type, K with every kind of last group (none, 1-4 blocks, 2-3 quads, partial quads, one super-block of a pair),

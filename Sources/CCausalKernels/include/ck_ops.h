@@ -27,7 +27,8 @@ void ck_rope_half(float *v, int64_t n_heads, int64_t head_dim, int64_t rope_dim,
 /// capacity*head_dim; each head's keys are one contiguous run, which streams from memory faster). The layout only
 /// changes where values are read from, never the arithmetic.
 /// out: (n_heads, head_dim). Heads [head_begin, head_end) only.
-/// scratch: (head_end - head_begin) * n_pos floats (head h uses the n_pos floats at (h - head_begin) * n_pos).
+/// scratch: (head_end - head_begin) * n_pos floats (head h uses the n_pos floats at (h - head_begin) * n_pos), or
+/// NULL: the calling thread's own buffer (grown as needed, freed when the thread exits).
 /// Query head h reads KV head h / (n_heads / n_kv_heads); passing all heads of a KV group in one call lets them
 /// share each block of keys and values (faster; a head's result does not depend on the range it came in).
 void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,

@@ -391,6 +391,9 @@ final class AttentionRecorder: DecoderBackend {
     func matmul(_ w: WeightMatrix, _ x: BackendBuffer, rows n: Int, bias: [Float]?, into y: BackendBuffer) {
         inner.matmul(w, x, rows: n, bias: bias, into: y)
     }
+    func matmul(_ ws: [WeightMatrix], _ x: BackendBuffer, rows n: Int, biases: [[Float]?], into ys: [BackendBuffer]) {
+        inner.matmul(ws, x, rows: n, biases: biases, into: ys)
+    }
     func rmsNorm(_ x: BackendBuffer, weight: [Float], rows: Int, width: Int, eps: Float, into y: BackendBuffer) {
         inner.rmsNorm(x, weight: weight, rows: rows, width: width, eps: eps, into: y)
     }

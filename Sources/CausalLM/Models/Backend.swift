@@ -41,6 +41,9 @@ protocol DecoderBackend: AnyObject {
     func embed(_ table: WeightMatrix, tokens: [Int], scale: Float, into x: BackendBuffer)
     /// y (n, w.rows) = x (n, w.cols) · wᵀ, plus `bias` (w.rows) when given.
     func matmul(_ w: WeightMatrix, _ x: BackendBuffer, rows n: Int, bias: [Float]?, into y: BackendBuffer)
+    /// ys[i] (n, ws[i].rows) = x (n, C) · ws[i]ᵀ + biases[i] for several matrices of one input (Q, K and V; gate
+    /// and up): each output as `matmul` would give it; a backend may share the work around the input.
+    func matmul(_ ws: [WeightMatrix], _ x: BackendBuffer, rows n: Int, biases: [[Float]?], into ys: [BackendBuffer])
     /// RMSNorm of each of `rows` rows of `width` floats with `weight` (width); y may be x.
     func rmsNorm(_ x: BackendBuffer, weight: [Float], rows: Int, width: Int, eps: Float, into y: BackendBuffer)
     /// Cosines and sines of position · frequency for each row (frequencies: ropeDim/2 values).
@@ -64,6 +67,12 @@ protocol DecoderBackend: AnyObject {
     /// Normalizes the wanted rows, applies the head and returns each chunk's logits (soft-capped when `softcap`).
     func logits(_ x: BackendBuffer, width: Int, wanted: LogitRows, head: WeightMatrix, normWeight: [Float], eps: Float,
                 softcap: Float?) -> [[Float]]
+}
+
+extension DecoderBackend {
+    func matmul(_ ws: [WeightMatrix], _ x: BackendBuffer, rows n: Int, biases: [[Float]?], into ys: [BackendBuffer]) {
+        for i in ws.indices { matmul(ws[i], x, rows: n, bias: biases[i], into: ys[i]) }
+    }
 }
 
 /// The CPU backend: CCausalKernels on host memory, row products split across a thread pool.
@@ -93,6 +102,15 @@ final class CPUBackend: DecoderBackend {
         }
     }
 
+    /// One fork-join for all the products, and on the int8 path one quantization of x (CausalKernels.matmul).
+    public func matmul(_ ws: [WeightMatrix], _ x: BackendBuffer, rows n: Int, biases: [[Float]?], into ys: [BackendBuffer]) {
+        let yps = ys.map(host)
+        CausalKernels.matmul(ws, host(x), rows: n, into: yps, pool: pool)
+        for (i, bias) in biases.enumerated() {
+            guard let bias else { continue }
+            bias.withUnsafeBufferPointer { ck_add_bias(yps[i], $0.baseAddress!, Int64(n), Int64(ws[i].rows)) }
+        }
+    }
     public func rmsNorm(_ x: BackendBuffer, weight: [Float], rows: Int, width: Int, eps: Float, into y: BackendBuffer) {
         let xp = host(x), yp = host(y)
         weight.withUnsafeBufferPointer { w in
@@ -157,17 +175,11 @@ final class CPUBackend: DecoderBackend {
             let f = window.map { max(0, p - $0 + 1) } ?? 0
             return (f, p - f + 1)
         }
-        // Scratch per row: H slots of the longest key range any of its heads reads.
-        var widest = [Int](repeating: 0, count: n), scratchOffset = [Int](repeating: 0, count: n + 1)
         let perHead = promptAttention == .mixed
-        for r in 0..<n {
-            widest[r] = perHead ? max(keys(r, 0).count, keys(r, H - 1).count) : keys(r, 0).count
-            scratchOffset[r + 1] = scratchOffset[r] + widest[r] * H
-        }
-        let scores = HostBuffer(count: scratchOffset[n])
         // One work item per (row, key/value head), so the query heads of a group share each block of keys and
         // values; per (row, head) when that would leave threads idle (few rows) or when heads read different keys
-        // (mixed). Same results either way.
+        // (mixed). Same results either way. Scores go to each thread's own scratch (L1-sized for a short context),
+        // not to a buffer of the whole step's.
         let group = !perHead && n * Hkv >= 4 * pool.threadCount ? H / Hkv : 1
         let items = H / group
         pool.parallelFor(n * items) { item in
@@ -175,8 +187,7 @@ final class CPUBackend: DecoderBackend {
             let cache = chunks[rows.chunk[r]].cache
             let (f, len) = keys(r, h)
             ck_attention_row(qp + r * qDim, cache.keys[l] + f * D, cache.values[l] + f * D, Int64(D), Int64(cache.capacity * D),
-                             Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim,
-                             scores.p + scratchOffset[r] + h * widest[r], Int64(h), Int64(h + group))
+                             Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim, nil, Int64(h), Int64(h + group))
         }
     }
 

@@ -198,9 +198,7 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
         for (l, w) in layers.enumerated() {
             // Attention block.
             be.rmsNorm(x, weight: w.attnNorm, rows: n, width: C, eps: eps, into: xb)
-            be.matmul(w.q, xb, rows: n, bias: w.qBias, into: q)    // (n, H*D)
-            be.matmul(w.k, xb, rows: n, bias: w.kBias, into: k)    // (n, Hkv*D)
-            be.matmul(w.v, xb, rows: n, bias: w.vBias, into: v)    // (n, Hkv*D)
+            be.matmul([w.q, w.k, w.v], xb, rows: n, biases: [w.qBias, w.kBias, w.vBias], into: [q, k, v])  // (n, H*D), (n, Hkv*D) x 2
             lora.apply(l, .q, xb, q); lora.apply(l, .k, xb, k); lora.apply(l, .v, xb, v)
             if let qn = w.qNorm, let kn = w.kNorm {                 // per head: (n*H, D), (n*Hkv, D)
                 be.rmsNorm(q, weight: qn, rows: n * H, width: D, eps: eps, into: q)
@@ -219,8 +217,7 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
 
             // MLP block: down(act(gate(x)) * up(x)).
             be.rmsNorm(x, weight: w.mlpNorm, rows: n, width: C, eps: eps, into: xb)
-            be.matmul(w.gate, xb, rows: n, bias: nil, into: g)     // (n, F)
-            be.matmul(w.up, xb, rows: n, bias: nil, into: u)       // (n, F)
+            be.matmul([w.gate, w.up], xb, rows: n, biases: [nil, nil], into: [g, u])  // (n, F) each
             lora.apply(l, .gate, xb, g); lora.apply(l, .up, xb, u)
             be.gatedActivation(g, u, count: n * F, rows: n, activation: cfg.activation)
             be.matmul(w.down, g, rows: n, bias: nil, into: xb)     // (n, C)
