@@ -277,10 +277,7 @@ public final class SentencePieceBPETokenizer: @unchecked Sendable {
 
     /// The text of `ids`; control and unknown tokens are left out when `skipSpecial`.
     public func decode(_ ids: [Int], skipSpecial: Bool = false) throws -> String {
-        var d = makeStreamingDecoder(skipSpecial: skipSpecial)
-        var text = ""
-        for id in ids { text += try d.push(id) }
-        return text + d.flush()
+        try decodeByStreaming(ids, skipSpecial: skipSpecial)
     }
 
     /// What one token adds to decoded text.

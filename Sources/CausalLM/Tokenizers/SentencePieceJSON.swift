@@ -636,10 +636,7 @@ public final class SentencePieceJSONTokenizer: @unchecked Sendable {
     // MARK: Decoding
 
     public func decode(_ ids: [Int], skipSpecial: Bool = false) throws -> String {
-        var d = makeStreamingDecoder(skipSpecial: skipSpecial)
-        var text = ""
-        for id in ids { text += try d.push(id) }
-        return text + d.flush()
+        try decodeByStreaming(ids, skipSpecial: skipSpecial)
     }
 
     public func decodingPiece(_ id: Int, first: Bool, skipSpecial: Bool) throws -> DecodingPiece {

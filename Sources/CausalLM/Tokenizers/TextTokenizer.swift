@@ -67,6 +67,15 @@ extension TextTokenizer {
         StreamingDecoder(tokenizer: self, skipSpecial: skipSpecial)
     }
 
+    /// The text of `ids` as this tokenizer's streaming decoder gives it, fed all at once (the SentencePiece-style
+    /// tokenizers' `decode`).
+    func decodeByStreaming(_ ids: [Int], skipSpecial: Bool) throws -> String {
+        var d = makeStreamingDecoder(skipSpecial: skipSpecial)
+        var text = ""
+        for id in ids { text += try d.push(id) }
+        return text + d.flush()
+    }
+
     /// A decoder that keeps special tokens.
     public func makeStreamingDecoder() -> StreamingDecoder { makeStreamingDecoder(skipSpecial: false) }
 
