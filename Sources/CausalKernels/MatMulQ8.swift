@@ -52,7 +52,7 @@ public func matmulQ8(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, 
     let tile = Int(ck_row_tile())
     let tiles = (w.rows + tile - 1) / tile
     let macs = n * w.rows * K
-    let wanted = threads == 1 || macs < 1 << 17 ? 1 : threads * (n >= 8 ? 8 : 4)
+    let wanted = chunksWanted(tokens: n, macs: macs, threads: threads)
     let tilesPerChunk = (tiles + min(wanted, tiles) - 1) / min(wanted, tiles)
     let chunkRows = tilesPerChunk * tile
     let chunks = (w.rows + chunkRows - 1) / chunkRows
