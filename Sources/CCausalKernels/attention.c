@@ -9,9 +9,9 @@
 // The sum and the weighted sum of values are split into independent chains (16 and 4) so that a decode step is
 // not bound by one long chain of dependent adds; the split is fixed by position, never by the batch.
 #include "CCausalKernels.h"
+#include "scratch_impl.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -251,28 +251,13 @@ CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const
 }
 #endif
 
-// The calling thread's scratch for scores (grown as needed, freed when the thread exits).
-static pthread_key_t g_att_key;
-static pthread_once_t g_att_once = PTHREAD_ONCE_INIT;
-static _Thread_local float *tl_att;
-static _Thread_local int64_t tl_att_count;
-static void att_key_init(void) { pthread_key_create(&g_att_key, free); }
-static float *att_scratch(int64_t count) {
-    if (count <= tl_att_count) return tl_att;
-    pthread_once(&g_att_once, att_key_init);
-    free(tl_att);
-    tl_att = (float *)aligned_alloc(64, ((size_t)count * sizeof(float) + 63) / 64 * 64);
-    tl_att_count = tl_att ? count : 0;
-    pthread_setspecific(g_att_key, tl_att);
-    return tl_att;
-}
 
 void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
                       float *out, float *scratch, int64_t head_begin, int64_t head_end) {
     if (!scratch) {
         // Rounded up to a whole 4 KiB so that a growing context does not reallocate every step.
-        scratch = att_scratch(((head_end - head_begin) * n_pos + 1023) / 1024 * 1024);
+        scratch = (float *)ck_thread_scratch(CK_SCRATCH_SCORES, (size_t)((head_end - head_begin) * n_pos + 1023) / 1024 * 4096);
         if (!scratch) abort();
     }
 #if CK_ATT_X86

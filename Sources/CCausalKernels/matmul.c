@@ -17,9 +17,9 @@
 // 32-element chunks in registers, fed to the same accumulators. Tile shapes and paths only decide how many pairs run side by side, so no result depends on n, the
 // batch, the row range, the tiling, the path or the thread split — nor on the ISA level.
 #include "CCausalKernels.h"
+#include "scratch_impl.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,23 +233,7 @@ const char *ck_isa_name(void) {
 // ---------------------------------------------------------------------------------------------------------------
 // Thread-local scratch for dequantized panels
 
-static pthread_key_t g_scratch_key;
-static pthread_once_t g_scratch_once = PTHREAD_ONCE_INIT;
-static _Thread_local float *tl_scratch;
-static _Thread_local size_t tl_scratch_floats;
-
-static void scratch_key_init(void) { pthread_key_create(&g_scratch_key, free); }
-
-static float *scratch(size_t floats) {
-    if (floats <= tl_scratch_floats) return tl_scratch;
-    pthread_once(&g_scratch_once, scratch_key_init);
-    free(tl_scratch);
-    const size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
-    tl_scratch = (float *)aligned_alloc(64, bytes);
-    tl_scratch_floats = tl_scratch ? floats : 0;
-    pthread_setspecific(g_scratch_key, tl_scratch);  // freed when the thread exits
-    return tl_scratch;
-}
+static float *scratch(size_t floats) { return (float *)ck_thread_scratch(CK_SCRATCH_PANELS, floats * sizeof(float)); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scalar level

@@ -29,10 +29,10 @@
 // signed values with the sign trick instead (|w| x sign(a, w)); either way the same integer. maddubs cannot
 // saturate: its pairs are at most 2 x 128 x 127 (sign trick) or 2 x 63 x 127 (unsigned codes).
 #include "CCausalKernels.h"
+#include "scratch_impl.h"
 #include "ck_q8.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1063,20 +1063,7 @@ static const gemm_fns *gemm512(int type) {
 }
 
 // The calling thread's scratch for decoded groups (grown as needed, freed when the thread exits).
-static pthread_key_t g_grp_key;
-static pthread_once_t g_grp_once = PTHREAD_ONCE_INIT;
-static _Thread_local grp512 *tl_grp;
-static _Thread_local int64_t tl_grp_count;
-static void grp_key_init(void) { pthread_key_create(&g_grp_key, free); }
-static grp512 *grp_scratch(int64_t count) {
-    if (count <= tl_grp_count) return tl_grp;
-    pthread_once(&g_grp_once, grp_key_init);
-    free(tl_grp);
-    tl_grp = (grp512 *)aligned_alloc(64, (size_t)count * sizeof(grp512));
-    tl_grp_count = tl_grp ? count : 0;
-    pthread_setspecific(g_grp_key, tl_grp);
-    return tl_grp;
-}
+static grp512 *grp_scratch(int64_t count) { return (grp512 *)ck_thread_scratch(CK_SCRATCH_GROUPS, (size_t)count * sizeof(grp512)); }
 
 // One function per (type, T, TQ): a frame holds one inlined copy (debug builds keep every copy's locals), and every
 // vector index is a constant (runtime-bounded loops over vector arrays put them on the stack).

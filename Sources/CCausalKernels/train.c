@@ -1,9 +1,9 @@
 // Training kernels (see ck_train.h). Plain fp32 loops; the hot ones (the matrix product, attention) are compiled
 // once per instruction-set level from one always-inline body and picked at run time by ck_get_isa().
 #include "CCausalKernels.h"
+#include "scratch_impl.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,18 +64,10 @@ CKT_INLINE void gemm_plain(int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64
 
 // The per-thread packing panel: KBLK x NBLK floats, 64-byte aligned, allocated on a thread's first product and
 // freed when the thread exits.
-static _Thread_local float *tl_panel;
-static pthread_key_t g_panel_key;
-static pthread_once_t g_panel_once = PTHREAD_ONCE_INIT;
-static void panel_key_init(void) { pthread_key_create(&g_panel_key, free); }
 static float *panel(void) {
-    if (!tl_panel) {
-        pthread_once(&g_panel_once, panel_key_init);
-        tl_panel = (float *)aligned_alloc(64, (size_t)KBLK * NBLK * sizeof(float));
-        if (!tl_panel) abort();
-        pthread_setspecific(g_panel_key, tl_panel);
-    }
-    return tl_panel;
+    float *p = (float *)ck_thread_scratch(CK_SCRATCH_TRAIN, (size_t)KBLK * NBLK * sizeof(float));
+    if (!p) abort();
+    return p;
 }
 
 // Blocks are visited column block by column block (j0 outer, k0 inner), so the C rows of one column block stay in
