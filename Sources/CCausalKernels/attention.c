@@ -251,7 +251,6 @@ CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const
 }
 #endif
 
-
 void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
                       float *out, float *scratch, int64_t head_begin, int64_t head_end) {

@@ -7,12 +7,30 @@ import CCausalKernels
 // independent of the batch (n, neighbours, position), of the thread count and of how rows are split. This file
 // only splits the output rows across the pool.
 
-/// How many row chunks a product is cut into (claimed dynamically by the pool's threads): one when it is too small
-/// to wake the workers for, else several per thread so that the threads finish together; more for compute-bound
-/// batches (n >= 8), whose chunks are long. (Batch-1 decode of the Qwen2.5 1.5B with 8 or 16 chunks per thread
-/// instead of 4: no faster.)
-func chunksWanted(tokens n: Int, macs: Int, threads: Int) -> Int {
-    threads == 1 || macs < 1 << 17 ? 1 : threads * (n >= 8 ? 8 : 4)
+/// The rows of each chunk a product is cut into (claimed dynamically by the pool's threads), a multiple of
+/// `ck_row_tile()`: all rows when the product is too small to wake the workers for, else several chunks per thread
+/// so that the threads finish together; more for compute-bound batches (n >= 8), whose chunks are long. (Batch-1
+/// decode of the Qwen2.5 1.5B with 8 or 16 chunks per thread instead of 4: no faster.)
+func chunkRows(_ w: WeightMatrix, tokens n: Int, threads: Int) -> Int {
+    let tile = Int(ck_row_tile())
+    let tiles = (w.rows + tile - 1) / tile
+    let wanted = threads == 1 || n * w.rows * w.cols < 1 << 17 ? 1 : threads * (n >= 8 ? 8 : 4)
+    return (tiles + min(wanted, tiles) - 1) / min(wanted, tiles) * tile
+}
+
+/// Rows [r0, r1) of y = x · wᵀ with fp32 activations, the tokens in blocks small enough that a block of activations
+/// stays in the core's cache while every panel of weight rows streams past it (a 2048-token prompt would otherwise
+/// re-read 4.7 MB of activations per panel). Blocking changes which (token, row) pairs run together, never a pair's
+/// arithmetic.
+func productRows(_ w: WeightMatrix, _ r0: Int, _ r1: Int, _ x: UnsafePointer<Float>, tokens n: Int,
+                 into y: UnsafeMutablePointer<Float>) {
+    let K = w.cols, tokenBlock = max(16, min(n, (1 << 20) / max(K * 4, 1)))
+    var t0 = 0
+    while t0 < n {
+        let nb = min(tokenBlock, n - t0)
+        ck_matmul(w.dtype.rawValue, w.data, Int64(K), Int64(r0), Int64(r1), x + t0 * K, Int64(K), Int64(nb), y + t0 * w.rows, Int64(w.rows))
+        t0 += nb
+    }
 }
 
 /// y = x · wᵀ: `x` is (n, w.cols) row-major fp32, `y` is (n, w.rows) row-major fp32.
@@ -25,34 +43,18 @@ public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, in
     guard K > 0 else { y.update(repeating: 0, count: n * w.rows); return }
     // Opt-in int8 activations (ActivationPrecision, MatMulQ8.swift) for the quantized types that path supports.
     if ck_activation_precision() != 0, matmulQ8(w, x, rows: n, into: y, pool: pool) { return }
-    let tile = Int(ck_row_tile())
-    let tiles = (w.rows + tile - 1) / tile
     let threads = pool.threadCount
     // Small products are not worth waking the workers for (the split never changes the numbers).
-    let macs = n * w.rows * K
-    let wanted = chunksWanted(tokens: n, macs: macs, threads: threads)
-    let tilesPerChunk = (tiles + min(wanted, tiles) - 1) / min(wanted, tiles)
-    let chunkRows = tilesPerChunk * tile
-    let chunks = (w.rows + chunkRows - 1) / chunkRows
+    let split = threads > 1 && n * w.rows * K >= 1 << 17
+    let rowsPerChunk = chunkRows(w, tokens: n, threads: threads)
+    let chunks = (w.rows + rowsPerChunk - 1) / rowsPerChunk
     let type = w.dtype.rawValue, data = w.data, rows = w.rows
-    // Tokens in blocks small enough that a block of activations stays in the core's cache while every panel of
-    // weight rows streams past it (a 2048-token prompt would otherwise re-read 4.7 MB of activations per panel).
-    // Blocking changes which (token, row) pairs run together, never a pair's arithmetic.
-    let tokenBlock = max(16, min(n, (1 << 20) / max(K * 4, 1)))
-    func run(_ r0: Int, _ r1: Int) {
-        var t0 = 0
-        while t0 < n {
-            let nb = min(tokenBlock, n - t0)
-            ck_matmul(type, data, Int64(K), Int64(r0), Int64(r1), x + t0 * K, Int64(K), Int64(nb), y + t0 * rows, Int64(rows))
-            t0 += nb
-        }
-    }
     if chunks == 1 {
         // One tile of rows (a LoRA adapter's x·Aᵀ and dy·B have 16): split the tokens instead, in blocks of at least
         // 16, so that the other threads do not wait while one runs the whole product.
-        let parts = wanted > 1 ? min(threads * 2, n / 16) : 1
+        let parts = split ? min(threads * 2, n / 16) : 1
         if parts < 2 {
-            run(0, rows)
+            productRows(w, 0, rows, x, tokens: n, into: y)
             return
         }
         let per = (n + parts - 1) / parts
@@ -63,8 +65,8 @@ public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, in
         return
     }
     pool.parallelFor(chunks) { c in
-        let r0 = c * chunkRows
-        run(r0, min(rows, r0 + chunkRows))
+        let r0 = c * rowsPerChunk
+        productRows(w, r0, min(rows, r0 + rowsPerChunk), x, tokens: n, into: y)
     }
 }
 
@@ -80,7 +82,6 @@ public func matmul(_ ws: [WeightMatrix], _ x: UnsafePointer<Float>, rows n: Int,
     precondition(ws.allSatisfy { $0.cols == K }, "the matrices of one input must share its width")
     let threads = pool.threadCount
     // Together too small to wake the workers for: each as it is.
-    let tile = Int(ck_row_tile())
     let shared = threads > 1 && K > 0 && ws.reduce(0) { $0 + n * $1.rows * K } >= 1 << 17
     guard shared, ws.count > 1 else {
         for (w, y) in zip(ws, ys) { matmul(w, x, rows: n, into: y, pool: pool) }
@@ -90,41 +91,22 @@ public func matmul(_ ws: [WeightMatrix], _ x: UnsafePointer<Float>, rows n: Int,
     // row only, so they equal what each product would make).
     let int8 = ck_activation_precision() != 0
     let q8 = ws.map { int8 && ck_q8_supports($0.dtype.rawValue) != 0 && K % 32 == 0 }
-    let xs = q8.contains(true) ? ck_q8_row_bytes(Int64(K)) : 0
-    let xq = UnsafeMutableRawPointer.allocate(byteCount: max(n * xs, 1), alignment: 64)
-    defer { xq.deallocate() }
-    if xs > 0 { quantizeActivations(x, K: K, rows: n, into: xq, pool: pool) }
+    let xq = q8.contains(true) ? QuantizedInput(x, K: K, rows: n, pool: pool) : nil
     // Row chunks of every product, as `matmul` would cut them, in one list; a product too small to split (batch-1
     // K and V of a grouped-query model) is one chunk, run beside the others' instead of before them.
     var jobs: [(w: Int, r0: Int, r1: Int)] = []
     for (i, w) in ws.enumerated() where w.rows > 0 {
-        let tiles = (w.rows + tile - 1) / tile
-        let wanted = chunksWanted(tokens: n, macs: n * w.rows * K, threads: threads)
-        let chunkRows = (tiles + min(wanted, tiles) - 1) / min(wanted, tiles) * tile
-        var r0 = 0
-        while r0 < w.rows { jobs.append((i, r0, min(w.rows, r0 + chunkRows))); r0 += chunkRows }
+        let step = chunkRows(w, tokens: n, threads: threads)
+        for r0 in stride(from: 0, to: w.rows, by: step) { jobs.append((i, r0, min(w.rows, r0 + step))) }
     }
     // Longest first, so that the last chunks claimed are short ones.
     jobs.sort { ($0.r1 - $0.r0) * ws[$0.w].rowBytes > ($1.r1 - $1.r0) * ws[$1.w].rowBytes }
     pool.parallelFor(jobs.count) { j in
         let (i, r0, r1) = jobs[j]
-        let w = ws[i], y = ys[i], type = w.dtype.rawValue, rows = w.rows
-        if q8[i] {
-            let tokenBlock = max(16, min(n, (1 << 20) / max(xs, 1)))
-            var t0 = 0
-            while t0 < n {
-                let nb = min(tokenBlock, n - t0)
-                ck_matmul_q8(type, w.data, Int64(K), Int64(r0), Int64(r1), xq + t0 * xs, Int64(nb), y + t0 * rows, Int64(rows))
-                t0 += nb
-            }
+        if q8[i], let xq {
+            xq.productRows(ws[i], r0, r1, into: ys[i])
         } else {
-            let tokenBlock = max(16, min(n, (1 << 20) / max(K * 4, 1)))
-            var t0 = 0
-            while t0 < n {
-                let nb = min(tokenBlock, n - t0)
-                ck_matmul(type, w.data, Int64(K), Int64(r0), Int64(r1), x + t0 * K, Int64(K), Int64(nb), y + t0 * rows, Int64(rows))
-                t0 += nb
-            }
+            productRows(ws[i], r0, r1, x, tokens: n, into: ys[i])
         }
     }
 }

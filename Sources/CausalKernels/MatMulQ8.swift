@@ -44,56 +44,60 @@ public func matmulQ8(_ w: WeightMatrix, _ x: UnsafePointer<Float>, rows n: Int, 
     let type = w.dtype.rawValue, K = w.cols
     guard ck_q8_supports(type) != 0, K > 0, K % 32 == 0 else { return false }
     guard n > 0, w.rows > 0 else { return true }
-    let xs = ck_q8_row_bytes(Int64(K))
-    let xq = UnsafeMutableRawPointer.allocate(byteCount: n * xs, alignment: 64)
-    defer { xq.deallocate() }
     let threads = pool.threadCount
-    quantizeActivations(x, K: K, rows: n, into: xq, pool: pool)
-    let tile = Int(ck_row_tile())
-    let tiles = (w.rows + tile - 1) / tile
-    let macs = n * w.rows * K
-    let wanted = chunksWanted(tokens: n, macs: macs, threads: threads)
-    let tilesPerChunk = (tiles + min(wanted, tiles) - 1) / min(wanted, tiles)
-    let chunkRows = tilesPerChunk * tile
-    let chunks = (w.rows + chunkRows - 1) / chunkRows
-    let data = w.data, rows = w.rows
-    // Tokens in blocks whose quantized activations (about 1.5 bytes per value) stay in the core's cache while the
-    // weight rows stream past; blocking never changes a (token, row) pair's arithmetic.
-    let tokenBlock = max(16, min(n, (1 << 20) / max(xs, 1)))
-    func run(_ r0: Int, _ r1: Int) {
-        var t0 = 0
-        while t0 < n {
-            let nb = min(tokenBlock, n - t0)
-            ck_matmul_q8(type, data, Int64(K), Int64(r0), Int64(r1), xq + t0 * xs, Int64(nb), y + t0 * rows, Int64(rows))
-            t0 += nb
-        }
-    }
+    let xq = QuantizedInput(x, K: K, rows: n, pool: pool)
+    let rowsPerChunk = chunkRows(w, tokens: n, threads: threads)
+    let chunks = (w.rows + rowsPerChunk - 1) / rowsPerChunk
     if chunks == 1 {
-        run(0, rows)
+        xq.productRows(w, 0, w.rows, into: y)
     } else {
         pool.parallelFor(chunks) { c in
-            let r0 = c * chunkRows
-            run(r0, min(rows, r0 + chunkRows))
+            let r0 = c * rowsPerChunk
+            xq.productRows(w, r0, min(w.rows, r0 + rowsPerChunk), into: y)
         }
     }
     return true
 }
 
-/// Quantizes n rows of K activations into `xq` (n × `ck_q8_row_bytes(K)` bytes), each row on its own (its bytes
-/// depend on that row only), spread over the pool when there are many. The lane-major copy is written only when a
-/// product of all n tokens reads it (n >= 3).
-func quantizeActivations(_ x: UnsafePointer<Float>, K: Int, rows n: Int, into xq: UnsafeMutableRawPointer, pool: ThreadPool) {
-    let threads = pool.threadCount, xs = ck_q8_row_bytes(Int64(K))
-    if threads == 1 || n < 8 {
-        ck_quantize_activations_q8_rows_for(x, Int64(K), Int64(n), Int64(K), xq, Int64(n))
-    } else {
-        let per = (n + threads * 2 - 1) / (threads * 2)
-        pool.parallelFor((n + per - 1) / per) { c in
-            let t0 = c * per, t1 = min(n, t0 + per)
-            ck_quantize_activations_q8_rows_for(x + t0 * K, Int64(K), Int64(t1 - t0), Int64(K), xq + t0 * xs, Int64(n))
+/// n rows of K activations quantized for the int8 path (n × `ck_q8_row_bytes(K)` bytes), each row on its own (its
+/// bytes depend on that row only), spread over the pool when there are many. The lane-major copy is written only
+/// when a product of all n tokens reads it (n >= 3).
+final class QuantizedInput {
+    let K: Int, n: Int, rowBytes: Int
+    let bytes: UnsafeMutableRawPointer
+
+    init(_ x: UnsafePointer<Float>, K: Int, rows n: Int, pool: ThreadPool) {
+        let threads = pool.threadCount, xs = ck_q8_row_bytes(Int64(K))
+        self.K = K; self.n = n; rowBytes = xs
+        let xq = UnsafeMutableRawPointer.allocate(byteCount: max(n * xs, 1), alignment: 64)
+        bytes = xq
+        if threads == 1 || n < 8 {
+            ck_quantize_activations_q8_rows_for(x, Int64(K), Int64(n), Int64(K), xq, Int64(n))
+        } else {
+            let per = (n + threads * 2 - 1) / (threads * 2)
+            pool.parallelFor((n + per - 1) / per) { c in
+                let t0 = c * per, t1 = min(n, t0 + per)
+                ck_quantize_activations_q8_rows_for(x + t0 * K, Int64(K), Int64(t1 - t0), Int64(K), xq + t0 * xs, Int64(n))
+            }
+        }
+    }
+    deinit { bytes.deallocate() }
+
+    /// Rows [r0, r1) of y = x · wᵀ (w one of `ActivationPrecision.int8Types`, w.cols == K), the tokens in blocks whose
+    /// quantized activations (about 1.5 bytes per value) stay in the core's cache while the weight rows stream past;
+    /// blocking never changes a (token, row) pair's arithmetic.
+    func productRows(_ w: WeightMatrix, _ r0: Int, _ r1: Int, into y: UnsafeMutablePointer<Float>) {
+        let tokenBlock = max(16, min(n, (1 << 20) / max(rowBytes, 1)))
+        var t0 = 0
+        while t0 < n {
+            let nb = min(tokenBlock, n - t0)
+            ck_matmul_q8(w.dtype.rawValue, w.data, Int64(K), Int64(r0), Int64(r1), bytes + t0 * rowBytes, Int64(nb),
+                         y + t0 * w.rows, Int64(w.rows))
+            t0 += nb
         }
     }
 }
+
 
 /// The int8 path's quantized activations of one row, decoded from the layout of ck_q8.h: the codes of each
 /// 32-element block in block order, the block scales, the block and half-block sums and the scaled sums

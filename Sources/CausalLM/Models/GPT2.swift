@@ -241,11 +241,6 @@ public final class GPT2Model: LanguageModel, @unchecked Sendable {
             ck_add(x.p + r * C, pe.p, Int64(C))
         }
 
-        // Attention scratch: per row, (position + 1) scores for each head.
-        var scratchOffset = [Int](repeating: 0, count: n + 1)
-        for r in 0..<n { scratchOffset[r + 1] = scratchOffset[r] + rowPos[r] + 1 }
-        let scores = Buffer(scratchOffset[n] * H)
-        defer { scores.free() }
 
         for (l, w) in layers.enumerated() {
             // Attention block.
@@ -265,7 +260,7 @@ public final class GPT2Model: LanguageModel, @unchecked Sendable {
                 let cache = chunks[rowChunk[r]].cache
                 ck_attention_row(q.p + r * C, cache.keys[l], cache.values[l], Int64(C), Int64(D), Int64(rowPos[r] + 1),
                                  Int64(H), Int64(H), Int64(D), scale, att.p + r * C,
-                                 scores.p + scratchOffset[r] * H + head * (rowPos[r] + 1), Int64(head), Int64(head + 1))
+                                 nil, Int64(head), Int64(head + 1))  // scores: the thread's own scratch
             }
             linear(w.attnProj, w.attnProjBias, att, rows: n, into: xb) // (n, C)
             ck_add(x.p, xb.p, Int64(n * C))
