@@ -57,7 +57,10 @@ compare --model "$SMOLLM2" --adapter Tests/Fixtures/lora/smollm2/adapter_step3 \
   --prompts Tests/Fixtures/lora/smollm2/refs.json
 
 echo "== 2. adapters written by causal train, read by peft"
-if ! "$CAUSAL" train --help 2>&1 | grep -q -- "--lora-rank"; then
+# The help is read whole before grep looks at it: with pipefail, `grep -q` closing the pipe at its first match would
+# fail the pipeline whenever causal was still writing (SIGPIPE), at random.
+train_help=$("$CAUSAL" train --help 2>&1 || true)
+if ! grep -q -- "--lora-rank" <<<"$train_help"; then
   echo "FAIL: causal train has no --lora-rank: no adapter written by causal to check" >&2; exit 1
 fi
 # The fixtures' SFT batches as already-tokenized training lines.
