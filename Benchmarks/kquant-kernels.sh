@@ -12,6 +12,6 @@ OUT=${CAUSAL_BENCH_DIR:-$HOME/.cache/causal-bench}
 mkdir -p "$OUT"
 K=Sources/CCausalKernels
 ${CC:-clang} -O2 -fno-omit-frame-pointer -I "$K/include" -o "$OUT/kquant_kernels.tmp" Benchmarks/kquant_kernels.c \
-    "$K/matmul.c" "$K/threadpool.c" "$K/membw.c" -lm -lpthread
+    "$K/matmul.c" "$K/scratch.c" "$K/threadpool.c" "$K/membw.c" -lm -lpthread
 mv "$OUT/kquant_kernels.tmp" "$OUT/kquant_kernels"
 exec "$OUT/kquant_kernels" "$@"

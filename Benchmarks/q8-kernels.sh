@@ -15,6 +15,6 @@ OUT=${CAUSAL_BENCH_DIR:-$HOME/.cache/causal-bench}
 mkdir -p "$OUT"
 K=Sources/CCausalKernels
 ${CC:-clang} -O2 -fno-omit-frame-pointer -I "$K/include" -o "$OUT/q8_kernels.tmp" Benchmarks/q8_kernels.c \
-    "$K/matmul.c" "$K/matmul_q8.c" "$K/threadpool.c" "$K/membw.c" -lm -lpthread
+    "$K/matmul.c" "$K/matmul_q8.c" "$K/scratch.c" "$K/threadpool.c" "$K/membw.c" -lm -lpthread
 mv "$OUT/q8_kernels.tmp" "$OUT/q8_kernels"
 exec "$OUT/q8_kernels" "$@"
