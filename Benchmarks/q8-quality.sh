@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# KL divergence, top-1 agreement and NLL of the int8-activation path (and of fast fp32) against --precision
-# reference, teacher-forced over text files (Benchmarks/q8_quality.swift); docs/int8-activations.md has results.
+# KL divergence, top-1 agreement and NLL of the int8-activation path, the fp16 key/value cache, both, and fast fp32,
+# against --precision reference, teacher-forced over text files (Benchmarks/q8_quality.swift); docs/int8-activations.md has results.
 #
 #   Benchmarks/q8-quality.sh MODEL.gguf MAXTOKENS FILE...
 #

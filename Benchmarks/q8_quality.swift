@@ -1,5 +1,6 @@
-// Quality of the int8-activation path against --precision reference: KL divergence of next-token distributions
-// (teacher-forced over real text), top-1 agreement and NLL per token. Built and run by Benchmarks/q8-quality.sh:
+// Quality of the int8-activation path and of the fp16 key/value cache (each alone and together) against --precision
+// reference: KL divergence of next-token distributions (teacher-forced over real text), top-1 agreement and NLL per
+// token. Built and run by Benchmarks/q8-quality.sh:
 //   q8_quality MODEL.gguf MAXTOKENS FILE...   (each file tokenized as plain text, its first MAXTOKENS tokens)
 import Foundation
 import CausalLM
@@ -30,13 +31,15 @@ for f in files {
     texts.append(Array(try ref.tokenizer.encode(text).prefix(maxTokens)))
 }
 print("model \(modelPath), \(texts.map(\.count)) tokens, q8 isa \(String(cString: ck_q8_isa_name()))")
-for mode in ["fp32", "int8"] {
+for mode in ["fp32", "int8", "fp32+kv16", "int8+kv16"] {
     var kls: [Double] = [], agree = 0, total = 0, nllRef = 0.0, nll = 0.0
     for ids in texts {
         let r = try logits(ref, ids)
-        ActivationPrecision.current = mode == "int8" ? .int8 : .fp32
+        ActivationPrecision.current = mode.hasPrefix("int8") ? .int8 : .fp32
+        KVPrecision.current = mode.hasSuffix("kv16") ? .fp16 : .fp32
         let x = try logits(fast, ids)
         ActivationPrecision.current = .fp32
+        KVPrecision.current = .fp32
         for t in 0..<ids.count {
             let p = logSoftmax(r[(t * V)..<((t + 1) * V)]), q = logSoftmax(x[(t * V)..<((t + 1) * V)])
             var kl = 0.0

@@ -50,8 +50,13 @@ static inline float tree16(float acc[16]) {
     return acc[0];
 }
 
-static void attention_scalar(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
-                             int64_t n_heads, int64_t n_kv_heads, int64_t D, float scale, float *out,
+// Element i of a key/value buffer of fp32 (half = 0) or IEEE binary16 (half = 1, converted exactly).
+static inline float kv_at(const void *p, int64_t i, int half) {
+    return half ? ck_half_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static void attention_scalar(const float *q, const void *K, const void *V, int half, int64_t kv_stride, int64_t head_stride,
+                             int64_t n_pos, int64_t n_heads, int64_t n_kv_heads, int64_t D, float scale, float *out,
                              float *scratch_all, int64_t h0, int64_t h1) {
     const int64_t group = n_heads / n_kv_heads;
     for (int64_t h = h0; h < h1; h++) {
@@ -60,12 +65,12 @@ static void attention_scalar(const float *q, const float *K, const float *V, int
         float *scratch = scratch_all + (h - h0) * n_pos;
         float mx = -INFINITY;
         for (int64_t j = 0; j < n_pos; j++) {
-            const float *kj = K + j * kv_stride + g * head_stride;
+            const int64_t kj = j * kv_stride + g * head_stride;
             float acc[16] = {0};
             for (int64_t c = 0; c < D; c += 16)
                 for (int l = 0; l < 16; l++) {
                     const int64_t d = c + l;
-                    if (d < D) acc[l] = fmaf(qh[d], kj[d], acc[l]);
+                    if (d < D) acc[l] = fmaf(qh[d], kv_at(K, kj + d, half), acc[l]);
                 }
             const float s = tree16(acc) * scale;
             scratch[j] = s;
@@ -81,7 +86,7 @@ static void attention_scalar(const float *q, const float *K, const float *V, int
         float *oh = out + h * D;
         for (int64_t d = 0; d < D; d++) {
             float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int64_t j = 0; j < n_pos; j++) a[j % 4] = fmaf(scratch[j] * inv, V[j * kv_stride + g * head_stride + d], a[j % 4]);
+            for (int64_t j = 0; j < n_pos; j++) a[j % 4] = fmaf(scratch[j] * inv, kv_at(V, j * kv_stride + g * head_stride + d, half), a[j % 4]);
             oh[d] = (a[0] + a[1]) + (a[2] + a[3]);
         }
     }
@@ -121,14 +126,19 @@ CK_ATT_AVX512 static inline __m512 tree16x16_avx512(const __m512 v[16]) {
 #define ATT_GROUP 8  // heads processed together at most
 #define ATT_PF_BLOCKS 2  // blocks of keys/values prefetched ahead
 
-static inline void att_prefetch_row(const float *p, int64_t D) {
-    for (int64_t i = 0; i < D; i += 16) __builtin_prefetch(p + i, 0, 3);
+// A key or value row of D elements of es bytes.
+static inline void att_prefetch_row(const char *p, int64_t D, int64_t es) {
+    for (int64_t i = 0; i < D * es; i += 64) __builtin_prefetch(p + i, 0, 3);
 }
+
+// 16 elements of a key/value row as fp32: loaded, or (HALF) loaded as binary16 and converted exactly.
+#define KV16(HALF, p, i) ((HALF) ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(p) + (i)))) \
+                                 : _mm512_loadu_ps((const float *)(p) + (i)))
 
 // One block of positions [b0, b1) of one head's weighted values, for cn (a constant: 1-4) chunks of 16 dimensions
 // from vb: the 4 chains (j mod 4) per chunk continue from part.
-CK_ATT_AVX512 static inline __attribute__((always_inline)) void pv_block(const int cn, const float *ph, const float *vb, int64_t kv_stride,
-                                                                       int64_t b0, int64_t b1, __m512 part[4][4]) {
+CK_ATT_AVX512 static inline __attribute__((always_inline)) void pv_block(const int HALF, const int cn, const float *ph, const void *vb,
+                                                                       int64_t kv_stride, int64_t b0, int64_t b1, __m512 part[4][4]) {
     __m512 a[4][4];
     for (int s = 0; s < 4; s++)
         for (int c = 0; c < cn; c++) a[s][c] = part[s][c];
@@ -136,53 +146,70 @@ CK_ATT_AVX512 static inline __attribute__((always_inline)) void pv_block(const i
     for (; j + 4 <= b1; j += 4)
         for (int s = 0; s < 4; s++) {
             const __m512 p = _mm512_set1_ps(ph[j + s]);
-            const float *vj = vb + (j + s) * kv_stride;
-            for (int c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), a[s][c]);
+            const int64_t vj = (j + s) * kv_stride;
+            for (int c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, KV16(HALF, vb, vj + 16 * c), a[s][c]);
         }
     for (int s = 0; j < b1; j++, s++) {  // only in the last block (ATT_BLOCK is a multiple of 4)
         const __m512 p = _mm512_set1_ps(ph[j]);
-        const float *vj = vb + j * kv_stride;
-        for (int c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), a[s][c]);
+        const int64_t vj = j * kv_stride;
+        for (int c = 0; c < cn; c++) a[s][c] = _mm512_fmadd_ps(p, KV16(HALF, vb, vj + 16 * c), a[s][c]);
     }
     for (int s = 0; s < 4; s++)
         for (int c = 0; c < cn; c++) part[s][c] = a[s][c];
 }
 
-CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const float *V, int64_t kv_stride,
-                                           int64_t head_stride, int64_t n_pos,
-                                           int64_t n_heads, int64_t n_kv_heads, int64_t D, float scale, float *out,
-                                           float *scratch, int64_t h0, int64_t h1) {
+// One head's scores against the 16 keys at kb (rows kst elements apart): the fma chains over chunks of 16 dimensions,
+// their tree sums, times scale.
+CK_ATT_AVX512 static inline __attribute__((always_inline)) __m512 score16(const int HALF, const float *qh, const void *kb, int64_t kst,
+                                                                        int64_t chunks, float scale) {
+    __m512 acc[16];
+    for (int p = 0; p < 16; p++) acc[p] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; c++) {
+        const __m512 qv = _mm512_loadu_ps(qh + 16 * c);
+        for (int p = 0; p < 16; p++) acc[p] = _mm512_fmadd_ps(qv, KV16(HALF, kb, p * kst + 16 * c), acc[p]);
+    }
+    return _mm512_mul_ps(tree16x16_avx512(acc), _mm512_set1_ps(scale));
+}
+
+// HALF (a constant): keys and values are binary16, converted exactly to fp32 as they are read, so the arithmetic is
+// the fp32 path's on the converted values. When several heads share the block, it is converted once into an fp32
+// buffer (kbuf, vbuf) that they all read, instead of once per head.
+CK_ATT_AVX512 static inline __attribute__((always_inline)) void attention_avx512_t(
+    const int HALF, const float *q, const void *K, const void *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
+    int64_t n_heads, int64_t n_kv_heads, int64_t D, float scale, float *out, float *scratch, int64_t h0, int64_t h1) {
     const int64_t group = n_heads / n_kv_heads;
     const int64_t chunks = D / 16;
+    const int64_t es = HALF ? 2 : 4;
     for (int64_t ha = h0; ha < h1;) {
         const int64_t g = ha / group;
         int64_t hb = (g + 1) * group < h1 ? (g + 1) * group : h1;  // heads [ha, hb) share K/V head g
         if (hb - ha > ATT_GROUP) hb = ha + ATT_GROUP;
-        const float *Kg = K + g * head_stride, *Vg = V + g * head_stride;
+        const char *Kg = (const char *)K + g * head_stride * es, *Vg = (const char *)V + g * head_stride * es;
+        const int64_t rs = kv_stride * es;  // bytes from one position's row to the next
+        const int share = HALF && hb - ha > 1;
+        float kbuf[HALF ? 16 * 256 : 1] __attribute__((aligned(64)));
+        float vbuf[HALF ? ATT_BLOCK * 64 : 1] __attribute__((aligned(64)));
         float mx[ATT_GROUP];
         __m512 mxv[ATT_GROUP];
         for (int64_t h = ha; h < hb; h++) { mx[h - ha] = -INFINITY; mxv[h - ha] = _mm512_set1_ps(-INFINITY); }
         // In a decode step every key and value is read once, cold from memory, in runs too short for the hardware
         // prefetchers to get ahead: ask for them ATT_PF_BLOCKS blocks ahead. Measured per core on a 16-sequence step
         // (192 positions, 30 layers, cold): 13-14 ms, 9.5 ms with this and the head-major cache layout.
-        for (int64_t j = 0; j < n_pos && j < ATT_PF_BLOCKS * ATT_BLOCK; j++) att_prefetch_row(Kg + j * kv_stride, D);
+        for (int64_t j = 0; j < n_pos && j < ATT_PF_BLOCKS * ATT_BLOCK; j++) att_prefetch_row(Kg + j * rs, D, es);
         // Scores.
         int64_t j0 = 0;
         for (; j0 + 16 <= n_pos; j0 += 16) {
             for (int64_t j = j0 + ATT_PF_BLOCKS * ATT_BLOCK, je = j + 16; j < je; j++)
-                if (j < n_pos) att_prefetch_row(Kg + j * kv_stride, D);
-                else if (j - n_pos < n_pos) att_prefetch_row(Vg + (j - n_pos) * kv_stride, D);  // the values' start
+                if (j < n_pos) att_prefetch_row(Kg + j * rs, D, es);
+                else if (j - n_pos < n_pos) att_prefetch_row(Vg + (j - n_pos) * rs, D, es);  // the values' start
+            if (share)
+                for (int p = 0; p < 16; p++)
+                    for (int64_t c = 0; c < chunks; c++)
+                        _mm512_store_ps(kbuf + p * D + 16 * c, KV16(HALF, Kg, (j0 + p) * kv_stride + 16 * c));
             for (int64_t h = ha; h < hb; h++) {
                 const float *qh = q + h * D;
                 float *sh = scratch + (h - h0) * n_pos;
-                __m512 acc[16];
-                for (int p = 0; p < 16; p++) acc[p] = _mm512_setzero_ps();
-                for (int64_t c = 0; c < chunks; c++) {
-                    const __m512 qv = _mm512_loadu_ps(qh + 16 * c);
-                    for (int p = 0; p < 16; p++)
-                        acc[p] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(Kg + (j0 + p) * kv_stride + 16 * c), acc[p]);
-                }
-                const __m512 sv = _mm512_mul_ps(tree16x16_avx512(acc), _mm512_set1_ps(scale));
+                const __m512 sv = share ? score16(0, qh, kbuf, D, chunks, scale) : score16(HALF, qh, Kg + j0 * rs, kv_stride, chunks, scale);
                 _mm512_storeu_ps(sh + j0, sv);
                 mxv[h - ha] = _mm512_max_ps(mxv[h - ha], sv);
             }
@@ -192,9 +219,8 @@ CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const
             float *sh = scratch + (h - h0) * n_pos;
             float m = j0 > 0 ? _mm512_reduce_max_ps(mxv[h - ha]) : -INFINITY;
             for (int64_t j = j0; j < n_pos; j++) {
-                const float *kj = Kg + j * kv_stride;
                 __m512 acc = _mm512_setzero_ps();
-                for (int64_t c = 0; c < chunks; c++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), _mm512_loadu_ps(kj + 16 * c), acc);
+                for (int64_t c = 0; c < chunks; c++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), KV16(HALF, Kg, j * kv_stride + 16 * c), acc);
                 const float sc = tree16_avx512(acc) * scale;
                 sh[j] = sc;
                 if (sc > m) m = sc;
@@ -227,16 +253,31 @@ CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const
                 const int64_t b1 = b0 + ATT_BLOCK < n_pos ? b0 + ATT_BLOCK : n_pos;
                 if (c0 == 0)
                     for (int64_t j = b0 + ATT_PF_BLOCKS * ATT_BLOCK, je = j + ATT_BLOCK; j < je && j < n_pos; j++)
-                        att_prefetch_row(Vg + j * kv_stride, D);
+                        att_prefetch_row(Vg + j * rs, D, es);
+                if (share) {
+                    for (int64_t j = b0; j < b1; j++)
+                        for (int64_t c = 0; c < cn; c++)
+                            _mm512_store_ps(vbuf + (j - b0) * 64 + 16 * c, KV16(HALF, Vg, j * kv_stride + 16 * (c0 + c)));
+                    for (int64_t h = ha; h < hb; h++) {
+                        const float *ph = scratch + (h - h0) * n_pos + b0;  // positions b0.. as 0.. (b0 % 4 == 0)
+                        switch (cn) {
+                        case 4: pv_block(0, 4, ph, vbuf, 64, 0, b1 - b0, part[h - ha]); break;
+                        case 3: pv_block(0, 3, ph, vbuf, 64, 0, b1 - b0, part[h - ha]); break;
+                        case 2: pv_block(0, 2, ph, vbuf, 64, 0, b1 - b0, part[h - ha]); break;
+                        default: pv_block(0, 1, ph, vbuf, 64, 0, b1 - b0, part[h - ha]); break;
+                        }
+                    }
+                    continue;
+                }
                 for (int64_t h = ha; h < hb; h++) {
                     const float *ph = scratch + (h - h0) * n_pos;
-                    const float *vb = Vg + 16 * c0;
+                    const void *vb = Vg + 16 * c0 * es;
                     // cn as a constant, so that the 4 x cn accumulators live in registers.
                     switch (cn) {
-                    case 4: pv_block(4, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
-                    case 3: pv_block(3, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
-                    case 2: pv_block(2, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
-                    default: pv_block(1, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
+                    case 4: pv_block(HALF, 4, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
+                    case 3: pv_block(HALF, 3, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
+                    case 2: pv_block(HALF, 2, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
+                    default: pv_block(HALF, 1, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
                     }
                 }
             }
@@ -249,21 +290,66 @@ CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const
         ha = hb;
     }
 }
+
+CK_ATT_AVX512 static void attention_avx512(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride,
+                                           int64_t n_pos, int64_t n_heads, int64_t n_kv_heads, int64_t D, float scale,
+                                           float *out, float *scratch, int64_t h0, int64_t h1) {
+    attention_avx512_t(0, q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, D, scale, out, scratch, h0, h1);
+}
+
+CK_ATT_AVX512 static void attention_avx512_f16(const float *q, const uint16_t *K, const uint16_t *V, int64_t kv_stride,
+                                               int64_t head_stride, int64_t n_pos, int64_t n_heads, int64_t n_kv_heads,
+                                               int64_t D, float scale, float *out, float *scratch, int64_t h0, int64_t h1) {
+    attention_avx512_t(1, q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, D, scale, out, scratch, h0, h1);
+}
 #endif
+
+// Rounded up to a whole 4 KiB so that a growing context does not reallocate every step.
+static float *score_scratch(float *scratch, int64_t heads, int64_t n_pos) {
+    if (scratch) return scratch;
+    scratch = (float *)ck_thread_scratch(CK_SCRATCH_SCORES, (size_t)(heads * n_pos + 1023) / 1024 * 4096);
+    if (!scratch) abort();
+    return scratch;
+}
 
 void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
                       float *out, float *scratch, int64_t head_begin, int64_t head_end) {
-    if (!scratch) {
-        // Rounded up to a whole 4 KiB so that a growing context does not reallocate every step.
-        scratch = (float *)ck_thread_scratch(CK_SCRATCH_SCORES, (size_t)((head_end - head_begin) * n_pos + 1023) / 1024 * 4096);
-        if (!scratch) abort();
-    }
+    scratch = score_scratch(scratch, head_end - head_begin, n_pos);
 #if CK_ATT_X86
     if (ck_get_isa() >= CK_ISA_AVX512 && head_dim % 16 == 0 && head_dim <= 256) {
         attention_avx512(q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
         return;
     }
 #endif
-    attention_scalar(q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+    attention_scalar(q, K, V, 0, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+}
+
+void ck_attention_row_f16(const float *q, const uint16_t *K, const uint16_t *V, int64_t kv_stride, int64_t head_stride,
+                          int64_t n_pos, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
+                          float *out, float *scratch, int64_t head_begin, int64_t head_end) {
+    scratch = score_scratch(scratch, head_end - head_begin, n_pos);
+#if CK_ATT_X86
+    if (ck_get_isa() >= CK_ISA_AVX512 && head_dim % 16 == 0 && head_dim <= 256) {
+        attention_avx512_f16(q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+        return;
+    }
+#endif
+    attention_scalar(q, K, V, 1, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+}
+
+#if CK_ATT_X86
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void f32_to_f16_avx512(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) dst[i] = ck_float_to_half(src[i]);
+}
+#endif
+
+void ck_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
+#if CK_ATT_X86
+    if (ck_get_isa() >= CK_ISA_AVX512) { f32_to_f16_avx512(src, dst, n); return; }
+#endif
+    for (int64_t i = 0; i < n; i++) dst[i] = ck_float_to_half(src[i]);
 }

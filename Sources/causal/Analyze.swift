@@ -51,6 +51,7 @@ struct AnalyzeAttention: ParsableCommand {
     func run() throws {
         try reportingErrors {
             if let a = modelOptions.activations { Activations.current = a.value }
+            if let k = modelOptions.kvCache { KVPrecision.current = k.value }
             let report = try AttentionAnalysis.analyze(model: modelOptions.model, text: text, attention: attention?.value,
                                                        threshold: threshold.map { .absolute($0) } ?? .float32,
                                                        precision: modelOptions.precision.value, threads: modelOptions.threads)

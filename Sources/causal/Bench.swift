@@ -10,6 +10,7 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "A GGUF model file or a Hugging Face model directory (default: the default model).") var model: String?
     @Option(name: .long, help: "fast or reference.") var precision: PrecisionArgument = .fast
     @Option(name: .long, help: "Activations in products with quantized weights: fp32 or int8 (opt-in; default: $CAUSAL_ACTIVATIONS or fp32). The precision column shows fast+int8 when int8 is on.") var activations: ActivationsArgument?
+    @Option(name: .long, help: ArgumentHelp(KVCacheArgument.help.abstract + " The precision column shows +kv16 when fp16 is on.")) var kvCache: KVCacheArgument?
     @Option(name: .shortAndLong, help: "Prompt lengths, comma separated (empty: none).") var p: String = "64,512"
     @Option(name: .shortAndLong, help: "Generated tokens for tg and batch tests (0: none).") var n: Int = 128
     @Option(name: .shortAndLong, help: "Threads (default: all cores).") var t: Int?
@@ -45,9 +46,11 @@ struct Bench: ParsableCommand {
         if let constrained { return try runConstrained(constrained) }
         try reportingErrors {
             if let a = activations { Activations.current = a.value }
+            if let k = kvCache { KVPrecision.current = k.value }
             let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
             if device == .cuda { try bundle.use(.cuda) }
-            let precisionName = (precision == .fast && Activations.current == .int8 ? "fast+int8" : precision.rawValue) + (device == .cuda ? "/cuda" : "")
+            let precisionName = (precision == .fast && Activations.current == .int8 ? "fast+int8" : precision.rawValue)
+                + (KVPrecision.current == .fp16 ? "+kv16" : "") + (device == .cuda ? "/cuda" : "")
             var bench = Benchmark(model: bundle.model, repeats: r)
             bench.seed = 1
             let threads = bundle.pool.threadCount
@@ -78,6 +81,7 @@ struct Bench: ParsableCommand {
                 throw CausalError.io(path: file, reason: FileManager.default.fileExists(atPath: file) ? "cannot read" : "no such file")
             }
             if let a = activations { Activations.current = a.value }
+            if let k = kvCache { KVPrecision.current = k.value }
             let bundle = try ModelBundle(path: model, precision: precision.value, threads: t)
             if device == .cuda { try bundle.use(.cuda) }
             let sequences = try list(batch, "batch").first ?? 16

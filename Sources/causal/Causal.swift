@@ -24,12 +24,16 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Activations in products with quantized weights: fp32 (default; fast equals reference bit for bit) or int8 (faster, opt-in, close but not equal; see docs/int8-activations.md). Default: $CAUSAL_ACTIVATIONS or fp32.")
     var activations: ActivationsArgument?
 
+    @Option(name: .long, help: KVCacheArgument.help)
+    var kvCache: KVCacheArgument?
+
     func validate() throws {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func load() throws -> ModelBundle {
         if let a = activations { Activations.current = a.value }
+        if let k = kvCache { KVPrecision.current = k.value }
         return try ModelBundle(path: model, precision: precision.value, threads: threads)
     }
 
@@ -47,6 +51,12 @@ struct ModelOptions: ParsableArguments {
 enum ActivationsArgument: String, ExpressibleByArgument, CaseIterable {
     case fp32, int8
     var value: Activations { self == .int8 ? .int8 : .fp32 }
+}
+
+enum KVCacheArgument: String, ExpressibleByArgument, CaseIterable {
+    case fp32, fp16
+    var value: KVPrecision { self == .fp16 ? .fp16 : .fp32 }
+    static let help: ArgumentHelp = "Key/value cache of decoder models: fp32 (default; fast equals reference bit for bit) or fp16 (half the memory and the bytes attention reads; opt-in, close but not equal; CPU only; see docs/kv-cache.md). Default: $CAUSAL_KV_CACHE or fp32."
 }
 
 enum PrecisionArgument: String, ExpressibleByArgument, CaseIterable {

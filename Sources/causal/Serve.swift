@@ -41,6 +41,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Worker threads (default: all cores).") var threads: Int?
     @Option(name: .long, help: "Activations in products with quantized weights: fp32 (default) or int8 (faster, opt-in, close but not equal; see docs/int8-activations.md). Default: $CAUSAL_ACTIVATIONS or fp32.")
     var activations: ActivationsArgument?
+    @Option(name: .long, help: KVCacheArgument.help) var kvCache: KVCacheArgument?
     @Option(name: .long, help: ArgumentHelp("Serve POST /v1/embeddings with this embedding model directory (config.json, model.safetensors, tokenizer.json); 'default': all-MiniLM-L6-v2, fetched into the cache if missing.", valueName: "dir|default"))
     var embeddingModel: String?
     @Option(name: .long, help: ArgumentHelp("Serve a LoRA adapter (a PEFT directory) beside the base model, selected with \"model\": \"name\" or \"<base>:name\" (repeatable; docs/adapters.md).", valueName: "name=dir"))
@@ -70,6 +71,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         if let a = activations { Activations.current = a.value }
+        if let k = kvCache { KVPrecision.current = k.value }
         let key = apiKey ?? ProcessInfo.processInfo.environment["CAUSAL_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         var config = ServerConfiguration(
             host: host, port: port, modelPath: model, modelName: modelName, maxSequences: maxSequences, context: context,

@@ -183,6 +183,25 @@ final class CLITests: XCTestCase {
         for row in rows { XCTAssertGreaterThan(row["tokens_per_second"] as! Double, 0) }
     }
 
+    /// `--kv-cache fp16`: a greedy count continues as with the fp32 cache; bench labels its rows; a bad value is named.
+    func testKVCacheFP16() throws {
+        let args = ["generate", "--model", Self.modelPath, "--raw", "--max-tokens", "8", "--json", "1, 2, 3, 4,"]
+        let a = try causal(args), b = try causal(args + ["--kv-cache", "fp16"])
+        XCTAssertEqual(a.status, 0, a.stderr)
+        XCTAssertEqual(b.status, 0, b.stderr)
+        XCTAssertEqual(b.stdout, a.stdout)
+        XCTAssertTrue(b.stdout.contains(#""text": " 5, 6, 7""#), b.stdout)
+        let r = try causal(["bench", "--model", Self.modelPath, "-p", "8", "-n", "2", "-r", "1", "--kv-cache", "fp16", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for row in r.stdout.split(separator: "\n") {
+            let o = try JSONSerialization.jsonObject(with: Data(row.utf8)) as! [String: Any]
+            XCTAssertEqual(o["precision"] as? String, "fast+kv16", String(row))
+        }
+        let bad = try causal(["generate", "--kv-cache", "fp8", "hi"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("kv-cache"), bad.stderr)
+    }
+
     // MARK: Bad input: one clear line on stderr, non-zero exit, no crash.
 
     func assertCleanFailure(_ r: Output, mentions: String..., file: StaticString = #filePath, line: UInt = #line) {

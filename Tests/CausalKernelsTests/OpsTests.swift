@@ -102,6 +102,67 @@ final class OpsTests: XCTestCase {
         try ISALevels.report("OpsTests.testAttentionSameBitsOnEveryISALevelLayoutAndHeadRange")
     }
 
+    /// A half-precision KV cache's conversion: ck_f32_to_f16 gives ck_float_to_half's bits (round to nearest, ties to
+    /// even) on every ISA level, for ordinary values, ties, subnormals, overflow, infinities and signed zeros, at
+    /// lengths that leave a tail after the 16-wide loop; and known values convert exactly.
+    func testFloatToHalfRowSameBitsOnEveryISALevel() throws {
+        var x = randoms(1000, 4)
+        x += randoms(37, 70000) + randoms(37, 1e-5)
+        x += [0, -0.0, 1, -2, 65504, 65519.99, 65520, -65520, 1e9, .infinity, -.infinity, 6.1035156e-05, 5.9604645e-08,
+              2.9802322e-08, 2.9802326e-08, 8.940697e-08, 1 + 1.0 / 2048, 1 + 3.0 / 2048, 1 + 1.0 / 4096, -(1 + 3.0 / 4096)]
+        let want = x.map { ck_float_to_half($0) }
+        // Known encodings: 1 + 2^-11 is a tie between 1 and 1 + 2^-10 and rounds to the even 1; 1 + 3·2^-11 rounds
+        // up to 1 + 2^-9; 65520 overflows to infinity; 2^-25 (a tie with 0) rounds to 0, just above it to 2^-24.
+        let known: [(Float, UInt16)] = [(1, 0x3C00), (-2, 0xC000), (65504, 0x7BFF), (65520, 0x7C00), (1 + 1.0 / 2048, 0x3C00),
+                                        (1 + 3.0 / 2048, 0x3C02), (2.9802322e-08, 0x0000), (2.9802326e-08, 0x0001),
+                                        (-0.0, 0x8000), (.infinity, 0x7C00), (6.1035156e-05, 0x0400)]
+        for (v, h) in known { XCTAssertEqual(ck_float_to_half(v), h, "\(v)") }
+        var runs = 0
+        for level in ISALevels.available {
+            guard ISALevels.force(level) else { continue }
+            for n in [x.count, 15, 16, 17, 1] {
+                var out = [UInt16](repeating: 0xFFFF, count: n)
+                ck_f32_to_f16(x, &out, Int64(n))
+                XCTAssertEqual(out, Array(want.prefix(n)), "level \(level), n \(n)")
+            }
+            runs += 1
+        }
+        _ = ck_set_isa(-1)
+        XCTAssertEqual(runs, ISALevels.available.count)
+        try ISALevels.report("OpsTests.testFloatToHalfRowSameBitsOnEveryISALevel")
+    }
+
+    /// Attention over binary16 keys and values equals fp32 attention over the same values converted (bit for bit), on
+    /// every ISA level, in the head-major cache layout the decoder uses, for any head range.
+    func testHalfAttentionEqualsFP32AttentionOnConvertedValues() throws {
+        let H = 9, Hkv = 3, D = 64
+        for npos in [1, 2, 15, 16, 17, 33, 100, 203] {
+            let cap = npos + 3
+            let q = randoms(H * D)
+            let K16 = randoms(Hkv * cap * D, 3).map { ck_float_to_half($0) }, V16 = randoms(Hkv * cap * D).map { ck_float_to_half($0) }
+            let K = K16.map { ck_half_to_float($0) }, V = V16.map { ck_half_to_float($0) }
+            var outs: [[Float]] = []
+            for level in ISALevels.available.reversed() {
+                guard ISALevels.force(level) else { continue }
+                var want = [Float](repeating: 0, count: H * D)
+                ck_attention_row(q, K, V, Int64(D), Int64(cap * D), Int64(npos), Int64(H), Int64(Hkv), Int64(D), 0.125, &want, nil, 0, Int64(H))
+                for ranges in [[0..<H], [0..<3, 3..<6, 6..<9], [0..<2, 2..<7, 7..<9]] {
+                    var out = [Float](repeating: .nan, count: H * D)
+                    for r in ranges {
+                        ck_attention_row_f16(q, K16, V16, Int64(D), Int64(cap * D), Int64(npos), Int64(H), Int64(Hkv), Int64(D),
+                                             0.125, &out, nil, Int64(r.lowerBound), Int64(r.upperBound))
+                    }
+                    XCTAssertEqual(out.map(\.bitPattern), want.map(\.bitPattern), "npos \(npos), level \(level), ranges \(ranges)")
+                }
+                outs.append(want)
+            }
+            _ = ck_set_isa(-1)
+            XCTAssertEqual(outs.count, ISALevels.available.count)
+            for o in outs.dropFirst() { XCTAssertEqual(outs[0].map(\.bitPattern), o.map(\.bitPattern), "npos \(npos)") }
+        }
+        try ISALevels.report("OpsTests.testHalfAttentionEqualsFP32AttentionOnConvertedValues")
+    }
+
     /// SiLU(g) * u: the AVX-512 path gives the portable path's bits (the same exp), within 1e-6 of the exact value.
     func testSiluMulSameBitsOnEveryISALevelAndAccurate() throws {
         var g = randoms(4099).map { $0 * 40 }

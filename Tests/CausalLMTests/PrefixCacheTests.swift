@@ -48,7 +48,7 @@ final class PrefixCacheTests: XCTestCase {
     }
 
     /// Prompts in order, each sent after the previous one ended, on `generator` with the cache off and on.
-    func compare(_ generator: Generator, prompts: [[Int]], budget: Int, maxNewTokens: Int = 8,
+    static func compare(_ generator: Generator, prompts: [[Int]], budget: Int, maxNewTokens: Int = 8,
                  file: StaticString = #filePath, line: UInt = #line) async throws -> (SchedulerMetrics, [[Int]]) {
         let off = try Scheduler(generator: generator, maxSequences: 4, contextLength: 256, maxTokensPerStep: 16)
         let on = try Scheduler(generator: generator, maxSequences: 4, contextLength: 256, maxTokensPerStep: 16,
@@ -71,11 +71,11 @@ final class PrefixCacheTests: XCTestCase {
     }
 
     /// Hit, continuation of a finished sequence (its generated tokens' rows), partial hit inside an edge, miss.
-    func checkHits(_ generator: Generator, vocabulary V: Int) async throws {
+    static func checkHits(_ generator: Generator, vocabulary V: Int) async throws {
         var rng = SequenceRNG(seed: 3)
         func tokens(_ n: Int, from lo: Int) -> [Int] { (0..<n).map { _ in lo + Int(rng.next() % UInt64(V / 2 - 1)) } }
         let base = tokens(30, from: 1)
-        let first = try await compare(generator, prompts: [base], budget: 1 << 20).1[0]
+        let first = try await Self.compare(generator, prompts: [base], budget: 1 << 20).1[0]
         let third = Array(base[..<20]) + tokens(6, from: V / 2)
         let prompts: [[Int]] = [
             base,                                         // miss
@@ -85,7 +85,7 @@ final class PrefixCacheTests: XCTestCase {
             third + [1, 2, 3],                            // the third prompt (and what of its answer it agrees with)
         ]
         XCTAssertNotEqual(prompts[3][0], base[0])
-        let (m, outputs) = try await compare(generator, prompts: prompts, budget: 1 << 20)
+        let (m, outputs) = try await Self.compare(generator, prompts: prompts, budget: 1 << 20)
         XCTAssertEqual(outputs[0], first)
         XCTAssertEqual(m.prefixCacheMisses, 2)
         XCTAssertEqual(m.prefixCacheHits, 3)
@@ -105,7 +105,7 @@ final class PrefixCacheTests: XCTestCase {
     func testTinyLlamaHitsGiveIdenticalResults() async throws {
         for dtype in [DType.f32, .q8_0] {
             let bundle = try ModelBundle(path: try tinyPath(dtype))
-            try await checkHits(bundle.makeGenerator(), vocabulary: TinyModel.vocab)
+            try await Self.checkHits(bundle.makeGenerator(), vocabulary: TinyModel.vocab)
         }
     }
 
@@ -125,7 +125,7 @@ final class PrefixCacheTests: XCTestCase {
             try bundle.chatPromptIDs([system, ChatMessage(role: "user", content: "Name a colour.")]),
             try bundle.chatPromptIDs([system, ChatMessage(role: "user", content: "Name a fruit.")]),
         ]
-        let (m, _) = try await compare(gen, prompts: prompts, budget: 64 << 20, maxNewTokens: 6)
+        let (m, _) = try await Self.compare(gen, prompts: prompts, budget: 64 << 20, maxNewTokens: 6)
         XCTAssertEqual(m.prefixCacheHits, 3)
         XCTAssertEqual(m.prefixCacheMisses, 1)
         XCTAssertGreaterThanOrEqual(m.prefixCacheHitTokens, first.count - 1 + 2 * 20)
@@ -147,7 +147,7 @@ final class PrefixCacheTests: XCTestCase {
     /// GPT-2 lays its cache out by position (LLaMA by head): the copy must follow the model's layout.
     func testTinyGPT2HitsGiveIdenticalResults() async throws {
         let bundle = try ModelBundle(path: Fixtures.url("tiny/gpt2").path)
-        try await checkHits(bundle.makeGenerator(), vocabulary: bundle.model.vocabularySize)
+        try await Self.checkHits(bundle.makeGenerator(), vocabulary: bundle.model.vocabularySize)
     }
 
     /// Least recently used leaves go first, and a request after its rows were evicted still gives the same answer.
@@ -160,7 +160,7 @@ final class PrefixCacheTests: XCTestCase {
         let budget = 50 * perPosition
         let a = Array(1...20), b = Array(21...40), c = Array(41...60)
         let prompts = [a, b, a + [70, 71], c, a + [72], b + [73], a]
-        let (metrics, _) = try await compare(gen, prompts: prompts, budget: budget, maxNewTokens: 4)
+        let (metrics, _) = try await Self.compare(gen, prompts: prompts, budget: budget, maxNewTokens: 4)
         // a: miss; b: miss; a+: hit 20, and when it ends b goes (a was used later); c: miss; a+: hit 20 (a's node
         // survives); b+: miss (evicted); a: hit 19 (the last prompt token always runs).
         XCTAssertEqual(metrics.prefixCacheMisses, 4)
@@ -170,7 +170,7 @@ final class PrefixCacheTests: XCTestCase {
         XCTAssertLessThanOrEqual(metrics.prefixCacheBytes, budget)
 
         // A budget smaller than one sequence holds nothing, and changes nothing.
-        let (tiny, _) = try await compare(gen, prompts: [a, a], budget: 10 * perPosition, maxNewTokens: 4)
+        let (tiny, _) = try await Self.compare(gen, prompts: [a, a], budget: 10 * perPosition, maxNewTokens: 4)
         XCTAssertEqual(tiny.prefixCacheHits, 0)
         XCTAssertEqual(tiny.prefixCacheBytes, 0)
     }

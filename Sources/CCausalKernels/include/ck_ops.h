@@ -35,6 +35,17 @@ void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv
                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
                       float *out, float *scratch, int64_t head_begin, int64_t head_end);
 
+/// ck_attention_row over keys and values stored as IEEE binary16 (a half-precision KV cache): each is converted
+/// exactly to fp32 as it is read, then the arithmetic is ck_attention_row's, so the result equals ck_attention_row
+/// on the converted values, with the same bits on every ISA level. Strides count elements, as above.
+void ck_attention_row_f16(const float *q, const uint16_t *K, const uint16_t *V, int64_t kv_stride, int64_t head_stride,
+                          int64_t n_pos, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
+                          float *out, float *scratch, int64_t head_begin, int64_t head_end);
+
+/// dst[i] = src[i] rounded to IEEE binary16, to nearest, ties to even (ck_float_to_half; the same bits on every ISA
+/// level: the AVX-512 path is the hardware conversion with that rounding).
+void ck_f32_to_f16(const float *src, uint16_t *dst, int64_t n);
+
 /// exp(x) with the same bits on every ISA level (relative error ~2e-7); 0 below -87.
 float ck_exp(float x);
 

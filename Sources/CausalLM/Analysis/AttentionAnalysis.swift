@@ -420,8 +420,8 @@ final class AttentionRecorder: DecoderBackend {
         for g in 0..<kvHeads {
             for j in 0..<T {
                 for d in 0..<D {
-                    keys[g * T * D + j * D + d] = cache.keys[layer][g * cache.capacity * D + j * D + d]
-                    values[g * T * D + j * D + d] = cache.values[layer][g * cache.capacity * D + j * D + d]
+                    keys[g * T * D + j * D + d] = cache.element(layer: layer, values: false, g * cache.capacity * D + j * D + d)
+                    values[g * T * D + j * D + d] = cache.element(layer: layer, values: true, g * cache.capacity * D + j * D + d)
                 }
             }
         }

@@ -67,7 +67,8 @@ final class PrefixCache {
         var path: [(Node, Int)] = []
         guard var node = rootNode(adapter, create: false) else { return 0 }
         var pos = 0
-        while pos < limit, let child = node.children[tokens[pos]] {
+        // Rows kept at another KV precision (KVPrecision.current changed since) are a miss.
+        while pos < limit, let child = node.children[tokens[pos]], child.block?.precision == cache.precision {
             let k = commonPrefix(child.tokens, tokens[pos..<limit])
             path.append((child, k))
             pos += k
@@ -135,7 +136,7 @@ final class PrefixCache {
         return r
     }
 
-    private func bytesPerPosition(_ cache: KVCache) -> Int { cache.layers * 2 * cache.kvDim * MemoryLayout<Float>.size }
+    private func bytesPerPosition(_ cache: KVCache) -> Int { cache.layers * 2 * cache.kvDim * cache.precision.bytes }
 
     /// Drops least recently used leaves until the held bytes fit the budget.
     private func evict() {

@@ -527,7 +527,8 @@ public final class Scheduler: @unchecked Sendable {
     /// Starts a choice of an n > 1 request from choice 0's prompt: copies its rows into a fresh cache and chooses the
     /// first token from the same logits row. Returns whether it produced a token.
     private func startFork(_ e: Entry, from snap: ForkSnapshot) throws -> Bool {
-        let cache = KVCache(layers: snap.block.layers, kvDim: snap.block.kvDim, capacity: e.capacity, cross: snap.cross)
+        let cache = KVCache(layers: snap.block.layers, kvDim: snap.block.kvDim, capacity: e.capacity,
+                            precision: snap.block.precision, cross: snap.cross)
         snap.block.write(into: cache, at: 0, count: snap.block.count)
         cache.promptLength = snap.promptLength
         e.state = SequenceState(choice: e.index, request: e.request, promptCount: e.promptTokens,

@@ -150,8 +150,14 @@ final class CPUBackend: DecoderBackend {
             let cache = chunks[rows.chunk[r]].cache
             for g in 0..<kvHeads {
                 let at = g * cache.capacity * D + rows.position[r] * D
-                (cache.keys[l] + at).update(from: kp + r * kvDim + g * D, count: D)
-                (cache.values[l] + at).update(from: vp + r * kvDim + g * D, count: D)
+                switch cache.precision {
+                case .fp32:
+                    (cache.keys[l] + at).update(from: kp + r * kvDim + g * D, count: D)
+                    (cache.values[l] + at).update(from: vp + r * kvDim + g * D, count: D)
+                case .fp16:
+                    ck_f32_to_f16(kp + r * kvDim + g * D, cache.halfKeys[l] + at, Int64(D))
+                    ck_f32_to_f16(vp + r * kvDim + g * D, cache.halfValues[l] + at, Int64(D))
+                }
             }
         }
     }
@@ -186,8 +192,15 @@ final class CPUBackend: DecoderBackend {
             let r = item / items, h = (item % items) * group
             let cache = chunks[rows.chunk[r]].cache
             let (f, len) = keys(r, h)
-            ck_attention_row(qp + r * qDim, cache.keys[l] + f * D, cache.values[l] + f * D, Int64(D), Int64(cache.capacity * D),
-                             Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim, nil, Int64(h), Int64(h + group))
+            switch cache.precision {
+            case .fp32:
+                ck_attention_row(qp + r * qDim, cache.keys[l] + f * D, cache.values[l] + f * D, Int64(D), Int64(cache.capacity * D),
+                                 Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim, nil, Int64(h), Int64(h + group))
+            case .fp16:
+                ck_attention_row_f16(qp + r * qDim, cache.halfKeys[l] + f * D, cache.halfValues[l] + f * D, Int64(D),
+                                     Int64(cache.capacity * D), Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim,
+                                     nil, Int64(h), Int64(h + group))
+            }
         }
     }
 

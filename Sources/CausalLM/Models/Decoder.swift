@@ -155,9 +155,11 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
 
     deinit { owned.forEach { $0.deallocate() } }
 
+    /// A cache at `KVPrecision.current` on the CPU backend; fp32 on others (the CUDA backend keeps an fp32 host copy).
     public func makeCache(capacity: Int? = nil) -> KVCache {
         KVCache(layers: config.layerCount, kvDim: config.kvHeadCount * config.headDim,
-                capacity: min(capacity ?? config.contextLength, config.contextLength))
+                capacity: min(capacity ?? config.contextLength, config.contextLength),
+                precision: backend is CPUBackend ? KVPrecision.current : .fp32)
     }
 
     /// Runs one step over a ragged batch. See `LanguageModel.forward`.
@@ -171,6 +173,9 @@ public final class DecoderModel: LanguageModel, @unchecked Sendable {
         let rows = try RaggedRows(chunks, vocabularySize: cfg.vocabularySize) { ci, c in
             // A prefix-LM's prompt is the first chunk on an empty cache; its later chunks continue causally.
             if mask != .causal, c.cache.count == 0 { c.cache.promptLength = c.tokens.count }
+            if c.cache.precision != .fp32, !(be.buffer(1) is HostBuffer) {
+                throw CausalError.invalidArgument("chunk \(ci): its key/value cache is \(c.cache.precision.rawValue), which the CPU backend alone computes with, not \(be.name) (make caches at KVPrecision fp32, --kv-cache fp32)")
+            }
             if c.adapter != nil, !(be.buffer(1) is HostBuffer) {   // AdapterRuns works on host memory
                 throw CausalError.invalidArgument("chunk \(ci): LoRA adapters run on the CPU backend only, not on \(be.name)")
             }

@@ -28,6 +28,9 @@ extension DecoderModel {
         case .cpu:
             if backend is CUDABackend { backend = CPUBackend(pool: pool) }
         case .cuda:
+            if KVPrecision.current != .fp32 {
+                throw CausalError.invalidArgument("--kv-cache \(KVPrecision.current.rawValue) runs on the CPU only; the CUDA backend keeps keys and values in fp32 (use --kv-cache fp32 with --device cuda)")
+            }
             let format = weights ?? (precision == .reference ? .f32 : .bf16)
             let b = try CUDABackend(weights: format == .f32 ? .f32 : .bf16)
             b.hostLayout = (config.kvHeadCount, config.headDim)
