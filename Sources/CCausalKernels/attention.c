@@ -347,6 +347,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void f32_to_f16
 }
 #endif
 
+#if CK_ATT_X86
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void f16_to_f32_avx512(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+    for (; i < n; i++) dst[i] = ck_half_to_float(src[i]);
+}
+#endif
+
+void ck_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+#if CK_ATT_X86
+    if (ck_get_isa() >= CK_ISA_AVX512) { f16_to_f32_avx512(src, dst, n); return; }
+#endif
+    for (int64_t i = 0; i < n; i++) dst[i] = ck_half_to_float(src[i]);
+}
+
 void ck_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
 #if CK_ATT_X86
     if (ck_get_isa() >= CK_ISA_AVX512) { f32_to_f16_avx512(src, dst, n); return; }

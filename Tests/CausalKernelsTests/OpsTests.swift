@@ -125,6 +125,14 @@ final class OpsTests: XCTestCase {
                 ck_f32_to_f16(x, &out, Int64(n))
                 XCTAssertEqual(out, Array(want.prefix(n)), "level \(level), n \(n)")
             }
+            // And back: ck_f16_to_f32 gives ck_half_to_float's bits for all 65,536 encodings (NaNs as NaN).
+            let all = (0...UInt16.max).map { $0 }
+            var back = [Float](repeating: 0, count: all.count)
+            ck_f16_to_f32(all, &back, Int64(all.count))
+            for (h, f) in zip(all, back) {
+                let want = ck_half_to_float(h)
+                if want.isNaN { XCTAssertTrue(f.isNaN, "level \(level), \(h)") } else { XCTAssertEqual(f.bitPattern, want.bitPattern, "level \(level), \(h)") }
+            }
             runs += 1
         }
         _ = ck_set_isa(-1)

@@ -46,6 +46,9 @@ void ck_attention_row_f16(const float *q, const uint16_t *K, const uint16_t *V, 
 /// level: the AVX-512 path is the hardware conversion with that rounding).
 void ck_f32_to_f16(const float *src, uint16_t *dst, int64_t n);
 
+/// dst[i] = src[i] (IEEE binary16) as fp32, exactly (ck_half_to_float).
+void ck_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
+
 /// exp(x) with the same bits on every ISA level (relative error ~2e-7); 0 below -87.
 float ck_exp(float x);
 

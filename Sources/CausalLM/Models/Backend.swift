@@ -188,10 +188,36 @@ final class CPUBackend: DecoderBackend {
         // not to a buffer of the whole step's.
         let group = !perHead && n * Hkv >= 4 * pool.threadCount ? H / Hkv : 1
         let items = H / group
+        // An fp16 cache read by many rows of one step (a prompt chunk): its positions are converted to fp32 once, into
+        // a staging copy in the cache's layout, and the rows read that, instead of each row converting every key and
+        // value it reads again. The conversion is exact, so the results are the fp16 kernel's bits.
+        var staged: [Int: (k: HostBuffer, v: HostBuffer, span: Int)] = [:]
+        var rowsOf = [Int](repeating: 0, count: chunks.count), span = [Int](repeating: 0, count: chunks.count)
+        for r in 0..<n where chunks[rows.chunk[r]].cache.precision == .fp16 {
+            rowsOf[rows.chunk[r]] += 1
+            for h in stride(from: 0, to: H, by: H / 2 > 0 ? H / 2 : 1) {
+                let (f, len) = keys(r, h)
+                span[rows.chunk[r]] = max(span[rows.chunk[r]], f + len)
+            }
+        }
+        for ci in chunks.indices where rowsOf[ci] >= 8 {
+            let cache = chunks[ci].cache, s = span[ci]
+            let k = HostBuffer(count: Hkv * s * D), v = HostBuffer(count: Hkv * s * D)
+            pool.parallelFor(2 * Hkv) { i in
+                let g = i / 2, src = i % 2 == 0 ? cache.halfKeys[l] : cache.halfValues[l], dst = i % 2 == 0 ? k.p : v.p
+                ck_f16_to_f32(src + g * cache.capacity * D, dst + g * s * D, Int64(s * D))
+            }
+            staged[ci] = (k, v, s)
+        }
         pool.parallelFor(n * items) { item in
             let r = item / items, h = (item % items) * group
             let cache = chunks[rows.chunk[r]].cache
             let (f, len) = keys(r, h)
+            if let st = staged[rows.chunk[r]] {
+                ck_attention_row(qp + r * qDim, st.k.p + f * D, st.v.p + f * D, Int64(D), Int64(st.span * D),
+                                 Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim, nil, Int64(h), Int64(h + group))
+                return
+            }
             switch cache.precision {
             case .fp32:
                 ck_attention_row(qp + r * qDim, cache.keys[l] + f * D, cache.values[l] + f * D, Int64(D), Int64(cache.capacity * D),
