@@ -312,30 +312,33 @@ static float *score_scratch(float *scratch, int64_t heads, int64_t n_pos) {
     return scratch;
 }
 
-void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
-                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
-                      float *out, float *scratch, int64_t head_begin, int64_t head_end) {
+// half: K and V are binary16 (ck_attention_row_f16), else fp32.
+static void attention_rows(int half, const float *q, const void *K, const void *V, int64_t kv_stride, int64_t head_stride,
+                           int64_t n_pos, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float *out,
+                           float *scratch, int64_t head_begin, int64_t head_end) {
     scratch = score_scratch(scratch, head_end - head_begin, n_pos);
 #if CK_ATT_X86
     if (ck_get_isa() >= CK_ISA_AVX512 && head_dim % 16 == 0 && head_dim <= 256) {
-        attention_avx512(q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+        if (half)
+            attention_avx512_f16(q, (const uint16_t *)K, (const uint16_t *)V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+        else
+            attention_avx512(q, (const float *)K, (const float *)V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
         return;
     }
 #endif
-    attention_scalar(q, K, V, 0, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+    attention_scalar(q, K, V, half, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+}
+
+void ck_attention_row(const float *q, const float *K, const float *V, int64_t kv_stride, int64_t head_stride, int64_t n_pos,
+                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
+                      float *out, float *scratch, int64_t head_begin, int64_t head_end) {
+    attention_rows(0, q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
 }
 
 void ck_attention_row_f16(const float *q, const uint16_t *K, const uint16_t *V, int64_t kv_stride, int64_t head_stride,
                           int64_t n_pos, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
                           float *out, float *scratch, int64_t head_begin, int64_t head_end) {
-    scratch = score_scratch(scratch, head_end - head_begin, n_pos);
-#if CK_ATT_X86
-    if (ck_get_isa() >= CK_ISA_AVX512 && head_dim % 16 == 0 && head_dim <= 256) {
-        attention_avx512_f16(q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
-        return;
-    }
-#endif
-    attention_scalar(q, K, V, 1, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
+    attention_rows(1, q, K, V, kv_stride, head_stride, n_pos, n_heads, n_kv_heads, head_dim, scale, out, scratch, head_begin, head_end);
 }
 
 #if CK_ATT_X86
