@@ -221,11 +221,11 @@ public enum AttentionAnalysis {
     static func record(_ m: DecoderModel, ids: [Int], mask: AttentionMask?,
                        logits: LogitsRequest = .none) throws -> (recorder: AttentionRecorder, logits: [Float]) {
         let saved = (m.backend, m.promptAttention)
+        let cache = m.makeCache(capacity: ids.count)   // made by the model's own backend (at KVPrecision.current on the CPU)
         let recorder = AttentionRecorder(m.backend, layers: m.config.layerCount)
         m.backend = recorder
         if let mask { m.promptAttention = mask }
         defer { (m.backend, m.promptAttention) = saved }
-        let cache = m.makeCache(capacity: ids.count)
         let out = try m.forward([SequenceChunk(cache: cache, tokens: ids, logits: logits)])
         guard !recorder.unsupported, recorder.layers.allSatisfy({ $0 != nil }) else {
             throw CausalError.invalidArgument("attention analysis reads the CPU backend's buffers; this model runs on \(saved.0.name)")
