@@ -158,6 +158,22 @@ CK_ATT_AVX512 static inline __attribute__((always_inline)) void pv_block(const i
         for (int c = 0; c < cn; c++) part[s][c] = a[s][c];
 }
 
+// pv_block for heads [0, heads) of a group: head i's probabilities at ph0 + i * n_pos, its chains in part[i].
+CK_ATT_AVX512 static inline __attribute__((always_inline)) void pv_heads(const int HALF, int64_t cn, const float *ph0, int64_t n_pos,
+                                                                       int64_t heads, const void *vb, int64_t kv_stride, int64_t b0,
+                                                                       int64_t b1, __m512 part[][4][4]) {
+    for (int64_t i = 0; i < heads; i++) {
+        const float *ph = ph0 + i * n_pos;
+        // cn as a constant, so that the 4 x cn accumulators live in registers.
+        switch (cn) {
+        case 4: pv_block(HALF, 4, ph, vb, kv_stride, b0, b1, part[i]); break;
+        case 3: pv_block(HALF, 3, ph, vb, kv_stride, b0, b1, part[i]); break;
+        case 2: pv_block(HALF, 2, ph, vb, kv_stride, b0, b1, part[i]); break;
+        default: pv_block(HALF, 1, ph, vb, kv_stride, b0, b1, part[i]); break;
+        }
+    }
+}
+
 // One head's scores against the 16 keys at kb (rows kst elements apart): the fma chains over chunks of 16 dimensions,
 // their tree sums, times scale.
 CK_ATT_AVX512 static inline __attribute__((always_inline)) __m512 score16(const int HALF, const float *qh, const void *kb, int64_t kst,
@@ -254,31 +270,15 @@ CK_ATT_AVX512 static inline __attribute__((always_inline)) void attention_avx512
                 if (c0 == 0)
                     for (int64_t j = b0 + ATT_PF_BLOCKS * ATT_BLOCK, je = j + ATT_BLOCK; j < je && j < n_pos; j++)
                         att_prefetch_row(Vg + j * rs, D, es);
+                const float *ph0 = scratch + (ha - h0) * n_pos;
                 if (share) {
                     for (int64_t j = b0; j < b1; j++)
                         for (int64_t c = 0; c < cn; c++)
                             _mm512_store_ps(vbuf + (j - b0) * 64 + 16 * c, KV16(HALF, Vg, j * kv_stride + 16 * (c0 + c)));
-                    for (int64_t h = ha; h < hb; h++) {
-                        const float *ph = scratch + (h - h0) * n_pos + b0;  // positions b0.. as 0.. (b0 % 4 == 0)
-                        switch (cn) {
-                        case 4: pv_block(0, 4, ph, vbuf, 64, 0, b1 - b0, part[h - ha]); break;
-                        case 3: pv_block(0, 3, ph, vbuf, 64, 0, b1 - b0, part[h - ha]); break;
-                        case 2: pv_block(0, 2, ph, vbuf, 64, 0, b1 - b0, part[h - ha]); break;
-                        default: pv_block(0, 1, ph, vbuf, 64, 0, b1 - b0, part[h - ha]); break;
-                        }
-                    }
-                    continue;
-                }
-                for (int64_t h = ha; h < hb; h++) {
-                    const float *ph = scratch + (h - h0) * n_pos;
-                    const void *vb = Vg + 16 * c0 * es;
-                    // cn as a constant, so that the 4 x cn accumulators live in registers.
-                    switch (cn) {
-                    case 4: pv_block(HALF, 4, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
-                    case 3: pv_block(HALF, 3, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
-                    case 2: pv_block(HALF, 2, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
-                    default: pv_block(HALF, 1, ph, vb, kv_stride, b0, b1, part[h - ha]); break;
-                    }
+                    // The buffer's rows are positions b0..b1 as 0.. (b0 % 4 == 0: the same chains).
+                    pv_heads(0, cn, ph0 + b0, n_pos, hb - ha, vbuf, 64, 0, b1 - b0, part);
+                } else {
+                    pv_heads(HALF, cn, ph0, n_pos, hb - ha, Vg + 16 * c0 * es, kv_stride, b0, b1, part);
                 }
             }
             for (int64_t h = ha; h < hb; h++)

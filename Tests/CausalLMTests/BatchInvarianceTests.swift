@@ -19,7 +19,7 @@ final class BatchInvarianceTests: XCTestCase {
         return traces
     }
 
-    func checkInvariance(bundlePath: String, precision: Precision, prompts: [[Int]], params: [GenerateParameters],
+    static func checkInvariance(bundlePath: String, precision: Precision, prompts: [[Int]], params: [GenerateParameters],
                          batchSizes: [Int], chunks: [Int?], seed: UInt64) throws {
         let bundle = try ModelBundle(path: bundlePath, precision: precision)
         let g = bundle.makeGenerator()
@@ -63,7 +63,7 @@ final class BatchInvarianceTests: XCTestCase {
                                    topP: 0.95, seed: UInt64(1000 + i), stopAtEOS: false)
             }
             for precision in Precision.allCases {
-                try checkInvariance(bundlePath: path, precision: precision, prompts: prompts, params: params,
+                try Self.checkInvariance(bundlePath: path, precision: precision, prompts: prompts, params: params,
                                     batchSizes: [1, 2, 3, 5, 8, 16], chunks: [1, 7, nil], seed: 9)
             }
         }
@@ -75,7 +75,7 @@ final class BatchInvarianceTests: XCTestCase {
                      "Water boils at", "My favourite colour is"]
         let prompts = try texts.map { try bundle.tokenizer.encode($0) }
         let params = prompts.indices.map { GenerateParameters(maxNewTokens: 6, temperature: $0 % 2 == 0 ? 0 : 0.8, seed: UInt64($0)) }
-        try checkInvariance(bundlePath: TestModel.path, precision: .fast, prompts: prompts, params: params,
+        try Self.checkInvariance(bundlePath: TestModel.path, precision: .fast, prompts: prompts, params: params,
                             batchSizes: [6, 4], chunks: [7, nil], seed: 3)
     }
 

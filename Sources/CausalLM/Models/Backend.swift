@@ -188,46 +188,44 @@ final class CPUBackend: DecoderBackend {
         // not to a buffer of the whole step's.
         let group = !perHead && n * Hkv >= 4 * pool.threadCount ? H / Hkv : 1
         let items = H / group
-        // An fp16 cache read by many rows of one step (a prompt chunk): its positions are converted to fp32 once, into
-        // a staging copy in the cache's layout, and the rows read that, instead of each row converting every key and
-        // value it reads again. The conversion is exact, so the results are the fp16 kernel's bits.
-        var staged: [Int: (k: HostBuffer, v: HostBuffer, span: Int)] = [:]
-        var rowsOf = [Int](repeating: 0, count: chunks.count), span = [Int](repeating: 0, count: chunks.count)
-        for r in 0..<n where chunks[rows.chunk[r]].cache.precision == .fp16 {
-            rowsOf[rows.chunk[r]] += 1
-            for h in stride(from: 0, to: H, by: H / 2 > 0 ? H / 2 : 1) {
-                let (f, len) = keys(r, h)
-                span[rows.chunk[r]] = max(span[rows.chunk[r]], f + len)
+        // Where each chunk's keys and values are read: its cache, or, for an fp16 cache read by 8 or more rows of this
+        // step (a prompt chunk), a staging copy of the positions they read converted once to fp32 (the same layout),
+        // instead of each row converting every key and value again. The conversion is exact: the fp16 kernel's bits.
+        var staging: [HostBuffer] = []
+        let sources = chunks.indices.map { ci -> (k: UnsafeRawPointer, v: UnsafeRawPointer, headStride: Int, half: Bool) in
+            let cache = chunks[ci].cache
+            guard cache.precision == .fp16 else {
+                return (UnsafeRawPointer(cache.keys[l]), UnsafeRawPointer(cache.values[l]), cache.capacity * D, false)
             }
-        }
-        for ci in chunks.indices where rowsOf[ci] >= 8 {
-            let cache = chunks[ci].cache, s = span[ci]
-            let k = HostBuffer(count: Hkv * s * D), v = HostBuffer(count: Hkv * s * D)
+            let own = (0..<n).filter { rows.chunk[$0] == ci }
+            guard own.count >= 8 else {
+                return (UnsafeRawPointer(cache.halfKeys[l]), UnsafeRawPointer(cache.halfValues[l]), cache.capacity * D, true)
+            }
+            // Heads past H / 2 read other keys in a mixed prefix-LM prompt; the others all read what head 0 reads.
+            let span = own.map { r in [0, H - 1].map { h in keys(r, h) }.map { $0.first + $0.count }.max()! }.max()!
+            let k = HostBuffer(count: Hkv * span * D), v = HostBuffer(count: Hkv * span * D)
+            staging += [k, v]
             pool.parallelFor(2 * Hkv) { i in
                 let g = i / 2, src = i % 2 == 0 ? cache.halfKeys[l] : cache.halfValues[l], dst = i % 2 == 0 ? k.p : v.p
-                ck_f16_to_f32(src + g * cache.capacity * D, dst + g * s * D, Int64(s * D))
+                ck_f16_to_f32(src + g * cache.capacity * D, dst + g * span * D, Int64(span * D))
             }
-            staged[ci] = (k, v, s)
+            return (UnsafeRawPointer(k.p), UnsafeRawPointer(v.p), span * D, false)
         }
         pool.parallelFor(n * items) { item in
             let r = item / items, h = (item % items) * group
-            let cache = chunks[rows.chunk[r]].cache
+            let s = sources[rows.chunk[r]]
             let (f, len) = keys(r, h)
-            if let st = staged[rows.chunk[r]] {
-                ck_attention_row(qp + r * qDim, st.k.p + f * D, st.v.p + f * D, Int64(D), Int64(st.span * D),
-                                 Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim, nil, Int64(h), Int64(h + group))
-                return
-            }
-            switch cache.precision {
-            case .fp32:
-                ck_attention_row(qp + r * qDim, cache.keys[l] + f * D, cache.values[l] + f * D, Int64(D), Int64(cache.capacity * D),
-                                 Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim, nil, Int64(h), Int64(h + group))
-            case .fp16:
-                ck_attention_row_f16(qp + r * qDim, cache.halfKeys[l] + f * D, cache.halfValues[l] + f * D, Int64(D),
-                                     Int64(cache.capacity * D), Int64(len), Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim,
-                                     nil, Int64(h), Int64(h + group))
+            if s.half {
+                ck_attention_row_f16(qp + r * qDim, s.k.assumingMemoryBound(to: UInt16.self) + f * D,
+                                     s.v.assumingMemoryBound(to: UInt16.self) + f * D, Int64(D), Int64(s.headStride), Int64(len),
+                                     Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim, nil, Int64(h), Int64(h + group))
+            } else {
+                ck_attention_row(qp + r * qDim, s.k.assumingMemoryBound(to: Float.self) + f * D,
+                                 s.v.assumingMemoryBound(to: Float.self) + f * D, Int64(D), Int64(s.headStride), Int64(len),
+                                 Int64(H), Int64(Hkv), Int64(D), scale, op + r * qDim, nil, Int64(h), Int64(h + group))
             }
         }
+        withExtendedLifetime(staging) {}
     }
 
     public func gatedActivation(_ g: BackendBuffer, _ u: BackendBuffer, count: Int, rows: Int, activation: DecoderConfig.Activation) {
